@@ -1,0 +1,234 @@
+"""An image build as a straight list of stages.
+
+    definition -> base -> accelerator -> container -> upload tree -> render
+               -> packer validate -> packer build -> compress -> manifest
+
+Everything external is held by a context manager (the build key pair, the
+Packer process group, the partial output), so a failure or Ctrl-C leaves no
+artifact at the final path and no QEMU or Packer running; the logs stay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import config
+from .cache import file_sha256
+from .config import ImageConfig
+from .paths import PROVISION_DIR, REPO, RUNTIME_DIR, SCRIPTS_DIR, TEMPLATES_DIR, build_root
+from .progress import StageTimer, say
+from .stages import base as base_stage
+from .stages import container as container_stage
+from .stages import finalize, packer, render
+from .vm import accel as accel_probe
+from .vm.firmware import Uefi, find_uefi
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where one image's results go: build/<image>/..."""
+
+    root: Path
+    name: str
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def qcow2(self) -> Path:
+        return self.root / f"{self.name}.qcow2"
+
+    @property
+    def sha256(self) -> Path:
+        return self.root / f"{self.name}.qcow2.sha256"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def upload(self) -> Path:
+        return self.root / "upload"
+
+    @property
+    def packer_output(self) -> Path:
+        return self.root / "packer-output"
+
+    @classmethod
+    def for_image(cls, name: str) -> Outputs:
+        return cls(build_root() / name, name)
+
+
+def _fresh_logs(out: Outputs) -> None:
+    if out.logs.exists():
+        previous = out.root / "logs.previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        out.logs.rename(previous)
+    out.logs.mkdir(parents=True)
+
+
+@contextlib.contextmanager
+def _no_partial_results(out: Outputs) -> Iterator[None]:
+    """Old results go first; on any failure nothing but logs is left."""
+    for stale in (out.qcow2, out.sha256, out.manifest):
+        stale.unlink(missing_ok=True)
+    try:
+        yield
+    except BaseException:
+        for partial in (out.qcow2, out.sha256, out.manifest):
+            partial.unlink(missing_ok=True)
+        say(f"build failed; logs kept in {out.logs}")
+        raise
+    finally:
+        shutil.rmtree(out.packer_output, ignore_errors=True)
+        shutil.rmtree(out.upload, ignore_errors=True)
+
+
+def probe_kernel(base_disk: Path) -> Path | None:
+    """A kernel to boot for the accelerator probe: the base's own, else the host's."""
+    own = base_disk.parent / "vmlinuz"
+    if own.is_file():
+        return own
+    host = sorted(Path("/boot").glob("vmlinuz-*"))
+    return host[-1] if host else None
+
+
+def choose_accelerator(base_disk: Path) -> accel_probe.Accelerator:
+    kernel = probe_kernel(base_disk)
+    if kernel is None:
+        return accel_probe.Accelerator("tcg", "max", "no kernel available to probe KVM with")
+    return accel_probe.choose(kernel)
+
+
+def prepare_upload(image: ImageConfig, container: container_stage.ContainerImage, out: Outputs) -> None:
+    """The tree Packer uploads to the VM before the provisioning steps run."""
+    shutil.rmtree(out.upload, ignore_errors=True)
+    (out.upload / "container").mkdir(parents=True)
+    target = out.upload / "container" / "rootfs.tar.gz"
+    try:
+        os.link(container.rootfs, target)
+    except OSError:
+        shutil.copy2(container.rootfs, target)
+    (out.upload / "container" / "import-changes.txt").write_text(
+        "\n".join(container.import_changes()) + "\n"
+    )
+    shutil.copytree(RUNTIME_DIR, out.upload / "supernode_runtime",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
+    shutil.copy2(PROVISION_DIR / "finalize.sh", out.upload / "finalize.sh")
+    (out.upload / "scripts").mkdir()
+    for script in SCRIPTS_DIR.glob("*.sh"):
+        shutil.copy2(script, out.upload / "scripts" / script.name)
+    for spec in image.files:
+        dest = out.upload / "files" / spec.dest.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / spec.source, dest)
+    build_info = {
+        "image": image.name,
+        "variant": image.variant,
+        "flwr_version": image.flower.version,
+        "supernode_image": container.tag,
+        "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    (out.upload / "build.json").write_text(json.dumps(build_info, indent=2) + "\n")
+
+
+def input_hashes(image: ImageConfig) -> dict[str, Any]:
+    def tree(paths: list[Path]) -> dict[str, str]:
+        return {str(p.relative_to(REPO)): file_sha256(p) for p in sorted(paths) if p.is_file()}
+
+    return {
+        "definition": tree(list(image.source_files)),
+        "provision": tree([*image.provision_paths, PROVISION_DIR / "finalize.sh", PROVISION_DIR / "inventory.sh"]),
+        "templates": tree(list(TEMPLATES_DIR.rglob("*.j2"))),
+        "runtime": tree([p for p in RUNTIME_DIR.rglob("*") if "__pycache__" not in p.parts]),
+        "flower_lock": file_sha256(REPO / "images" / image.flower.lock),
+    }
+
+
+def _firmware(image: ImageConfig) -> Uefi | None:
+    return find_uefi() if image.disk.firmware == "uefi" else None
+
+
+def build_image(name: str, *, packer_target: str | None = None) -> dict[str, Any]:
+    image = config.load(name)
+    out = Outputs.for_image(name)
+    out.root.mkdir(parents=True, exist_ok=True)
+    _fresh_logs(out)
+    timer = StageTimer()
+    started = time.monotonic()
+    say(f"building {name}: {image.description}")
+    with _no_partial_results(out):
+        target = render.PackerTarget.parse(packer_target) if packer_target else render.detect_packer()
+        say(f"packer: {target.label}")
+        with timer.stage("base image"):
+            base = base_stage.ensure(image.base, out.logs)
+        with timer.stage("accelerator probe"):
+            accel = choose_accelerator(base.disk)
+        with timer.stage("supernode container"):
+            container = container_stage.ensure(image.flower, image.base.mirror, out.logs)
+        with timer.stage("upload tree"):
+            prepare_upload(image, container, out)
+        with packer.build_keypair(name) as key:
+            with timer.stage("render"):
+                rendered = render.render(
+                    image, out.root, target=target, accel=accel, base_disk=base.disk,
+                    base_checksum="none", upload_dir=out.upload, ssh_public_key=key.public,
+                    firmware=_firmware(image),
+                )  # fmt: skip
+            with timer.stage("packer validate"):
+                packer.validate(rendered, target, key, out.logs / "packer.log")
+            with timer.stage("packer build"):
+                packer.build(rendered, out.packer_output, key, out.logs / "packer.log")
+        with timer.stage("compress"):
+            artifact = finalize.compress(out.packer_output / f"{name}.qcow2", out.qcow2, out.logs / "compress.log")
+        inventory_path = out.root / "inventory.json"
+        inventory = json.loads(inventory_path.read_text()) if inventory_path.exists() else {}
+        manifest = {
+            "image": name,
+            "variant": image.variant,
+            "description": image.description,
+            "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "builder": {
+                "host": platform.node(),
+                "packer": target.label,
+                "accelerator": {"name": accel.name, "cpu": accel.cpu, "reason": accel.reason},
+                "firmware": image.disk.firmware,
+                "machine": image.disk.machine,
+            },
+            "base": {
+                "provider": image.base.provider,
+                "key": base.key,
+                "cached": base.cached,
+                **{k: v for k, v in base.facts.items() if k != "packages"},
+            },
+            "container": {
+                "tag": container.tag,
+                "key": container.key,
+                "cached": container.cached,
+                **container.facts,
+            },
+            "contents": inventory,
+            "inputs": input_hashes(image),
+            "stages_s": timer.durations,
+            "total_s": round(time.monotonic() - started, 1),
+            "artifact": artifact,
+        }
+        partial = out.manifest.with_name("manifest.json.partial")
+        partial.write_text(json.dumps(manifest, indent=2) + "\n")
+        partial.rename(out.manifest)
+    say(
+        f"done: {out.qcow2} ({artifact['file_bytes'] / 2**20:.0f} MiB, virtual "
+        f"{artifact['virtual_bytes'] / 2**30:.0f} GiB) in {manifest['total_s']:.0f} s"
+    )
+    return manifest

@@ -1,0 +1,252 @@
+"""debian-12: bootstrap a bootable base disk from the Debian mirror alone.
+
+  1. mmdebstrap a root (kernel, systemd, cloud-init, sshd, GRUB binaries)
+  2. configure it as data (fstab, GRUB defaults, cloud-init datasources, no host keys)
+  3. write an MBR disk with the ESP and the root filled in at their offsets
+  4. boot the root's own kernel once (direct kernel boot) with init= a script
+     that installs GRUB for BIOS and for UEFI (removable path) and powers off
+  5. convert to qcow2 in the cache
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ... import cache
+from ...config import BaseConfig, _size_mib
+from ...errors import BuildError
+from ...progress import run, say
+from ...vm import accel
+from .disk_layout import Layout, make_disk
+
+SUITE = "bookworm"
+ESP_MIB = 128
+BOOTLOADER_MARKER = "FLOWER-BOOTLOADER-INSTALLED"
+# Bump when the recipe below changes in a way the inputs do not show.
+RECIPE_VERSION = 3
+
+PACKAGES = (
+    "systemd-sysv", "udev", "dbus", "initramfs-tools", "zstd",
+    "grub-pc-bin", "grub-efi-amd64-bin", "grub2-common",
+    "cloud-init", "cloud-guest-utils", "fdisk", "e2fsprogs", "dosfstools",
+    "openssh-server", "sudo", "ifupdown", "isc-dhcp-client", "iproute2", "netbase",
+    "ca-certificates", "python3", "procps", "less", "curl", "gnupg", "apt-utils",
+    "qemu-guest-agent",
+)  # fmt: skip
+
+INSTALL_BOOTLOADER = f"""#!/bin/sh
+# Runs once as PID 1 of the bootstrap VM (init=), then powers it off.
+set -eu
+trap 'echo FLOWER-BOOTLOADER-FAILED; echo o > /proc/sysrq-trigger' EXIT
+mountpoint -q /proc || mount -t proc proc /proc
+mountpoint -q /sys || mount -t sysfs sys /sys
+mountpoint -q /dev || mount -t devtmpfs dev /dev
+mountpoint -q /run || mount -t tmpfs run /run
+mkdir -p /boot/efi
+mount /boot/efi
+grub-install --target=i386-pc /dev/vda
+grub-install --target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram
+grub-mkconfig -o /boot/grub/grub.cfg
+umount /boot/efi
+rm -f /usr/local/sbin/install-bootloader
+sync
+mount -o remount,ro / 2>/dev/null || sync
+trap - EXIT
+echo {BOOTLOADER_MARKER}
+echo o > /proc/sysrq-trigger
+"""
+
+GRUB_DEFAULTS = """GRUB_DEFAULT=0
+GRUB_TIMEOUT=1
+GRUB_DISTRIBUTOR=Debian
+GRUB_CMDLINE_LINUX_DEFAULT=""
+GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8"
+GRUB_TERMINAL="console serial"
+GRUB_SERIAL_COMMAND="serial --speed=115200"
+"""
+
+CLOUD_CFG = """# Flower appliance base: where cloud-init looks for its data.
+# NoCloud (a 'cidata' CD) is how the image build hands in its temporary user;
+# OpenNebula (the 'CONTEXT' CD) is how a deployed appliance gets network and SSH keys.
+datasource_list: [ NoCloud, OpenNebula, None ]
+# Appliance convention (as OpenNebula's): the context SSH key logs in as root.
+disable_root: false
+ssh_pwauth: false
+# C.UTF-8 needs no locale generation on first boot.
+locale: C.UTF-8
+"""
+
+SSH_HOSTKEYS_DROPIN = """[Service]
+# Host keys are removed from the image; make them before sshd's config test.
+ExecStartPre=
+ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
+"""
+
+
+def inputs(base: BaseConfig) -> dict[str, Any]:
+    return {
+        "provider": "debian-12",
+        "recipe": RECIPE_VERSION,
+        "suite": SUITE,
+        "mirror": base.mirror,
+        "security_mirror": base.security_mirror,
+        "kernel": base.kernel,
+        "root_size": base.root_size,
+        "packages": PACKAGES,
+        "install_bootloader": INSTALL_BOOTLOADER,
+        "grub": GRUB_DEFAULTS,
+        "cloud_cfg": CLOUD_CFG,
+        "ssh_dropin": SSH_HOSTKEYS_DROPIN,
+    }
+
+
+def build(base: BaseConfig, out: Path, logs: Path) -> dict[str, Any]:
+    """Build the base into directory `out` (disk.qcow2); return facts for the manifest."""
+    work = out / "work"
+    rootdir = work / "root"
+    work.mkdir(parents=True)
+    log = logs / "base-debian-12.log"
+    timings: dict[str, float] = {}
+
+    t = time.monotonic()
+    _bootstrap(base, rootdir, log)
+    timings["mmdebstrap"] = round(time.monotonic() - t, 1)
+
+    layout = Layout(
+        esp_mib=ESP_MIB,
+        root_mib=_size_mib(base.root_size),
+        root_uuid=str(uuid.uuid4()),
+        esp_volume_id=uuid.uuid4().hex[:8],
+    )
+    _configure(rootdir, layout)
+    kernel, initrd = _kernel_files(rootdir)
+    shutil.copy2(kernel, work / "vmlinuz")
+    shutil.copy2(initrd, work / "initrd.img")
+    facts = _facts(rootdir)
+
+    t = time.monotonic()
+    raw = work / "disk.raw"
+    make_disk(raw, rootdir, layout, log)
+    shutil.rmtree(rootdir)
+    timings["make_disk"] = round(time.monotonic() - t, 1)
+
+    t = time.monotonic()
+    chosen = accel.choose(work / "vmlinuz")
+    _install_bootloader(raw, work / "vmlinuz", work / "initrd.img", layout, chosen, logs)
+    timings["install_bootloader"] = round(time.monotonic() - t, 1)
+
+    t = time.monotonic()
+    run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(out / "disk.qcow2")], log,
+        label="qemu-img convert")  # fmt: skip
+    timings["convert"] = round(time.monotonic() - t, 1)
+    shutil.copy2(work / "vmlinuz", out / "vmlinuz")
+    shutil.rmtree(work)
+    facts.update(
+        {
+            "root_uuid": layout.root_uuid,
+            "partitions": {"esp": 1, "root": 2, "label": "dos"},
+            "firmware": ["bios", "uefi"],
+            "timings_s": timings,
+        }
+    )
+    (out / "base.json").write_text(json.dumps(facts, indent=2))
+    return facts
+
+
+def _bootstrap(base: BaseConfig, rootdir: Path, log: Path) -> None:
+    sources = [
+        f"deb {base.mirror} {SUITE} main",
+        f"deb {base.mirror} {SUITE}-updates main",
+        f"deb {base.security_mirror} {SUITE}-security main",
+    ]
+    say(f"mmdebstrap {SUITE} from {base.mirror} (about 2 minutes)")
+    run(
+        ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
+         f"--include={','.join((*PACKAGES, base.kernel))}",
+         "--aptopt=Acquire::Retries \"3\"",
+         "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+         "--dpkgopt=path-exclude=/usr/share/man/*",
+         SUITE, str(rootdir), *sources],
+        log, label="mmdebstrap", timeout=1800,
+    )  # fmt: skip
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _configure(root: Path, layout: Layout) -> None:
+    _write(root / "etc/fstab", layout.fstab())
+    (root / "boot/efi").mkdir(parents=True, exist_ok=True)
+    _write(root / "etc/default/grub", GRUB_DEFAULTS)
+    _write(root / "etc/cloud/cloud.cfg.d/90-flower-base.cfg", CLOUD_CFG)
+    _write(root / "etc/systemd/system/ssh.service.d/10-hostkeys.conf", SSH_HOSTKEYS_DROPIN)
+    _write(root / "etc/hostname", "localhost\n")
+    _write(
+        root / "etc/network/interfaces",
+        "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n",
+    )
+    _write(root / "usr/local/sbin/install-bootloader", INSTALL_BOOTLOADER, 0o755)
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    _write(root / "etc/machine-id", "")
+    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for item in (root / leftover).glob("*"):
+            if item.is_file():
+                item.unlink()
+
+
+def _kernel_files(root: Path) -> tuple[Path, Path]:
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    initrds = sorted((root / "boot").glob("initrd.img-*"))
+    if len(kernels) != 1 or len(initrds) != 1:
+        raise BuildError(f"expected one kernel and initrd in the bootstrap, found {kernels} {initrds}")
+    return kernels[0], initrds[0]
+
+
+def _facts(root: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", "${Package}\t${Version}\n"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    packages = dict(line.split("\t", 1) for line in out.stdout.splitlines() if line)
+    kernel = _kernel_files(root)[0].name.removeprefix("vmlinuz-")
+    os_release = dict(
+        line.split("=", 1) for line in (root / "etc/os-release").read_text().splitlines() if "=" in line
+    )
+    return {
+        "distribution": os_release.get("PRETTY_NAME", "").strip('"'),
+        "debian_version": (root / "etc/debian_version").read_text().strip(),
+        "kernel": kernel,
+        "packages": packages,
+    }
+
+
+def _install_bootloader(
+    raw: Path, kernel: Path, initrd: Path, layout: Layout, chosen: accel.Accelerator, logs: Path
+) -> None:
+    console = logs / "base-bootloader-console.log"
+    say(f"installing GRUB (BIOS + UEFI) from a one-shot VM; console: {console}")
+    run(
+        ["qemu-system-x86_64", *chosen.qemu_args(), "-m", "1024", "-smp", "2",
+         "-nodefaults", "-display", "none", "-no-reboot",
+         "-serial", f"file:{console}",
+         "-drive", f"file={raw},format=raw,if=virtio,cache=unsafe",
+         "-kernel", str(kernel), "-initrd", str(initrd),
+         "-append", f"root=UUID={layout.root_uuid} rw init=/usr/local/sbin/install-bootloader "
+                    "console=ttyS0 panic=-1 net.ifnames=0"],
+        logs / "base-debian-12.log", label="GRUB install VM", timeout=900,
+    )  # fmt: skip
+    if BOOTLOADER_MARKER not in console.read_text(errors="replace"):
+        tail = console.read_text(errors="replace").splitlines()[-12:]
+        raise BuildError(f"GRUB installation did not complete; see {console}:\n  " + "\n  ".join(tail))

@@ -1,0 +1,175 @@
+"""Render the Packer HCL and the cloud-init NoCloud seed for one image.
+
+Jinja2 with StrictUndefined: a template that names something the renderer
+does not provide is an error, never an empty string in the output.
+
+Two Packer targets:
+  legacy  Packer 1.6 (Debian 12's package): the QEMU builder is built in; no
+          `packer {}` block with required_plugins; UEFI via `-bios` OVMF.fd.
+  plugin  Packer >= 1.9 with the qemu plugin (`packer init`): required_plugins,
+          efi_boot / efi_firmware_code / efi_firmware_vars.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ..config import ImageConfig
+from ..errors import BuildError, ConfigError
+from ..paths import PROVISION_DIR, TEMPLATES_DIR
+from ..vm.accel import Accelerator
+from ..vm.firmware import Uefi
+
+BUILD_USER = "flbuild"
+UPLOAD_DEST = "/var/tmp/flower-build"
+INVENTORY_GUEST = "/var/tmp/flower-inventory.json"
+CLEANUP_FROM = 90  # steps numbered 90 and up run after the inventory
+
+
+@dataclass(frozen=True)
+class PackerTarget:
+    version: tuple[int, int, int]
+
+    @property
+    def plugin(self) -> bool:
+        return self.version >= (1, 7, 0)
+
+    @property
+    def label(self) -> str:
+        v = ".".join(map(str, self.version))
+        return f"Packer {v} ({'qemu plugin' if self.plugin else 'built-in qemu builder'})"
+
+    @classmethod
+    def parse(cls, text: str) -> PackerTarget:
+        m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+        if not m:
+            raise ConfigError(f"packer target {text!r}: expected a version like 1.6.6 or 1.11")
+        target = cls((int(m[1]), int(m[2]), int(m[3] or 0)))
+        if (1, 7, 0) <= target.version < (1, 9, 0) or target.version < (1, 6, 0):
+            raise ConfigError(
+                f"packer target {text!r}: supported are 1.6.x (built-in qemu) and >= 1.9 (qemu plugin)"
+            )
+        return target
+
+
+def detect_packer() -> PackerTarget:
+    packer = shutil.which("packer")
+    if packer is None:
+        raise BuildError("packer is not installed (Debian/Ubuntu: apt-get install packer)")
+    out = subprocess.run([packer, "version"], capture_output=True, text=True, check=False)
+    return PackerTarget.parse(out.stdout)
+
+
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One shell provisioner: a run of numbered steps (or the inventory)."""
+
+    title: str
+    scripts: tuple[Path, ...]
+    args: str = ""
+    download: dict[str, str] | None = None
+
+
+def phases(image: ImageConfig, inventory_dest: Path) -> list[Phase]:
+    """Steps before clean-up, then the inventory (downloaded), then clean-up steps."""
+    steps = image.provision_paths
+    before = tuple(s for s in steps if int(s.name[:2]) < CLEANUP_FROM)
+    after = tuple(s for s in steps if int(s.name[:2]) >= CLEANUP_FROM)
+    out = [Phase("provisioning steps", before)] if before else []
+    out.append(
+        Phase(
+            "inventory for manifest.json",
+            (PROVISION_DIR / "inventory.sh",),
+            args=f" {INVENTORY_GUEST}",
+            download={"source": INVENTORY_GUEST, "destination": str(inventory_dest)},
+        )
+    )
+    if after:
+        out.append(Phase("clean-up and hardening", after))
+    return out
+
+
+@dataclass(frozen=True)
+class Rendered:
+    hcl: Path
+    user_data: Path
+    meta_data: Path
+
+
+def provision_env(image: ImageConfig, container_tag: str) -> dict[str, str]:
+    """Environment of every provisioning script (values are validated config, no quotes)."""
+    return {
+        "FLOWER_IMAGE_NAME": image.name,
+        "FLOWER_VARIANT": image.variant,
+        "FLWR_VERSION": image.flower.version,
+        "FLOWER_SUPERNODE_IMAGE": container_tag,
+        "FLOWER_REGISTRY_IMAGE": image.flower.registry_image,
+        "FLOWER_EXTRA_PACKAGES": " ".join(image.packages),
+        "FLOWER_UPLOAD": UPLOAD_DEST,
+    }
+
+
+def render(
+    image: ImageConfig,
+    out_dir: Path,
+    *,
+    target: PackerTarget,
+    accel: Accelerator,
+    base_disk: Path,
+    base_checksum: str,
+    upload_dir: Path,
+    ssh_public_key: str,
+    firmware: Uefi | None,
+) -> Rendered:
+    """Write <out_dir>/packer/<image>.pkr.hcl and <out_dir>/seed/{user-data,meta-data}."""
+    if image.disk.firmware == "uefi" and firmware is None:
+        raise BuildError(f"{image.name}: disk.firmware is uefi but no UEFI firmware was found")
+    env = environment()
+    seed_dir = out_dir / "seed"
+    packer_dir = out_dir / "packer"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    packer_dir.mkdir(parents=True, exist_ok=True)
+    values: dict[str, Any] = {
+        "image": image,
+        "target": target,
+        "accel": accel,
+        "base_disk": base_disk,
+        "base_checksum": base_checksum,
+        "output_dir": out_dir / "packer-output",
+        "seed_dir": seed_dir,
+        "logs_dir": out_dir / "logs",
+        "upload_dir": upload_dir,
+        "upload_dest": UPLOAD_DEST,
+        "build_user": BUILD_USER,
+        "ssh_public_key": ssh_public_key,
+        "firmware": firmware,
+        "provision_env": provision_env(image, image.flower.image_tag),
+        "phases": phases(image, out_dir / "inventory.json"),
+        "instance_id": f"flower-build-{uuid.uuid4()}",
+    }
+    hcl = packer_dir / f"{image.name}.pkr.hcl"
+    hcl.write_text(env.get_template("packer/image.pkr.hcl.j2").render(values))
+    user_data = seed_dir / "user-data"
+    user_data.write_text(env.get_template("cloud-init/user-data.j2").render(values))
+    meta_data = seed_dir / "meta-data"
+    meta_data.write_text(env.get_template("cloud-init/meta-data.j2").render(values))
+    return Rendered(hcl, user_data, meta_data)

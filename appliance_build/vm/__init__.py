@@ -1,0 +1,1 @@
+"""Running QEMU: the accelerator probe, firmware lookup, and the VM launcher."""

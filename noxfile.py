@@ -1,0 +1,75 @@
+"""Nox sessions: the entry points for release engineers and CI.
+
+    nox -s build_cpu              build build/supernode-cpu/supernode-cpu.qcow2
+    nox -s build_gpu              build build/supernode-gpu/supernode-gpu.qcow2
+    nox -s render                 only render Packer HCL + cloud-init for every image
+    nox -s tests                  unit + integration tests (what CI runs)
+    nox -s lint                   ruff, mypy, shellcheck
+    nox -s check_context -- PATH  validate an OpenNebula context.sh like the appliance does
+
+Arguments after `--` go to the command, e.g. `nox -s build_cpu -- --packer-target 1.11.2`.
+"""
+
+from __future__ import annotations
+
+import glob
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+PYTHON = "3.11"
+
+
+def _install(session: nox.Session, *extras: str) -> None:
+    spec = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", spec)
+
+
+@nox.session(python=PYTHON)
+def render(session: nox.Session) -> None:
+    """Render Packer HCL and cloud-init seeds into build/<image>/ (no build)."""
+    _install(session)
+    session.run("python", "-m", "appliance_build", "render", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def build_cpu(session: nox.Session) -> None:
+    """Build the CPU SuperNode appliance image."""
+    _install(session)
+    session.run("python", "-m", "appliance_build", "build", "supernode-cpu", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def build_gpu(session: nox.Session) -> None:
+    """Build the GPU SuperNode appliance image."""
+    _install(session)
+    session.run("python", "-m", "appliance_build", "build", "supernode-gpu", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit and integration tests, JUnit XML in build/test-results/."""
+    _install(session, "test")
+    session.run(
+        "pytest", "-ra", "--junitxml=build/test-results/tests.xml", *session.posargs
+    )
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff, mypy --strict on the pipeline package, shellcheck on every shell script."""
+    _install(session, "lint")
+    session.run("ruff", "check", "appliance_build", "supernode_runtime", "tests", "noxfile.py")
+    session.run("mypy", "appliance_build", "supernode_runtime")
+    scripts = sorted(glob.glob("provision/*.sh") + glob.glob("scripts/*.sh") + glob.glob(".ci/*"))
+    session.run("shellcheck", "-x", *scripts, external=True)
+
+
+@nox.session(python=PYTHON)
+def check_context(session: nox.Session) -> None:
+    """Validate a context.sh with the appliance's own code; JSON out (exit 0) or errors (exit 2)."""
+    if not session.posargs:
+        session.error("usage: nox -s check_context -- PATH/TO/context.sh")
+    _install(session)
+    session.run("python", "-m", "supernode_runtime", "check-context", *session.posargs)

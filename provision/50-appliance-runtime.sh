@@ -1,0 +1,29 @@
+#!/bin/bash
+# 50: the appliance runtime: reads the OpenNebula context at boot, validates FL_* variables,
+# detects the GPU and runs the SuperNode container (supernode_runtime, systemd units, CLI).
+set -euo pipefail
+: "${FLOWER_UPLOAD:?}"
+
+install -d -m 0755 /opt/flower/lib /opt/flower/scripts /etc/flower
+rm -rf /opt/flower/lib/supernode_runtime
+cp -r "${FLOWER_UPLOAD}/supernode_runtime" /opt/flower/lib/supernode_runtime
+find /opt/flower/lib/supernode_runtime -name '__pycache__' -prune -exec rm -rf {} +
+chown -R root:root /opt/flower/lib
+python3 -m compileall -q /opt/flower/lib/supernode_runtime
+
+cat > /usr/local/bin/flower-appliance <<'WRAPPER'
+#!/bin/sh
+# Flower SuperNode appliance CLI: status, check-context PATH, boot, run-supernode.
+PYTHONPATH=/opt/flower/lib exec /usr/bin/python3 -m supernode_runtime "$@"
+WRAPPER
+chmod 0755 /usr/local/bin/flower-appliance
+
+for unit in /opt/flower/lib/supernode_runtime/systemd/*.service; do
+    install -m 0644 "$unit" /etc/systemd/system/
+done
+systemctl daemon-reload
+for unit in /opt/flower/lib/supernode_runtime/systemd/*.service; do
+    systemctl enable "$(basename "$unit")"
+done
+flower-appliance variables --markdown > /opt/flower/CONTEXT-VARIABLES.md
+echo "appliance runtime installed: $(ls /opt/flower/lib/supernode_runtime/systemd)"

@@ -1,0 +1,23 @@
+#!/bin/bash
+# Packer's shutdown_command: the last thing the build runs. Removes every build
+# credential and build-only state, then powers off. Runs as root via sudo.
+set -euo pipefail
+BUILD_USER="flbuild"
+
+echo "== removing the build user, its key and its sudo rule"
+userdel --force --remove "$BUILD_USER" 2>/dev/null || userdel --force "$BUILD_USER"
+rm -rf "/home/${BUILD_USER:?}"
+rm -f /etc/sudoers.d/90-cloud-init-users
+
+echo "== per-instance identity: host keys, machine-id, cloud-init state"
+rm -f /etc/ssh/ssh_host_*
+truncate -s 0 /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+cloud-init clean --logs --seed
+rm -rf /var/lib/cloud/*
+rm -f /etc/network/interfaces.d/50-cloud-init /etc/netplan/50-cloud-init.yaml
+truncate -s 0 /var/log/wtmp /var/log/lastlog /var/log/btmp 2>/dev/null || true
+
+rm -rf /var/tmp/flower-build
+sync
+systemctl poweroff --no-block

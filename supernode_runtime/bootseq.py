@@ -1,0 +1,336 @@
+"""The SuperNode boot sequence (run by ``flower-appliance-configure.service``).
+
+Steps, each logged as ``[step N/7] name: ok|warning|error|skipped detail`` on
+stdout (the journal) and recorded in the status file:
+
+1. read-context        - CONTEXT CD (or mounted copy) + override file + OneGate token
+2. validate-variables  - every variable checked before anything starts
+3. tls-material        - CA written to /etc/flower/tls/ca.pem (0644), or removed
+4. superlink-discovery - static FL_SUPERLINK_ADDRESS, else OneGate ``GET /service``
+5. gpu-detection       - lsmod + nvidia-smi; CPU fallback is a warning
+6. launch-spec         - docker run argv written to /run/flower/supernode.json
+7. onegate-report      - ``PUT /vm`` READY / FL_GPU_AVAILABLE (warning if unreachable)
+
+Any error (an invalid value, no SuperLink address, unreadable context or build
+info) means the launch spec is not written - it is removed at the start of
+every run - so ``flower-supernode.service`` does not start a container; the VM
+stays up and the status/banner name the variables. Re-running gives the same
+result; every output is rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TextIO
+
+from supernode_runtime.commands import Runner, run_command
+from supernode_runtime.config import EffectiveConfig, Resolution, VariableError, resolve
+from supernode_runtime.context import Context, ContextError, load_context
+from supernode_runtime.fsutil import atomic_write, remove_file
+from supernode_runtime.gpu import FALLBACK_WARNING, GpuResult, detect_gpu, docker_gpu_flags
+from supernode_runtime.launch import (
+    LaunchError,
+    docker_run_argv,
+    load_build_info,
+    write_launch_spec,
+)
+from supernode_runtime.onegate import (
+    OneGateAccess,
+    OneGateError,
+    find_superlink_address,
+    get_service,
+    put_vm_attributes,
+)
+from supernode_runtime.paths import Paths
+from supernode_runtime.status import StatusReport, StepRecord, write_status
+from supernode_runtime.variables import BY_NAME
+
+STEPS = (
+    "read-context",
+    "validate-variables",
+    "tls-material",
+    "superlink-discovery",
+    "gpu-detection",
+    "launch-spec",
+    "onegate-report",
+)
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    """Knobs of the boot sequence (tests shorten waits and swap the runner)."""
+
+    discovery_attempts: int = 30
+    discovery_interval: float = 10.0
+    onegate_timeout: float = 5.0
+    runner: Runner = run_command
+    sleep: Callable[[float], None] = time.sleep
+    now: Callable[[], str] = _utc_now
+    out: TextIO | None = None
+
+
+@dataclass
+class BootResult:
+    """What the boot sequence produced."""
+
+    report: StatusReport
+    argv: list[str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.report.errors
+
+
+@dataclass
+class _State:
+    context: Context = field(default_factory=Context)
+    access: OneGateAccess | None = None
+    resolution: Resolution = field(default_factory=Resolution)
+    config: EffectiveConfig | None = None
+    gpu: GpuResult | None = None
+
+
+class BootSequence:
+    """Runs the steps in order; see the module docstring."""
+
+    def __init__(self, paths: Paths, options: BootOptions | None = None) -> None:
+        self.paths = paths
+        self.opt = options or BootOptions()
+        self.out = self.opt.out or sys.stdout
+        self.report = StatusReport(generated_at=self.opt.now())
+        self.state = _State()
+
+    # --- recording -----------------------------------------------------------------
+
+    def _log(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def _step(self, number: int, outcome: str, detail: str = "") -> None:
+        record = StepRecord(number, len(STEPS), STEPS[number - 1], outcome, detail)
+        self.report.steps.append(record)
+        self._log(record.line())
+
+    def _error(self, err: VariableError | str) -> None:
+        if isinstance(err, VariableError):
+            entry = {**err.as_dict(), "message": err.message()}
+        else:
+            entry = {"variable": "", "message": err}
+        self.report.errors.append(entry)
+        self._log(f"ERROR: {entry['message']}")
+
+    def _warn(self, message: str) -> None:
+        self.report.warnings.append(message)
+        self._log(f"WARNING: {message}")
+
+    @property
+    def _blocked(self) -> bool:
+        return bool(self.report.errors)
+
+    # --- steps ------------------------------------------------------------------------
+
+    def read_context(self) -> None:
+        try:
+            ctx = load_context(self.paths, self.opt.runner)
+        except ContextError as exc:
+            self._error(f"context: {exc}")
+            self._step(1, "error", str(exc))
+            return
+        self.state.context = ctx
+        for warning in ctx.warnings:
+            self._warn(f"context parse: {warning}")
+        endpoint = ctx.raw("ONEGATE_ENDPOINT")
+        self.state.access = OneGateAccess.from_context(endpoint, ctx.raw("VMID"), ctx.token)
+        if endpoint and self.state.access is None:
+            self._warn("ONEGATE_ENDPOINT/VMID/token incomplete or malformed; OneGate not used")
+        sources = [layer.path for layer in ctx.layers]
+        count = sum(len(layer.values) for layer in ctx.layers)
+        detail = f"{count} values from {', '.join(sources)}" if sources else "; ".join(ctx.notes)
+        onegate = "OneGate available" if self.state.access else "no OneGate"
+        outcome = "warning" if ctx.warnings or not sources else "ok"
+        self._step(1, outcome, f"{detail}; {onegate}")
+
+    def validate(self) -> None:
+        layers = [(layer.path, layer.values) for layer in self.state.context.layers]
+        res = resolve(layers)
+        self.state.resolution = res
+        self.report.config = res.masked()
+        for warning in res.warnings:
+            self._warn(warning)
+        for err in res.errors:
+            self._error(err)
+        self.state.config = res.config
+        if res.errors:
+            names = ", ".join(e.variable for e in res.errors)
+            self._step(2, "error", f"{len(res.errors)} invalid: {names}")
+        else:
+            self._step(
+                2, "warning" if res.warnings else "ok", f"{len(res.settings)} variables valid"
+            )
+
+    def tls_material(self) -> None:
+        cfg = self.state.config
+        if cfg is None or self._blocked:
+            self._step(3, "skipped", "configuration has errors")
+            return
+        if not cfg.tls_enabled or cfg.ca_cert_pem is None:
+            removed = remove_file(self.paths.tls_ca)
+            self._step(
+                3, "skipped", "TLS off (--insecure)" + ("; old CA removed" if removed else "")
+            )
+            return
+        try:
+            atomic_write(self.paths.tls_ca, cfg.ca_cert_pem, mode=0o644)
+        except OSError as exc:
+            self._error(f"cannot write {self.paths.tls_ca}: {exc}")
+            self._step(3, "error", str(exc))
+            return
+        self._step(3, "ok", f"CA certificate written to {self.paths.tls_ca}")
+
+    def discover(self) -> None:
+        cfg = self.state.config
+        if cfg is None or self._blocked:
+            self._step(4, "skipped", "configuration has errors")
+            return
+        setting = self.state.resolution.settings["FL_SUPERLINK_ADDRESS"]
+        if cfg.superlink_address:
+            self.report.superlink = {"address": cfg.superlink_address, "source": setting.source}
+            self._step(4, "ok", f"{cfg.superlink_address} (static, {setting.source})")
+            return
+        reason = self._discover_via_onegate()
+        if self.state.config is not None and self.state.config.superlink_address:
+            return
+        var = BY_NAME["FL_SUPERLINK_ADDRESS"]
+        self._error(VariableError("FL_SUPERLINK_ADDRESS", "''", reason, var.accepted))
+        self._step(4, "error", f"no SuperLink address: {reason}")
+
+    def _discover_via_onegate(self) -> str:
+        access = self.state.access
+        if access is None:
+            return "empty and OneGate is not available (no ONEGATE_ENDPOINT, VMID or token)"
+        reason = "not tried"
+        attempts = max(1, self.opt.discovery_attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                found = find_superlink_address(
+                    get_service(access, self.opt.onegate_timeout), access.vmid
+                )
+            except OneGateError as exc:
+                reason = f"OneGate: {exc}"
+            else:
+                for rejected in found.rejected:
+                    self._warn(f"ignored published SuperLink address: {rejected}")
+                if found.address:
+                    assert self.state.config is not None
+                    self.state.config = dataclasses.replace(
+                        self.state.config, superlink_address=found.address
+                    )
+                    self.report.superlink = {"address": found.address, "source": found.where}
+                    self._step(4, "ok", f"{found.address} (OneGate: {found.where})")
+                    return ""
+                reason = f"empty and the SuperLink address is {found.where}"
+            if attempt < attempts:
+                self._log(f"superlink-discovery: attempt {attempt}/{attempts}: {reason}")
+                self.opt.sleep(self.opt.discovery_interval)
+        return f"{reason} (after {attempts} attempts)"
+
+    def gpu_detection(self) -> None:
+        cfg = self.state.config
+        if cfg is None or self._blocked:
+            self.report.gpu = {"requested": None, "FL_GPU_AVAILABLE": "NO", "reason": "not checked"}
+            self._step(5, "skipped", "configuration has errors")
+            return
+        gpu = detect_gpu(cfg.gpu_enabled, self.paths.validate_gpu_script, self.opt.runner)
+        self.state.gpu = gpu
+        self.report.gpu = {
+            "requested": gpu.requested,
+            "available": gpu.available,
+            "FL_GPU_AVAILABLE": gpu.fl_gpu_available,
+            "reason": gpu.reason,
+        }
+        if not gpu.requested:
+            self._step(5, "skipped", gpu.reason)
+        elif gpu.available:
+            flags = " ".join(docker_gpu_flags(True, cfg.cuda_visible_devices))
+            self._step(5, "ok", f"GPU available ({gpu.reason}); docker flags: {flags}")
+        else:
+            self._log(FALLBACK_WARNING)
+            self.report.warnings.append(f"{FALLBACK_WARNING[len('WARNING: ') :]} ({gpu.reason})")
+            if gpu.diagnostics:
+                self.report.gpu["diagnostics"] = gpu.diagnostics
+                for line in gpu.diagnostics.splitlines():
+                    self._log(f"validate-gpu: {line}")
+            self._step(5, "warning", f"FL_GPU_AVAILABLE=NO, using CPU ({gpu.reason})")
+
+    def launch_spec(self) -> list[str] | None:
+        cfg = self.state.config
+        if cfg is None or self._blocked:
+            remove_file(self.paths.launch_spec)
+            self._step(6, "skipped", "not written: the SuperNode will not start (see errors)")
+            return None
+        try:
+            build = load_build_info(self.paths.build_info)
+            self.report.build = build.as_dict()
+            gpu_ok = self.state.gpu is not None and self.state.gpu.available
+            argv = docker_run_argv(cfg, gpu_ok, build, ca_host_path=self.paths.tls_ca)
+            extra = {"image": build.supernode_image, "gpu": gpu_ok, "generated_at": self.opt.now()}
+            write_launch_spec(self.paths.launch_spec, argv, extra)
+        except (LaunchError, OSError) as exc:
+            remove_file(self.paths.launch_spec)
+            self._error(f"launch spec: {exc}")
+            self._step(6, "error", str(exc))
+            return None
+        self.report.launch_spec = str(self.paths.launch_spec)
+        self.report.supernode_will_start = True
+        self._step(6, "ok", f"written to {self.paths.launch_spec}")
+        return argv
+
+    def onegate_report(self) -> None:
+        access = self.state.access
+        if access is None:
+            self._step(7, "skipped", "OneGate not available")
+            return
+        attrs = {
+            "READY": "YES" if self.report.supernode_will_start else "NO",
+            "FL_GPU_AVAILABLE": self.report.gpu.get("FL_GPU_AVAILABLE", "NO"),
+        }
+        if self.report.errors:
+            names = sorted({e["variable"] for e in self.report.errors if e["variable"]})
+            attrs["FL_CONFIG_ERRORS"] = ",".join(names) or "see status"
+        shown = " ".join(f"{k}={v}" for k, v in attrs.items())
+        try:
+            put_vm_attributes(access, attrs, self.opt.onegate_timeout)
+        except OneGateError as exc:
+            self._warn(f"OneGate unreachable, boot continues: {exc}")
+            self._step(7, "warning", f"not published ({exc})")
+            return
+        self._step(7, "ok", f"published {shown}")
+
+    # --- driver -----------------------------------------------------------------------
+
+    def run(self) -> BootResult:
+        remove_file(self.paths.launch_spec)  # no stale spec if this run stops early
+        self.read_context()
+        self.validate()
+        self.tls_material()
+        self.discover()
+        self.gpu_detection()
+        argv = self.launch_spec()
+        self.onegate_report()
+        write_status(self.paths, self.report)
+        summary = "SuperNode will start" if argv else "SuperNode NOT started"
+        self._log(f"boot sequence finished: {summary}; {len(self.report.errors)} error(s)")
+        return BootResult(self.report, argv)
+
+
+def run_boot(paths: Paths, options: BootOptions | None = None) -> BootResult:
+    """Run the whole boot sequence once."""
+    return BootSequence(paths, options).run()

@@ -1,0 +1,163 @@
+"""The SuperNode container launch: build info, ``docker run`` argv, launch spec.
+
+The boot sequence writes the launch spec (JSON with the argv list) to
+``/run/flower/supernode.json``; ``flower-supernode.service`` runs
+``python3 -m supernode_runtime run-supernode``, which ``os.execvp``'s that argv
+in the foreground so systemd tracks the ``docker run`` process. No shell is
+involved anywhere, so values from the context are never interpreted.
+
+flower-supernode flags used (verified with ``flower-supernode --help`` of
+flwr 1.41.0): ``--superlink``, ``--insecure``, ``--root-certificates``,
+``--isolation {subprocess,process}``, ``--node-config``, ``--max-retries``,
+``--max-wait-time``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from supernode_runtime.config import EffectiveConfig
+from supernode_runtime.fsutil import atomic_write
+from supernode_runtime.gpu import docker_gpu_flags
+
+CONTAINER_NAME = "flower-supernode"
+CONTAINER_CA_PATH = "/app/certificates/ca.pem"
+GUEST_CA_PATH = Path("/etc/flower/tls/ca.pem")
+NVIDIA_CAPABILITIES = "compute,utility"
+SPEC_VERSION = 1
+
+_IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}")
+
+
+class LaunchError(Exception):
+    """Build info or launch spec missing or malformed."""
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """Contents of ``/etc/flower/build.json`` written by the image build."""
+
+    supernode_image: str
+    flwr_version: str
+    variant: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> BuildInfo:
+        if not isinstance(data, dict):
+            raise LaunchError("build info is not a JSON object")
+        image, version, variant = (
+            data.get("supernode_image"),
+            data.get("flwr_version"),
+            data.get("variant"),
+        )
+        if not isinstance(image, str) or not _IMAGE_RE.fullmatch(image):
+            raise LaunchError(f"build info: supernode_image {image!r} is not an image reference")
+        if not isinstance(version, str) or not version:
+            raise LaunchError(f"build info: flwr_version {version!r} is not a version")
+        if variant not in ("cpu", "gpu"):
+            raise LaunchError(f"build info: variant {variant!r} is not 'cpu' or 'gpu'")
+        return cls(image, version, variant)
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "supernode_image": self.supernode_image,
+            "flwr_version": self.flwr_version,
+            "variant": self.variant,
+        }
+
+
+def load_build_info(path: Path) -> BuildInfo:
+    """Read and check ``build.json``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LaunchError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise LaunchError(f"{path} is not valid JSON: {exc}") from exc
+    return BuildInfo.from_json(data)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def docker_run_argv(
+    config: EffectiveConfig,
+    gpu_available: bool,
+    build_info: BuildInfo,
+    ca_host_path: Path = GUEST_CA_PATH,
+) -> list[str]:
+    """The full ``docker run`` argv for the SuperNode container.
+
+    ``config.superlink_address`` must be set (static or discovered).
+    """
+    if not config.superlink_address:
+        raise ValueError("no SuperLink address")
+    argv = ["docker", "run", "--rm", "--name", CONTAINER_NAME]
+    argv += docker_gpu_flags(gpu_available, config.cuda_visible_devices)
+    argv += [
+        "-e", f"FLWR_LOG_LEVEL={config.log_level}",
+        "-e", f"FL_GPU_MEMORY_FRACTION={_number(config.gpu_memory_fraction)}",
+        "-e", "TF_FORCE_GPU_ALLOW_GROWTH=true",
+    ]  # fmt: skip
+    if gpu_available:
+        argv += ["-e", f"NVIDIA_DRIVER_CAPABILITIES={NVIDIA_CAPABILITIES}"]
+    if config.tls_enabled:
+        argv += [
+            "--mount",
+            f"type=bind,source={ca_host_path},target={CONTAINER_CA_PATH},readonly",
+        ]
+    argv.append(build_info.supernode_image)
+    argv += ["--superlink", config.superlink_address]
+    if config.tls_enabled:
+        argv += ["--root-certificates", CONTAINER_CA_PATH]
+    else:
+        argv.append("--insecure")
+    argv += ["--isolation", config.isolation]
+    if config.node_config:
+        argv += ["--node-config", config.node_config]
+    if config.max_retries is not None:
+        argv += ["--max-retries", str(config.max_retries)]
+    if config.max_wait_time is not None:
+        argv += ["--max-wait-time", _number(config.max_wait_time)]
+    return argv
+
+
+def write_launch_spec(path: Path, argv: list[str], extra: dict[str, Any]) -> None:
+    """Atomically write the launch spec (mode 0644)."""
+    doc = {"version": SPEC_VERSION, "argv": argv, **extra}
+    atomic_write(path, json.dumps(doc, indent=2) + "\n", mode=0o644)
+
+
+def read_launch_spec(path: Path) -> list[str]:
+    """Read the launch spec and return its argv after checking its shape."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise LaunchError(f"{path} does not exist (boot sequence did not finish)") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LaunchError(f"cannot read launch spec {path}: {exc}") from exc
+    argv = doc.get("argv") if isinstance(doc, dict) else None
+    if (
+        not isinstance(argv, list)
+        or not all(isinstance(a, str) for a in argv)
+        or argv[:2] != ["docker", "run"]
+    ):
+        raise LaunchError(f"launch spec {path} has no valid docker run argv")
+    return argv
+
+
+def exec_supernode(spec_path: Path, execvp: Callable[[str, list[str]], object] = os.execvp) -> None:
+    """Replace this process with ``docker run ...`` from the launch spec."""
+    argv = read_launch_spec(spec_path)
+    print(f"starting SuperNode container: {shlex.join(argv)}", flush=True)
+    sys.stderr.flush()
+    execvp(argv[0], argv)

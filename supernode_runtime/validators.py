@@ -1,0 +1,243 @@
+"""Validation rules for context variable values.
+
+Each parser takes the raw (already stripped, non-empty) string and returns the
+typed value, or raises :class:`InvalidValue` with a short reason. The accepted
+form shown to people lives next to the variable in :mod:`.variables`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+import tomllib
+from typing import Any
+
+DEFAULT_SUPERLINK_PORT = 8000
+"""Port of the SuperLink Fleet API in Flower >= 1.40 (one HTTP port).
+
+Verified in flwr 1.41.0: ``SUPERLINK_DEFAULT_CLIENT_ADDRESS = "127.0.0.1:8000"``.
+"""
+
+PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+PEM_END = "-----END CERTIFICATE-----"
+
+
+class InvalidValue(ValueError):
+    """A context value does not have the accepted form."""
+
+
+# --- booleans / enums -------------------------------------------------------------
+
+
+def parse_yes_no(raw: str) -> bool:
+    """``YES``/``NO`` in any letter case."""
+    upper = raw.upper()
+    if upper == "YES":
+        return True
+    if upper == "NO":
+        return False
+    raise InvalidValue("not YES or NO")
+
+
+def _choice(raw: str, choices: tuple[str, ...], *, upper: bool) -> str:
+    value = raw.upper() if upper else raw.lower()
+    if value not in choices:
+        raise InvalidValue(f"not one of {', '.join(choices)}")
+    return value
+
+
+def parse_isolation(raw: str) -> str:
+    """Flower SuperNode isolation mode: ``subprocess`` or ``process``."""
+    return _choice(raw, ("subprocess", "process"), upper=False)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_log_level(raw: str) -> str:
+    """Log level name, case-insensitive, normalised to upper case."""
+    return _choice(raw, LOG_LEVELS, upper=True)
+
+
+# --- numbers ----------------------------------------------------------------------
+
+_INT_RE = re.compile(r"[0-9]{1,18}")
+_DECIMAL_RE = re.compile(r"(?:[0-9]{1,18}(?:\.[0-9]{0,18})?|\.[0-9]{1,18})")
+
+
+def parse_non_negative_int(raw: str) -> int:
+    """Plain decimal integer >= 0 (ASCII digits only, no sign)."""
+    if not _INT_RE.fullmatch(raw):
+        raise InvalidValue("not a whole number >= 0")
+    return int(raw)
+
+
+def _parse_decimal(raw: str) -> float:
+    if not _DECIMAL_RE.fullmatch(raw):
+        raise InvalidValue("not a plain decimal number")
+    return float(raw)
+
+
+def parse_non_negative_float(raw: str) -> float:
+    """Plain decimal number >= 0 (no sign, exponent, inf or nan)."""
+    return _parse_decimal(raw)
+
+
+def parse_memory_fraction(raw: str) -> float:
+    """Decimal number in (0, 1]."""
+    value = _parse_decimal(raw)
+    if not 0.0 < value <= 1.0:
+        raise InvalidValue("out of range (0, 1]")
+    return value
+
+
+# --- GPU device list --------------------------------------------------------------
+
+_DEVICE_LIST_RE = re.compile(r"[0-9]{1,3}(?:\s*,\s*[0-9]{1,3})*")
+
+
+def parse_cuda_devices(raw: str) -> str:
+    """``all`` or comma-separated GPU indices (``0``, ``0,1``); normalised."""
+    if raw.lower() == "all":
+        return "all"
+    if not _DEVICE_LIST_RE.fullmatch(raw):
+        raise InvalidValue("not 'all' or a comma-separated list of GPU indices")
+    indices = [str(int(part)) for part in raw.split(",")]
+    if len(set(indices)) != len(indices):
+        raise InvalidValue("a GPU index is listed twice")
+    return ",".join(indices)
+
+
+# --- SuperLink address --------------------------------------------------------------
+
+_DNS_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+
+
+def _check_host(host: str) -> str:
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise InvalidValue("IPv6 address is missing ']'")
+        try:
+            addr = ipaddress.IPv6Address(host[1:-1])
+        except ValueError as exc:
+            raise InvalidValue("not a valid IPv6 address in brackets") from exc
+        return f"[{addr.compressed}]"
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            return str(ipaddress.IPv4Address(host))
+        except ValueError as exc:
+            raise InvalidValue("not a valid IPv4 address") from exc
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > 253 or not all(_DNS_LABEL_RE.fullmatch(p) for p in name.split(".")):
+        raise InvalidValue("host is not a DNS name, an IPv4 address or an [IPv6] address")
+    return host.lower()
+
+
+def parse_superlink_address(raw: str) -> str:
+    """``host:port`` or ``host`` (port 8000 is appended); returns ``host:port``.
+
+    host is a DNS name, a dotted IPv4 address or an IPv6 address in brackets;
+    port is 1-65535. URLs (``https://...``) and unbracketed IPv6 are rejected.
+    """
+    if "://" in raw or "/" in raw:
+        raise InvalidValue("a URL prefix or path is not allowed; give host:port")
+    if raw.startswith("["):
+        inner, sep, rest = raw.partition("]")
+        if not sep:
+            raise InvalidValue("IPv6 address is missing ']'")
+        if rest and not rest.startswith(":"):
+            raise InvalidValue("expected ':port' after the IPv6 address")
+        if rest == ":":
+            raise InvalidValue("empty port")
+        host, port = inner + "]", rest[1:]
+    elif raw.count(":") > 1:
+        raise InvalidValue("IPv6 addresses must be written in brackets: [addr]:port")
+    else:
+        host, sep, port = raw.partition(":")
+        if sep and not port:
+            raise InvalidValue("empty port")
+    host = _check_host(host)
+    if not port:
+        return f"{host}:{DEFAULT_SUPERLINK_PORT}"
+    if not _PORT_RE.fullmatch(port) or not 1 <= int(port) <= 65535:
+        raise InvalidValue("port is not a number from 1 to 65535")
+    return f"{host}:{int(port)}"
+
+
+# --- Flower node config ---------------------------------------------------------------
+
+# The pair pattern flwr 1.41.0 uses (flwr.common.config.parse_config_args); here it
+# must also account for every character of the value, which flwr silently skips.
+_PAIR_RE = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
+_KEY_RE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    return [value]
+
+
+def parse_node_config(raw: str) -> str:
+    """Flower ``--node-config`` string: space-separated ``key=value`` pairs.
+
+    Values are read the way flwr 1.41.0 reads them (each value is a TOML value):
+    integers, floats, ``true``/``false``, or strings in double or single quotes.
+    Unquoted words other than true/false are rejected because flower-supernode
+    rejects them too. Returns the string unchanged (it is passed as ONE argv item).
+    """
+    if any(ch in raw for ch in "\r\n\x00"):
+        raise InvalidValue("line breaks are not allowed")
+    pos = 0
+    pairs: list[str] = []
+    while pos < len(raw):
+        if raw[pos].isspace():
+            pos += 1
+            continue
+        match = _PAIR_RE.match(raw, pos)
+        if match is None or (match.end() < len(raw) and not raw[match.end()].isspace()):
+            snippet = raw[pos : pos + 20]
+            raise InvalidValue(f"cannot read a key=value pair at {snippet!r}")
+        key, value = match.group(1), match.group(2)
+        if not _KEY_RE.fullmatch(key):
+            raise InvalidValue(f"key {key!r} may only use letters, digits, '_', '-' and '.'")
+        try:
+            parsed = tomllib.loads(f"{key} = {value}")
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidValue(
+                f"value {value!r} of {key!r} is not a number, true/false or a quoted string"
+            ) from exc
+        if not all(isinstance(leaf, (bool, int, float, str)) for leaf in _leaves(parsed)):
+            raise InvalidValue(f"value {value!r} of {key!r} is not a number, bool or string")
+        pairs.append(f"{key} = {value}")
+        pos = match.end()
+    if not pairs:
+        raise InvalidValue("no key=value pairs")
+    try:
+        tomllib.loads("\n".join(pairs))
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidValue("a key is given twice or conflicts with another key") from exc
+    return raw
+
+
+# --- TLS CA certificate ---------------------------------------------------------------
+
+
+def parse_ca_certificate(raw: str) -> str:
+    """Base64 of a PEM CA certificate (line breaks allowed); returns the PEM text."""
+    compact = "".join(raw.split())
+    try:
+        decoded = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidValue("not valid base64") from exc
+    try:
+        pem = decoded.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise InvalidValue("does not decode to PEM text") from exc
+    begin = pem.find(PEM_BEGIN)
+    if begin < 0 or pem.find(PEM_END, begin) < 0:
+        raise InvalidValue(f"decoded text has no {PEM_BEGIN} ... {PEM_END} block")
+    return pem if pem.endswith("\n") else pem + "\n"

@@ -1,0 +1,127 @@
+"""Image definitions: merged, typed, and every bad key or value named with its file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance_build import config
+from appliance_build.errors import ConfigError
+
+VALID = """
+description = "test image"
+variant = "cpu"
+provision = ["10-docker-engine.sh", "90-cleanup.sh"]
+[base]
+provider = "debian-12"
+[flower]
+version = "1.41.0"
+lock = "locks/flwr-1.41.0.txt"
+"""
+
+
+def write(dir_: Path, name: str, text: str) -> None:
+    (dir_ / f"{name}.toml").write_text(text)
+
+
+def test_shipped_definitions_load() -> None:
+    cpu = config.load("supernode-cpu")
+    gpu = config.load("supernode-gpu")
+    assert cpu.variant == "cpu" and gpu.variant == "gpu"
+    assert gpu.disk.firmware == "uefi" and gpu.disk.machine == "q35"
+    assert cpu.disk.firmware == "bios"
+    # the child inherits what it does not override
+    assert gpu.flower == cpu.flower and gpu.base == cpu.base
+    assert set(cpu.provision) <= set(gpu.provision)
+    assert list(gpu.provision) == sorted(gpu.provision)
+
+
+def test_config_is_frozen() -> None:
+    cpu = config.load("supernode-cpu")
+    with pytest.raises(AttributeError):
+        cpu.name = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("colour = 'red'\n" + VALID, "colour", "unknown key"),
+        (VALID.replace('variant = "cpu"', 'variant = "tpu"'), "variant", "'cpu' or 'gpu'"),
+        (VALID + "[disk]\nsize = 'big'\n", "disk.size", "8G"),
+        (VALID + "[disk]\nfirmware = 'coreboot'\n", "disk.firmware", "'bios' or 'uefi'"),
+        (VALID + "[disk]\nsize = '1G'\n", "disk.size", "too small"),
+        (VALID + "[vm]\ncpus = 'two'\n", "vm.cpus", "integer"),
+        (VALID + "[vm]\nmemory = 64\n", "vm.memory", "512"),
+        (VALID + "[vm]\nnics = 2\n", "vm.nics", "unknown key"),
+        (VALID.replace('"1.41.0"', '"latest"'), "flower.version", "X.Y.Z"),
+        (VALID.replace("locks/flwr-1.41.0.txt", "locks/nope.txt"), "flower.lock", "no lock file"),
+        (VALID.replace('"debian-12"', '"arch"'), "base.provider", "debian-12"),
+        (VALID.replace('"90-cleanup.sh"', '"cleanup.sh"'), "provision[1]", "10-docker-engine.sh"),
+        (VALID.replace('"90-cleanup.sh"', '"91-missing.sh"'), "provision[1]", "no script"),
+        ("packages = ['ok', 'rm -rf /']\n" + VALID, "packages[1]", "not a package name"),
+        (VALID.replace('provider = "debian-12"', 'provider = "ubuntu-24.04"'), "base.url", "URL"),
+    ],
+)
+def test_bad_values_name_file_and_key(tmp_path: Path, text: str, key: str, words: str) -> None:
+    write(tmp_path, "img", text)
+    with pytest.raises(ConfigError) as err:
+        config.load("img", tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "img.toml") in message
+    assert f"key '{key}'" in message
+    assert words in message
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    write(tmp_path, "img", VALID.replace('description = "test image"\n', ""))
+    with pytest.raises(ConfigError, match="key 'description': is required"):
+        config.load("img", tmp_path)
+
+
+def test_invalid_toml_names_file(tmp_path: Path) -> None:
+    write(tmp_path, "img", "description = \n")
+    with pytest.raises(ConfigError, match="img.toml: not valid TOML"):
+        config.load("img", tmp_path)
+
+
+def test_unknown_image_lists_known(tmp_path: Path) -> None:
+    write(tmp_path, "one", VALID)
+    with pytest.raises(ConfigError, match="known images: one"):
+        config.load("two", tmp_path)
+
+
+def test_extends_merges_and_appends(tmp_path: Path) -> None:
+    write(tmp_path, "parent", "packages = ['jq']\n" + VALID)
+    write(
+        tmp_path,
+        "child",
+        'extends = "parent"\nvariant = "gpu"\n[disk]\nfirmware = "uefi"\n'
+        "[extend]\npackages = ['pciutils']\nprovision = ['30-supernode-container.sh']\n",
+    )
+    child = config.load("child", tmp_path)
+    assert child.variant == "gpu" and child.disk.firmware == "uefi"
+    assert child.description == "test image"
+    assert child.packages == ("jq", "pciutils")
+    assert child.provision == ("10-docker-engine.sh", "30-supernode-container.sh", "90-cleanup.sh")
+    assert child.source_files == (tmp_path / "parent.toml", tmp_path / "child.toml")
+
+
+def test_extends_loop_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path, "a", 'extends = "b"\n')
+    write(tmp_path, "b", 'extends = "a"\n')
+    with pytest.raises(ConfigError, match="loops: a -> b -> a"):
+        config.load("a", tmp_path)
+
+
+def test_extend_without_extends(tmp_path: Path) -> None:
+    write(tmp_path, "img", VALID + "[extend]\npackages = ['x']\n")
+    with pytest.raises(ConfigError, match="'extend' needs 'extends"):
+        config.load("img", tmp_path)
+
+
+def test_unknown_extend_key(tmp_path: Path) -> None:
+    write(tmp_path, "parent", VALID)
+    write(tmp_path, "child", 'extends = "parent"\n[extend]\nkernel = ["x"]\n')
+    with pytest.raises(ConfigError, match="extend.kernel"):
+        config.load("child", tmp_path)

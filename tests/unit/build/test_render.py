@@ -1,0 +1,159 @@
+"""Rendering: HCL for both Packer targets (structure checked with python-hcl2),
+`packer validate` with the installed Packer, `cloud-init schema` on the seed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import jinja2
+import pytest
+
+from appliance_build import config
+from appliance_build.errors import ConfigError
+from appliance_build.stages import packer, render
+from appliance_build.vm.accel import Accelerator
+from appliance_build.vm.firmware import Uefi
+
+LEGACY = render.PackerTarget.parse("1.6.6")
+PLUGIN = render.PackerTarget.parse("1.11.2")
+FIRMWARE = Uefi(Path("/fw/OVMF_CODE_4M.fd"), Path("/fw/OVMF_VARS_4M.fd"), Path("/fw/OVMF.fd"))
+
+
+def do_render(tmp_path: Path, name: str, target: render.PackerTarget, key: str = "ssh-ed25519 AAAA test") -> render.Rendered:
+    image = config.load(name)
+    (tmp_path / "upload").mkdir(exist_ok=True)
+    return render.render(
+        image, tmp_path / name, target=target, accel=Accelerator("tcg", "max", "test"),
+        base_disk=tmp_path / "base.qcow2", base_checksum="none", upload_dir=tmp_path / "upload",
+        ssh_public_key=key, firmware=FIRMWARE,
+    )  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    """python-hcl2 8 keeps HCL's quotes around strings and keys: drop them."""
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items() if k != "__is_block__"}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def parse(path: Path) -> dict[str, Any]:
+    with path.open() as handle:
+        return _plain(hcl2.load(handle))  # type: ignore[no-any-return]
+
+
+def source_block(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    (source,) = doc["source"]
+    return source["qemu"][name]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name", ["supernode-cpu", "supernode-gpu"])
+@pytest.mark.parametrize("target", [LEGACY, PLUGIN], ids=["packer-1.6", "packer-1.11"])
+def test_hcl_structure(tmp_path: Path, name: str, target: render.PackerTarget) -> None:
+    image = config.load(name)
+    doc = parse(do_render(tmp_path, name, target).hcl)
+    src = source_block(doc, name)
+    assert src["disk_image"] is True and src["use_backing_file"] is True
+    assert src["headless"] is True
+    assert src["machine_type"] == image.disk.machine
+    assert src["cd_label"] == "cidata"
+    assert src["ssh_username"] == render.BUILD_USER
+    assert "ssh_password" not in src
+    qemuargs = src["qemuargs"]
+    assert ["-serial", f"file:{tmp_path / name / 'logs' / 'packer-console.log'}"] in qemuargs
+    uefi = image.disk.firmware == "uefi"
+    if target.plugin:
+        (block,) = doc["packer"]
+        plugin = block["required_plugins"][0]["qemu"]
+        assert plugin["source"] == "github.com/hashicorp/qemu"
+        assert src.get("efi_boot", False) is uefi
+        if uefi:
+            assert src["efi_firmware_code"] == str(FIRMWARE.code)
+            assert src["efi_firmware_vars"] == str(FIRMWARE.vars)
+        assert not any(arg[0] == "-bios" for arg in qemuargs)
+    else:
+        assert "packer" not in doc, "Packer 1.6 rejects a packer {} block with required_plugins"
+        assert not any(k.startswith("efi_") for k in src)
+        assert (["-bios", str(FIRMWARE.combined)] in qemuargs) is uefi
+    (build,) = doc["build"]
+    shells = [p["shell"] for p in build["provisioner"] if "shell" in p]
+    scripts = [Path(s).name for shell in shells for s in shell["scripts"]]
+    assert scripts == [*[s for s in image.provision if s < "90"], "inventory.sh", *[s for s in image.provision if s >= "90"]]
+    downloads = [p["file"] for p in build["provisioner"] if "file" in p and p["file"].get("direction") == "download"]
+    assert downloads and downloads[0]["destination"].endswith("inventory.json")
+
+
+def test_cloud_init_seed_has_only_the_build_key(tmp_path: Path) -> None:
+    import yaml
+
+    rendered = do_render(tmp_path, "supernode-cpu", LEGACY, key="ssh-ed25519 AAAAkey build")
+    text = rendered.user_data.read_text()
+    assert text.startswith("#cloud-config\n")
+    data = yaml.safe_load(text)
+    (user,) = data["users"]
+    assert user["name"] == render.BUILD_USER and user["lock_passwd"] is True
+    assert user["ssh_authorized_keys"] == ["ssh-ed25519 AAAAkey build"]
+    assert data["ssh_pwauth"] is False
+    meta = yaml.safe_load(rendered.meta_data.read_text())
+    assert meta["instance-id"].startswith("flower-build-")
+
+
+def test_strict_undefined(tmp_path: Path) -> None:
+    env = render.environment()
+    with pytest.raises(jinja2.UndefinedError):
+        env.from_string("{{ nothing_here }}").render()
+
+
+@pytest.mark.parametrize("text", ["1.7.0", "1.8.5", "1.5.0", "latest"])
+def test_unsupported_packer_targets(text: str) -> None:
+    with pytest.raises(ConfigError, match="packer target"):
+        render.PackerTarget.parse(text)
+
+
+def test_packer_version_parsing() -> None:
+    assert render.PackerTarget.parse("Packer v1.6.6\n").plugin is False
+    assert render.PackerTarget.parse("1.9").plugin is True
+
+
+needs_packer = pytest.mark.skipif(shutil.which("packer") is None, reason="packer is not installed")
+
+
+@needs_packer
+@pytest.mark.parametrize("name", ["supernode-cpu", "supernode-gpu"])
+def test_packer_validate_installed_target(tmp_path: Path, name: str) -> None:
+    """The installed Packer accepts what is rendered for it (real `packer validate`)."""
+    target = render.detect_packer()
+    with packer.build_keypair("test") as key:
+        rendered = do_render(tmp_path, name, target, key=key.public)
+        result = subprocess.run(
+            ["packer", "validate", f"-var=ssh_private_key_file={key.private}", str(rendered.hcl)],
+            capture_output=True, text=True, env=packer.packer_env(), check=False,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init is not installed")
+def test_cloud_init_schema(tmp_path: Path) -> None:
+    rendered = do_render(tmp_path, "supernode-cpu", LEGACY)
+    result = subprocess.run(
+        ["cloud-init", "schema", "--config-file", str(rendered.user_data)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Valid" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init is not installed")
+def test_cloud_init_schema_rejects_a_broken_seed(tmp_path: Path) -> None:
+    """The schema check above is able to fail."""
+    bad = tmp_path / "user-data"
+    bad.write_text("#cloud-config\nusers: 7\nssh_pwauth: maybe\n")
+    result = subprocess.run(["cloud-init", "schema", "--config-file", str(bad)], capture_output=True, text=True, check=False)
+    assert result.returncode != 0
