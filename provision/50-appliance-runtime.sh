@@ -11,12 +11,7 @@ find /opt/flower/lib/supernode_runtime -name '__pycache__' -prune -exec rm -rf {
 chown -R root:root /opt/flower/lib
 python3 -m compileall -q /opt/flower/lib/supernode_runtime
 
-cat > /usr/local/bin/flower-appliance <<'WRAPPER'
-#!/bin/sh
-# Flower SuperNode appliance CLI: status, check-context PATH, boot, run-supernode.
-PYTHONPATH=/opt/flower/lib exec /usr/bin/python3 -m supernode_runtime "$@"
-WRAPPER
-chmod 0755 /usr/local/bin/flower-appliance
+install -m 0755 /opt/flower/lib/supernode_runtime/bin/flower-appliance /usr/local/bin/flower-appliance
 
 for unit in /opt/flower/lib/supernode_runtime/systemd/*.service; do
     install -m 0644 "$unit" /etc/systemd/system/

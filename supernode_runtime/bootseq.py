@@ -206,13 +206,14 @@ class BootSequence:
             self._step(4, "ok", f"{cfg.superlink_address} (static, {setting.source})")
             return
         reason = self._discover_via_onegate()
-        if self.state.config is not None and self.state.config.superlink_address:
+        if reason is None:
             return
         var = BY_NAME["FL_SUPERLINK_ADDRESS"]
         self._error(VariableError("FL_SUPERLINK_ADDRESS", "''", reason, var.accepted))
         self._step(4, "error", f"no SuperLink address: {reason}")
 
-    def _discover_via_onegate(self) -> str:
+    def _discover_via_onegate(self) -> str | None:
+        """Look the address up through OneGate; None on success, else the reason."""
         access = self.state.access
         if access is None:
             return "empty and OneGate is not available (no ONEGATE_ENDPOINT, VMID or token)"
@@ -235,7 +236,7 @@ class BootSequence:
                     )
                     self.report.superlink = {"address": found.address, "source": found.where}
                     self._step(4, "ok", f"{found.address} (OneGate: {found.where})")
-                    return ""
+                    return None
                 reason = f"empty and the SuperLink address is {found.where}"
             if attempt < attempts:
                 self._log(f"superlink-discovery: attempt {attempt}/{attempts}: {reason}")

@@ -172,7 +172,8 @@ def parse_superlink_address(raw: str) -> str:
 # The pair pattern flwr 1.41.0 uses (flwr.common.config.parse_config_args); here it
 # must also account for every character of the value, which flwr silently skips.
 _PAIR_RE = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
-_KEY_RE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+# A key never starts with '-', so the value can never look like a flower-supernode option.
+_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
 
 
 def _leaves(value: Any) -> list[Any]:
@@ -203,7 +204,10 @@ def parse_node_config(raw: str) -> str:
             raise InvalidValue(f"cannot read a key=value pair at {snippet!r}")
         key, value = match.group(1), match.group(2)
         if not _KEY_RE.fullmatch(key):
-            raise InvalidValue(f"key {key!r} may only use letters, digits, '_', '-' and '.'")
+            raise InvalidValue(
+                f"key {key!r} may only use letters, digits, '_', '-' and '.' "
+                "and must not start with '-'"
+            )
         try:
             parsed = tomllib.loads(f"{key} = {value}")
         except tomllib.TOMLDecodeError as exc:

@@ -6,10 +6,9 @@ import base64
 import io
 import json
 import os
-import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,7 +29,11 @@ PEM = (
 )
 PEM_B64 = base64.b64encode(PEM.encode()).decode()
 
-BUILD_INFO = {"supernode_image": "flwr-supernode:1.41.0", "flwr_version": "1.41.0", "variant": "gpu"}
+BUILD_INFO = {
+    "supernode_image": "flwr-supernode:1.41.0",
+    "flwr_version": "1.41.0",
+    "variant": "gpu",
+}
 
 LSMOD_WITH_NVIDIA = (
     "Module                  Size  Used by\n"
@@ -64,11 +67,7 @@ class FakeBin:
     def add(self, name: str, body: str) -> Path:
         """Write ``#!/bin/sh`` program ``name``; every call is appended to the log."""
         path = self.dir / name
-        path.write_text(
-            "#!/bin/sh\n"
-            f'/bin/echo "{name} $*" >> "{self.log}"\n'
-            f"{body}\n"
-        )
+        path.write_text(f'#!/bin/sh\n/bin/echo "{name} $*" >> "{self.log}"\n{body}\n')
         path.chmod(0o755)
         return path
 
@@ -92,7 +91,7 @@ class FakeBin:
         self.add_output("lsmod", LSMOD_WITH_NVIDIA)
         self.add(
             "nvidia-smi",
-            '/bin/echo "NVIDIA-SMI has failed because it couldn\'t communicate with the '
+            "/bin/echo \"NVIDIA-SMI has failed because it couldn't communicate with the "
             'NVIDIA driver" >&2\nexit 9',
         )
 
@@ -179,7 +178,10 @@ class OneGateServer:
             def _record(self) -> Recorded:
                 length = int(self.headers.get("Content-Length") or 0)
                 rec = Recorded(
-                    self.command, self.path, dict(self.headers.items()), self.rfile.read(length)
+                    self.command,
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    self.rfile.read(length),
                 )
                 server.requests.append(rec)
                 return rec
@@ -210,7 +212,9 @@ class OneGateServer:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def endpoint(self) -> str:
@@ -234,9 +238,7 @@ def service_doc(superlink_template: Mapping[str, str], own_vmid: str = "42") -> 
                         {
                             "deploy_id": 42,
                             "running": True,
-                            "vm_info": {
-                                "VM": {"ID": own_vmid, "USER_TEMPLATE": {"READY": "YES"}}
-                            },
+                            "vm_info": {"VM": {"ID": own_vmid, "USER_TEMPLATE": {"READY": "YES"}}},
                         }
                     ],
                 },
@@ -247,7 +249,9 @@ def service_doc(superlink_template: Mapping[str, str], own_vmid: str = "42") -> 
                         {
                             "deploy_id": 40,
                             "running": True,
-                            "vm_info": {"VM": {"ID": "40", "USER_TEMPLATE": dict(superlink_template)}},
+                            "vm_info": {
+                                "VM": {"ID": "40", "USER_TEMPLATE": dict(superlink_template)}
+                            },
                         }
                     ],
                 },

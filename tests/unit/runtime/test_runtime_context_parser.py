@@ -122,7 +122,9 @@ def test_parser_never_raises_on_arbitrary_text(text: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(["A='1'", "garbage", "B='x\ny'", "# c", "", "C=''\\''"]), max_size=12))
+@given(
+    st.lists(st.sampled_from(["A='1'", "garbage", "B='x\ny'", "# c", "", "C=''\\''"]), max_size=12)
+)
 def test_parser_handles_arbitrary_line_mixtures(lines: list[str]) -> None:
     result = parse_context("\n".join(lines))
     assert set(result.values) <= {"A", "B", "C"}

@@ -86,5 +86,6 @@ def test_override_only_platform(fake_root: FakeRoot, fake_bin: FakeBin) -> None:
 def test_parse_warnings_carry_the_file(fake_root: FakeRoot, fake_bin: FakeBin) -> None:
     fake_root.write_context({}, raw_text="A='1'\nnonsense\n")
     ctx = load_context(fake_root.paths)
-    assert ctx.warnings == [f"{fake_root.context_dir}/context.sh: line 2: expected KEY='value': "
-                            "'nonsense'"]
+    assert ctx.warnings == [
+        f"{fake_root.context_dir}/context.sh: line 2: expected KEY='value': 'nonsense'"
+    ]

@@ -77,6 +77,8 @@ INVALID: list[tuple[str, str]] = [
     ("FL_NODE_CONFIG", "a=1\nb=2"),
     ("FL_NODE_CONFIG", "$(id)=1"),
     ("FL_NODE_CONFIG", "a=1; reboot"),
+    ("FL_NODE_CONFIG", "--insecure=true"),
+    ("FL_NODE_CONFIG", "a=1 -b=2"),
     ("FL_ISOLATION", "thread"),
     ("FL_ISOLATION", "subprocess;id"),
     ("FL_MAX_RETRIES", "-1"),
@@ -178,7 +180,9 @@ def test_plain_spelling_used_when_oneapp_empty() -> None:
 
 
 def test_error_names_the_spelling_that_was_used() -> None:
-    res = resolve([("ctx", {"ONEAPP_FL_GPU_MEMORY_FRACTION": "2", "FL_GPU_MEMORY_FRACTION": "0.5"})])
+    res = resolve(
+        [("ctx", {"ONEAPP_FL_GPU_MEMORY_FRACTION": "2", "FL_GPU_MEMORY_FRACTION": "0.5"})]
+    )
     assert [e.variable for e in res.errors] == ["ONEAPP_FL_GPU_MEMORY_FRACTION"]
 
 
@@ -191,9 +195,7 @@ def test_override_layer_beats_cd_layer_even_against_oneapp() -> None:
 
 
 def test_all_errors_are_collected_not_just_the_first() -> None:
-    res = resolve(
-        [("ctx", {"FL_ISOLATION": "x", "FL_LOG_LEVEL": "y", "FL_GPU_ENABLED": "maybe"})]
-    )
+    res = resolve([("ctx", {"FL_ISOLATION": "x", "FL_LOG_LEVEL": "y", "FL_GPU_ENABLED": "maybe"})])
     assert {e.variable for e in res.errors} == {"FL_ISOLATION", "FL_LOG_LEVEL", "FL_GPU_ENABLED"}
 
 
