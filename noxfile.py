@@ -4,6 +4,7 @@
     nox -s build_gpu              build build/supernode-gpu/supernode-gpu.qcow2
     nox -s render                 only render Packer HCL + cloud-init for every image
     nox -s tests                  unit + integration tests (what CI runs)
+    nox -s test_cpu / test_gpu    boot the built image under QEMU and test inside it
     nox -s lint                   ruff, mypy, shellcheck
     nox -s check_context -- PATH  validate an OpenNebula context.sh like the appliance does
 
@@ -51,9 +52,34 @@ def build_gpu(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Unit and integration tests, JUnit XML in build/test-results/."""
     _install(session, "test")
+    session.run("pytest", "-ra", "--junitxml=build/test-results/tests.xml", *session.posargs)
+
+
+def _test_image(session: nox.Session, image: str) -> None:
+    _install(session, "test")
+    results = f"build/{image}/test-results"
     session.run(
-        "pytest", "-ra", "--junitxml=build/test-results/tests.xml", *session.posargs
+        "pytest",
+        "-ra",
+        "-p",
+        "no:cacheprovider",
+        "tests/image",
+        f"--image={image}",
+        f"--junitxml={results}/junit.xml",
+        *session.posargs,
     )
+
+
+@nox.session(python=PYTHON)
+def test_cpu(session: nox.Session) -> None:
+    """Boot build/supernode-cpu/supernode-cpu.qcow2 and run the in-image tests."""
+    _test_image(session, "supernode-cpu")
+
+
+@nox.session(python=PYTHON)
+def test_gpu(session: nox.Session) -> None:
+    """Boot the GPU image; `-- --vfio 0000:e1:00.0` passes a GPU through."""
+    _test_image(session, "supernode-gpu")
 
 
 @nox.session(python=PYTHON)

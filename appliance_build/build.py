@@ -25,7 +25,15 @@ from typing import Any
 from . import config
 from .cache import file_sha256
 from .config import ImageConfig
-from .paths import PROVISION_DIR, REPO, RUNTIME_DIR, SCRIPTS_DIR, TEMPLATES_DIR, build_root
+from .paths import (
+    PROVISION_DIR,
+    REPO,
+    RUNTIME_DIR,
+    SCRIPTS_DIR,
+    TEMPLATES_DIR,
+    build_root,
+    cache_root,
+)
 from .progress import StageTimer, say
 from .stages import base as base_stage
 from .stages import container as container_stage
@@ -59,7 +67,7 @@ class Outputs:
 
     @property
     def upload(self) -> Path:
-        return self.root / "upload"
+        return self.root / "flower-build"  # uploaded as /var/tmp/flower-build
 
     @property
     def packer_output(self) -> Path:
@@ -95,17 +103,16 @@ def _no_partial_results(out: Outputs) -> Iterator[None]:
         shutil.rmtree(out.upload, ignore_errors=True)
 
 
-def probe_kernel(base_disk: Path) -> Path | None:
-    """A kernel to boot for the accelerator probe: the base's own, else the host's."""
-    own = base_disk.parent / "vmlinuz"
-    if own.is_file():
-        return own
-    host = sorted(Path("/boot").glob("vmlinuz-*"))
-    return host[-1] if host else None
+def find_probe_kernel(disk: Path) -> Path | None:
+    """A kernel to boot for the accelerator probe: the base's own (next to a base disk,
+    or any cached debian base for a built image), else the host's."""
+    candidates = [disk.parent / "vmlinuz", *sorted((cache_root() / "base").glob("*/vmlinuz"))]
+    candidates += sorted(Path("/boot").glob("vmlinuz-*"))
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def choose_accelerator(base_disk: Path) -> accel_probe.Accelerator:
-    kernel = probe_kernel(base_disk)
+    kernel = find_probe_kernel(base_disk)
     if kernel is None:
         return accel_probe.Accelerator("tcg", "max", "no kernel available to probe KVM with")
     return accel_probe.choose(kernel)
@@ -120,9 +127,7 @@ def prepare_upload(image: ImageConfig, container: container_stage.ContainerImage
         os.link(container.rootfs, target)
     except OSError:
         shutil.copy2(container.rootfs, target)
-    (out.upload / "container" / "import-changes.txt").write_text(
-        "\n".join(container.import_changes()) + "\n"
-    )
+    (out.upload / "container" / "import-changes.txt").write_text("\n".join(container.import_changes()) + "\n")
     shutil.copytree(RUNTIME_DIR, out.upload / "supernode_runtime",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
     shutil.copy2(PROVISION_DIR / "finalize.sh", out.upload / "finalize.sh")

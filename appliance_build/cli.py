@@ -1,8 +1,8 @@
 """Command line of the pipeline; the nox sessions call this.
 
-    python -m appliance_build build IMAGE [--packer-target VERSION]
-    python -m appliance_build render IMAGE... [--packer-target VERSION]
-    python -m appliance_build show IMAGE
+python -m appliance_build build IMAGE [--packer-target VERSION]
+python -m appliance_build render IMAGE... [--packer-target VERSION]
+python -m appliance_build show IMAGE
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 from . import cache, config
 from .errors import BuildError
@@ -31,9 +30,7 @@ def _image_names(names: list[str]) -> list[str]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    target = (
-        render.PackerTarget.parse(args.packer_target) if args.packer_target else render.detect_packer()
-    )
+    target = render.PackerTarget.parse(args.packer_target) if args.packer_target else render.detect_packer()
     for name in _image_names(args.images):
         image = config.load(name)
         key = cache.inputs_hash(base_stage.inputs(image.base))
@@ -44,7 +41,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         with packer.build_keypair(name) as key_pair:
             rendered = render.render(
                 image, out, target=target, accel=accel, base_disk=base_disk, base_checksum="none",
-                upload_dir=out / "upload", ssh_public_key=key_pair.public, firmware=firmware,
+                upload_dir=out / "flower-build", ssh_public_key=key_pair.public, firmware=firmware,
             )  # fmt: skip
         print(f"{name}: {target.label}\n  {rendered.hcl}\n  {rendered.user_data}\n  {rendered.meta_data}")
     return 0

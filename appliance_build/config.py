@@ -112,9 +112,7 @@ def load(name: str, images_dir: Path = IMAGES_DIR) -> ImageConfig:
     return _validate(name, raw, sources)
 
 
-def _read_chain(
-    name: str, images_dir: Path, seen: tuple[str, ...]
-) -> tuple[dict[str, Any], tuple[Path, ...]]:
+def _read_chain(name: str, images_dir: Path, seen: tuple[str, ...]) -> tuple[dict[str, Any], tuple[Path, ...]]:
     path = images_dir / f"{name}.toml"
     if not NAME_RE.match(name):
         raise ConfigError(f"image name {name!r}: use lower-case letters, digits and '-'")
@@ -297,9 +295,7 @@ def _validate(name: str, raw: dict[str, Any], sources: tuple[Path, ...]) -> Imag
     for i, step in enumerate(steps):
         c.check(isinstance(step, str) and STEP_RE.match(step) is not None, f"provision[{i}]",
                 f"must be a script name like 10-docker-engine.sh, got {step!r}")  # fmt: skip
-        c.check(
-            (PROVISION_DIR / step).is_file(), f"provision[{i}]", f"no script {PROVISION_DIR / step}"
-        )
+        c.check((PROVISION_DIR / step).is_file(), f"provision[{i}]", f"no script {PROVISION_DIR / step}")
     c.check(len(set(steps)) == len(steps), "provision", "lists a script twice")
     ordered = sorted(steps)
 

@@ -107,10 +107,7 @@ def run(
             selector.close()
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-15:]
-        raise BuildError(
-            f"{label} failed (exit {proc.returncode}); last lines of {log}:\n  "
-            + "\n  ".join(tail)
-        )
+        raise BuildError(f"{label} failed (exit {proc.returncode}); last lines of {log}:\n  " + "\n  ".join(tail))
 
 
 def kill_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:

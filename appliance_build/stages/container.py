@@ -89,7 +89,7 @@ def ensure(flower: FlowerConfig, mirror: str, logs: Path) -> ContainerImage:
         download_wheels(IMAGES_DIR / flower.lock, wheels, log)
         say(f"building the SuperNode container rootfs ({len(list(wheels.iterdir()))} wheels)")
         hooks = [
-            f"--customize-hook=mkdir -p \"$1/tmp/wheels\"",
+            '--customize-hook=mkdir -p "$1/tmp/wheels"',
             f"--customize-hook=copy-in {wheels}/. /tmp/wheels",
             f"--customize-hook=upload {IMAGES_DIR / flower.lock} /tmp/requirements.txt",
             f'--customize-hook=chroot "$1" python3 -m venv {VENV}',
@@ -97,7 +97,7 @@ def ensure(flower: FlowerConfig, mirror: str, logs: Path) -> ContainerImage:
             f"--disable-pip-version-check --require-hashes --find-links /tmp/wheels "
             f"-r /tmp/requirements.txt",
             f'--customize-hook=chroot "$1" {VENV}/bin/pip freeze --all > "$1/tmp/freeze.txt"',
-            f'--customize-hook=copy-out /tmp/freeze.txt {scratch}',
+            f"--customize-hook=copy-out /tmp/freeze.txt {scratch}",
             f'--customize-hook=chroot "$1" useradd --uid {APP_UID} --create-home --shell /usr/sbin/nologin app',
             '--customize-hook=mkdir -p "$1/app" && chown 49999:49999 "$1/app"',
             '--customize-hook=rm -rf "$1/tmp/wheels" "$1/tmp/requirements.txt" "$1/tmp/freeze.txt" '
@@ -116,11 +116,7 @@ def ensure(flower: FlowerConfig, mirror: str, logs: Path) -> ContainerImage:
             log, label="mmdebstrap (container rootfs)", timeout=1800,
         )  # fmt: skip
         run(["gzip", "-1", str(tar)], log, label="gzip rootfs")
-        freeze = dict(
-            line.split("==", 1)
-            for line in (scratch / "freeze.txt").read_text().splitlines()
-            if "==" in line
-        )
+        freeze = dict(line.split("==", 1) for line in (scratch / "freeze.txt").read_text().splitlines() if "==" in line)
         facts = {
             "tag": flower.image_tag,
             "flwr": freeze.get("flwr", "?"),

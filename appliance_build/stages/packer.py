@@ -34,7 +34,18 @@ def build_keypair(label: str) -> Iterator[KeyPair]:
     with tempfile.TemporaryDirectory(prefix="flower-build-key-") as tmp:
         key = Path(tmp) / "id_ed25519"
         subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"flower-build {label}", "-f", str(key)],
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"flower-build {label}",
+                "-f",
+                str(key),
+            ],
             check=True,
         )
         yield KeyPair(key, (key.with_suffix(".pub")).read_text().strip())

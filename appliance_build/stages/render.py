@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jinja2
@@ -54,9 +54,7 @@ class PackerTarget:
             raise ConfigError(f"packer target {text!r}: expected a version like 1.6.6 or 1.11")
         target = cls((int(m[1]), int(m[2]), int(m[3] or 0)))
         if (1, 7, 0) <= target.version < (1, 9, 0) or target.version < (1, 6, 0):
-            raise ConfigError(
-                f"packer target {text!r}: supported are 1.6.x (built-in qemu) and >= 1.9 (qemu plugin)"
-            )
+            raise ConfigError(f"packer target {text!r}: supported are 1.6.x (built-in qemu) and >= 1.9 (qemu plugin)")
         return target
 
 
@@ -141,6 +139,8 @@ def render(
     firmware: Uefi | None,
 ) -> Rendered:
     """Write <out_dir>/packer/<image>.pkr.hcl and <out_dir>/seed/{user-data,meta-data}."""
+    if upload_dir.name != PurePosixPath(UPLOAD_DEST).name:
+        raise BuildError(f"the upload tree must be named {PurePosixPath(UPLOAD_DEST).name}, not {upload_dir.name}")
     if image.disk.firmware == "uefi" and firmware is None:
         raise BuildError(f"{image.name}: disk.firmware is uefi but no UEFI firmware was found")
     env = environment()
@@ -159,6 +159,7 @@ def render(
         "logs_dir": out_dir / "logs",
         "upload_dir": upload_dir,
         "upload_dest": UPLOAD_DEST,
+        "upload_parent": str(PurePosixPath(UPLOAD_DEST).parent),
         "build_user": BUILD_USER,
         "ssh_public_key": ssh_public_key,
         "firmware": firmware,

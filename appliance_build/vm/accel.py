@@ -53,7 +53,10 @@ def kvm_boots(kernel: Path, *, qemu: str = QEMU, timeout: float = 25.0) -> tuple
     """Boot `kernel` under KVM with -cpu host; True only if the guest's init printed."""
     busybox = shutil.which("busybox")
     if busybox is None:
-        return False, "busybox (package busybox-static) is missing, cannot build the probe initramfs"
+        return (
+            False,
+            "busybox (package busybox-static) is missing, cannot build the probe initramfs",
+        )
     with tempfile.TemporaryDirectory(prefix="accel-probe-") as tmp:
         initrd = Path(tmp) / "initrd.gz"
         _probe_initramfs(initrd, Path(busybox))
@@ -93,9 +96,7 @@ def choose(kernel: Path, *, qemu: str = QEMU, timeout: float = 25.0) -> Accelera
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return _announce(Accelerator("tcg", "max", "/dev/kvm is missing or not accessible"))
     record = cache_root() / "accel-probe.json"
-    key = inputs_hash(
-        {"boot_id": _boot_id(), "qemu": _qemu_version(qemu), "kernel": file_sha256(kernel)}
-    )
+    key = inputs_hash({"boot_id": _boot_id(), "qemu": _qemu_version(qemu), "kernel": file_sha256(kernel)})
     if record.exists():
         saved = json.loads(record.read_text())
         if saved.get("key") == key:

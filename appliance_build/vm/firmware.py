@@ -38,7 +38,10 @@ def find_uefi(dirs: tuple[Path, ...] = DESCRIPTOR_DIRS) -> Uefi:
         except (OSError, json.JSONDecodeError):
             continue
         features = set(desc.get("features", []))
-        if "uefi" not in desc.get("interface-types", []) or features & {"secure-boot", "enrolled-keys"}:
+        if "uefi" not in desc.get("interface-types", []) or features & {
+            "secure-boot",
+            "enrolled-keys",
+        }:
             continue
         if not any(
             t.get("architecture") == "x86_64" and any("q35" in m for m in t.get("machines", []))

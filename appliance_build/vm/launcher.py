@@ -31,6 +31,7 @@ from ..errors import BuildError
 from ..progress import kill_group, say
 from .accel import Accelerator
 from .firmware import find_uefi
+from .host_check import check_vfio_host
 
 GUEST_MAC = "02:00:0a:00:02:0f"  # OpenNebula-style MAC for 10.0.2.15 (QEMU user net)
 GUEST_NET = {
@@ -107,8 +108,9 @@ def qemu_argv(
 class VirtualMachine:
     """A running test VM; leaving the `with` block always stops it."""
 
-    def __init__(self, spec: VmSpec, workdir: Path) -> None:
+    def __init__(self, spec: VmSpec, workdir: Path, *, host_root: Path | None = None) -> None:
         self.spec = spec.effective()
+        self.host_root = host_root  # where /proc, /sys, /etc are for the VFIO pre-check (tests)
         self.workdir = workdir
         self.serial_log = workdir / "serial.log"
         self.ssh_port = free_port()
@@ -132,6 +134,10 @@ class VirtualMachine:
         self.stop()
 
     def start(self) -> None:
+        if self.spec.vfio:
+            report = check_vfio_host(self.spec.vfio, root=self.host_root)
+            for line in report.lines("warning"):
+                say(f"host check warning: {line}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         overlay = self.workdir / "overlay.qcow2"
         overlay.unlink(missing_ok=True)
@@ -208,14 +214,16 @@ class VirtualMachine:
         last_error = "no attempt"
         while time.monotonic() < deadline:
             if not self.running():
-                raise BuildError(f"the VM stopped before SSH came up (events {self.event_names()}); console {self.serial_log}")
+                raise BuildError(
+                    f"the VM stopped before SSH came up (events {self.event_names()}); console {self.serial_log}"
+                )
             if "GUEST_PANICKED" in self.event_names():
                 raise BuildError(f"guest kernel panicked; console {self.serial_log}")
             try:
                 with self.ssh(key, user, timeout=10) as client:
                     client.exec_command("true")[1].channel.recv_exit_status()
                 return time.monotonic() - self.started_at
-            except Exception as exc:  # noqa: BLE001 - every failure means "not yet"
+            except Exception as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
                 time.sleep(3)
         tail = self.serial_log.read_text(errors="replace").splitlines()[-10:] if self.serial_log.exists() else []
@@ -224,7 +232,7 @@ class VirtualMachine:
     @contextlib.contextmanager
     def ssh(self, key: paramiko.PKey, user: str = "root", timeout: float = 30):  # type: ignore[no-untyped-def]
         client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - fresh test VM
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         try:
             client.connect("127.0.0.1", port=self.ssh_port, username=user, pkey=key, timeout=timeout,
                            banner_timeout=timeout, auth_timeout=timeout, allow_agent=False,
@@ -237,17 +245,26 @@ class VirtualMachine:
         with self.ssh(key, user) as client:
             _, stdout, stderr = client.exec_command(command, timeout=timeout)
             code = stdout.channel.recv_exit_status()
-            return code, stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
+            return (
+                code,
+                stdout.read().decode(errors="replace"),
+                stderr.read().decode(errors="replace"),
+            )
 
 
-def new_key() -> paramiko.Ed25519Key:
-    """A fresh key for one test VM (paramiko cannot generate ed25519: use ssh-keygen)."""
+def new_key(path: Path | None = None) -> paramiko.Ed25519Key:
+    """A fresh key for one test VM (paramiko cannot generate ed25519: use ssh-keygen).
+
+    With `path`, the private key is also kept there (for testinfra's identity file).
+    """
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-        return paramiko.Ed25519Key.from_private_key_file(str(path))
+        key_file = path or Path(tmp) / "key"
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.unlink(missing_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key_file)], check=True)
+        return paramiko.Ed25519Key.from_private_key_file(str(key_file))
 
 
 def public_line(key: paramiko.PKey) -> str:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from appliance_build.build import choose_accelerator
 from appliance_build.config import BaseConfig
 from appliance_build.stages import base
 from appliance_build.vm import isos
 from appliance_build.vm.launcher import VirtualMachine, VmSpec, new_key, public_line
-from appliance_build.build import choose_accelerator
 
 pytestmark = pytest.mark.vm
 

@@ -1,11 +1,11 @@
 """debian-12: bootstrap a bootable base disk from the Debian mirror alone.
 
-  1. mmdebstrap a root (kernel, systemd, cloud-init, sshd, GRUB binaries)
-  2. configure it as data (fstab, GRUB defaults, cloud-init datasources, no host keys)
-  3. write an MBR disk with the ESP and the root filled in at their offsets
-  4. boot the root's own kernel once (direct kernel boot) with init= a script
-     that installs GRUB for BIOS and for UEFI (removable path) and powers off
-  5. convert to qcow2 in the cache
+1. mmdebstrap a root (kernel, systemd, cloud-init, sshd, GRUB binaries)
+2. configure it as data (fstab, GRUB defaults, cloud-init datasources, no host keys)
+3. write an MBR disk with the ESP and the root filled in at their offsets
+4. boot the root's own kernel once (direct kernel boot) with init= a script
+   that installs GRUB for BIOS and for UEFI (removable path) and powers off
+5. convert to qcow2 in the cache
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ... import cache
 from ...config import BaseConfig, _size_mib
 from ...errors import BuildError
 from ...progress import run, say
@@ -221,9 +220,7 @@ def _facts(root: Path) -> dict[str, Any]:
     )  # fmt: skip
     packages = dict(line.split("\t", 1) for line in out.stdout.splitlines() if line)
     kernel = _kernel_files(root)[0].name.removeprefix("vmlinuz-")
-    os_release = dict(
-        line.split("=", 1) for line in (root / "etc/os-release").read_text().splitlines() if "=" in line
-    )
+    os_release = dict(line.split("=", 1) for line in (root / "etc/os-release").read_text().splitlines() if "=" in line)
     return {
         "distribution": os_release.get("PRETTY_NAME", "").strip('"'),
         "debian_version": (root / "etc/debian_version").read_text().strip(),

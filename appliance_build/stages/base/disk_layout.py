@@ -53,8 +53,7 @@ class Layout:
 
     def fstab(self) -> str:
         return (
-            f"UUID={self.root_uuid} / ext4 errors=remount-ro 0 1\n"
-            f"UUID={self.esp_uuid} /boot/efi vfat umask=0077 0 1\n"
+            f"UUID={self.root_uuid} / ext4 errors=remount-ro 0 1\nUUID={self.esp_uuid} /boot/efi vfat umask=0077 0 1\n"
         )
 
 

@@ -76,4 +76,8 @@ def fetch(base: BaseConfig, out: Path, logs: Path) -> dict[str, Any]:
         logs / "base-ubuntu-24.04.log", label="qemu-img convert")  # fmt: skip
     original.unlink()
     shutil.rmtree(out / "work", ignore_errors=True)
-    return {"distribution": "Ubuntu 24.04 LTS (cloud image)", "source_url": base.url, "source_sha256": sha}
+    return {
+        "distribution": "Ubuntu 24.04 LTS (cloud image)",
+        "source_url": base.url,
+        "source_sha256": sha,
+    }

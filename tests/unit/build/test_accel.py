@@ -61,7 +61,12 @@ def test_choose_falls_back_and_remembers(tmp_path: Path, kernel: Path, monkeypat
     assert chosen.name == "tcg" and chosen.qemu_args()[:2] == ["-accel", "tcg,thread=multi"]
     assert "TCG" in capsys.readouterr().out
     # a second call reuses the result for this host boot without booting again
-    broken = fake_qemu(tmp_path, 'case "$1" in --version) echo "QEMU emulator version 9";; *) echo BOOTED >> ' + str(tmp_path / "ran") + '; exit 1;; esac\n')
+    broken = fake_qemu(
+        tmp_path,
+        'case "$1" in --version) echo "QEMU emulator version 9";; *) echo BOOTED >> '
+        + str(tmp_path / "ran")
+        + "; exit 1;; esac\n",
+    )
     again = accel.choose(kernel, qemu=broken, timeout=5)
     assert again == chosen and not (tmp_path / "ran").exists()
     assert "remembered" in capsys.readouterr().out

@@ -110,7 +110,7 @@ def test_extends_merges_and_appends(tmp_path: Path) -> None:
 def test_extends_loop_is_an_error(tmp_path: Path) -> None:
     write(tmp_path, "a", 'extends = "b"\n')
     write(tmp_path, "b", 'extends = "a"\n')
-    with pytest.raises(ConfigError, match="loops: a -> b -> a"):
+    with pytest.raises(ConfigError, match=r"loops: a -> b -> a"):
         config.load("a", tmp_path)
 
 
@@ -123,5 +123,5 @@ def test_extend_without_extends(tmp_path: Path) -> None:
 def test_unknown_extend_key(tmp_path: Path) -> None:
     write(tmp_path, "parent", VALID)
     write(tmp_path, "child", 'extends = "parent"\n[extend]\nkernel = ["x"]\n')
-    with pytest.raises(ConfigError, match="extend.kernel"):
+    with pytest.raises(ConfigError, match=r"extend\.kernel"):
         config.load("child", tmp_path)

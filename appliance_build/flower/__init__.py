@@ -1,0 +1,1 @@
+"""Host-side Flower pieces for testing appliances: a real SuperLink."""

@@ -1,0 +1,101 @@
+"""Boot a built appliance image the way OpenNebula does: a CONTEXT CD with context.sh.
+
+Used by the in-image tests and the end-to-end run. The context carries the
+scenario's FL_* variables, the test's SSH public key and an OpenNebula-style
+static network for QEMU user networking (10.0.2.15/24, gateway 10.0.2.2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from ..build import find_probe_kernel
+from ..errors import BuildError
+from . import accel as accel_probe
+from .isos import context_iso
+from .launcher import GUEST_NET, VirtualMachine, VmSpec, new_key, public_line
+
+READY_CHECK = "docker inspect -f '{{.State.Running}}' flower-supernode 2>/dev/null"
+
+
+@dataclass
+class BootedAppliance:
+    vm: VirtualMachine
+    key: paramiko.PKey
+    key_file: Path
+    ssh_seconds: float
+    workdir: Path
+
+    def run(self, command: str, timeout: float = 300) -> tuple[int, str, str]:
+        return self.vm.run(self.key, command, timeout=timeout)
+
+    def wait_until_ready(self, timeout: float = 900) -> float | None:
+        """Seconds from QEMU start until the SuperNode container runs (None: never)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                code, out, _ = self.run(READY_CHECK, timeout=60)
+                if code == 0 and out.strip() == "true":
+                    return time.monotonic() - self.vm.started_at
+            time.sleep(5)
+        return None
+
+    def wait_for_boot_sequence(self, timeout: float = 900) -> None:
+        """Until flower-appliance-configure.service has finished (either way)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _, out, _ = self.run("systemctl show -p ActiveState --value flower-appliance-configure.service")
+            if out.strip() in ("active", "failed"):
+                return
+            time.sleep(5)
+        raise BuildError("the appliance boot sequence did not finish in time")
+
+    def collect(self, dest: Path) -> None:
+        """Keep the serial console, the guest journal and the appliance status."""
+        dest.mkdir(parents=True, exist_ok=True)
+        if self.vm.serial_log.exists():
+            (dest / "serial.log").write_bytes(self.vm.serial_log.read_bytes())
+        for name, command in (
+            ("journal.txt", "journalctl -b --no-pager -o short-monotonic"),
+            ("status.json", "cat /run/flower/status.json"),
+            ("status.txt", "cat /run/flower/status.txt"),
+        ):
+            with contextlib.suppress(Exception):
+                _, out, _ = self.run(command, timeout=120)
+                (dest / name).write_text(out)
+        (dest / "qmp-events.json").write_text(json.dumps(self.vm.event_names()))
+
+
+def probe_accelerator(image: Path) -> accel_probe.Accelerator:
+    kernel = find_probe_kernel(image)
+    if kernel is None:
+        return accel_probe.Accelerator("tcg", "max", "no kernel available to probe KVM with")
+    return accel_probe.choose(kernel)
+
+
+@contextlib.contextmanager
+def boot(
+    image: Path, workdir: Path, context: dict[str, str], *, firmware: str, machine: str = "q35",
+    memory: int = 2048, cpus: int = 2, vfio: tuple[str, ...] = (), token: str = "",
+    accel: accel_probe.Accelerator | None = None, ssh_timeout: float = 900,
+) -> Iterator[BootedAppliance]:  # fmt: skip
+    """Boot `image` with a CONTEXT CD; yield once root can log in over SSH."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    key_file = workdir / "id_ed25519"
+    key = new_key(key_file)
+    variables = {**GUEST_NET, "SSH_PUBLIC_KEY": public_line(key), **context}
+    iso = context_iso(workdir / "context.iso", variables, token=token)
+    spec = VmSpec(
+        image, firmware=firmware, machine=machine, memory=memory, cpus=cpus,
+        accel=accel or probe_accelerator(image), cdroms=(iso,), vfio=vfio,
+    )  # fmt: skip
+    with VirtualMachine(spec, workdir / "vm") as vm:
+        seconds = vm.wait_for_ssh(key, user="root", timeout=ssh_timeout)
+        yield BootedAppliance(vm, key, key_file, seconds, workdir)

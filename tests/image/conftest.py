@@ -1,0 +1,106 @@
+"""In-image tests: boot the built image under QEMU and check it over SSH.
+
+    nox -s test_cpu                      # build/supernode-cpu/supernode-cpu.qcow2
+    nox -s test_gpu                      # build/supernode-gpu/supernode-gpu.qcow2
+    nox -s test_gpu -- --vfio 0000:e1:00.0[,0000:e1:00.1]
+
+Each scenario boots its own VM (a throw-away overlay; the built file is never
+written) with an OpenNebula CONTEXT CD, and keeps its serial console, guest
+journal and boot-to-ready time under build/<image>/test-results/<scenario>/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance_build.paths import build_root
+from appliance_build.vm import appliance
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--image", default="supernode-cpu", help="image name under build/")
+    parser.addoption("--vfio", default="", help="PCI addresses to pass through, comma-separated")
+
+
+@pytest.fixture(scope="session")
+def image_name(request: pytest.FixtureRequest) -> str:
+    return str(request.config.getoption("--image"))
+
+
+@pytest.fixture(scope="session")
+def vfio(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    raw = str(request.config.getoption("--vfio"))
+    return tuple(a for a in raw.split(",") if a)
+
+
+@pytest.fixture(scope="session")
+def image_dir(image_name: str) -> Path:
+    os.environ.pop("FLOWER_CACHE_DIR", None)  # use the real cache (probe result, base kernel)
+    return build_root() / image_name
+
+
+@pytest.fixture(scope="session")
+def image_file(image_dir: Path, image_name: str) -> Path:
+    path = image_dir / f"{image_name}.qcow2"
+    if not path.is_file():
+        pytest.fail(f"{path} does not exist: build it first (nox -s build_{image_name.split('-')[-1]})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def manifest(image_dir: Path, image_file: Path) -> dict[str, Any]:
+    return json.loads((image_dir / "manifest.json").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def results_dir(image_dir: Path) -> Path:
+    path = image_dir / "test-results"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def accel(image_file: Path) -> Any:
+    return appliance.probe_accelerator(image_file)
+
+
+@pytest.fixture(scope="session")
+def timings(results_dir: Path) -> Iterator[dict[str, Any]]:
+    """Scenario -> measured seconds; written to test-results/boot-to-ready.json at the end."""
+    record: dict[str, Any] = {}
+    yield record
+    target = results_dir / "boot-to-ready.json"
+    previous = json.loads(target.read_text()) if target.exists() else {}
+    previous.update(record)
+    target.write_text(json.dumps(previous, indent=2) + "\n")
+
+
+@pytest.fixture(scope="session")
+def superlink(results_dir: Path) -> Iterator[Any]:
+    """A real flower-superlink on 127.0.0.1 (guests reach it as 10.0.2.2:<port>)."""
+    from appliance_build.flower import superlink as sl
+
+    with sl.running(results_dir / "superlink.log") as link:
+        yield link
+
+
+def testinfra_host(booted: appliance.BootedAppliance) -> Any:
+    import testinfra
+
+    return testinfra.get_host(f"paramiko://root@127.0.0.1:{booted.vm.ssh_port}", ssh_identity_file=str(booted.key_file))
+
+
+def docker_args(host: Any) -> list[str]:
+    """The SuperNode container's arguments, as Docker reports them."""
+    out = host.check_output("docker inspect -f '{{json .Args}}' flower-supernode")
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def status(host: Any) -> dict[str, Any]:
+    return json.loads(host.file("/run/flower/status.json").content_string)  # type: ignore[no-any-return]

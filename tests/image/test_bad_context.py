@@ -1,0 +1,78 @@
+"""Scenario "bad context": invalid FL_* values, some carrying shell syntax.
+
+The SuperNode must not start with them, the errors must name the variables,
+the VM must stay reachable, and none of the injected commands may ever run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import status, testinfra_host
+
+from appliance_build.vm import appliance
+
+pytestmark = pytest.mark.vm
+
+BAD = {
+    "ONEAPP_FL_SUPERLINK_ADDRESS": "$(touch /tmp/pwned-address):8000",
+    "ONEAPP_FL_NODE_CONFIG": "partition-id=0; touch /tmp/pwned-node-config",
+    "ONEAPP_FL_ISOLATION": "thread",
+    "ONEAPP_FL_GPU_MEMORY_FRACTION": "1.5",
+    "ONEAPP_FL_LOG_LEVEL": "`touch /tmp/pwned-log-level`",
+    "ONEAPP_FL_CUDA_VISIBLE_DEVICES": "0,'1'\nrm -rf /",
+}
+
+
+@pytest.fixture(scope="module")
+def booted(image_file: Path, manifest: dict[str, Any], accel: Any, results_dir: Path, timings: dict[str, Any],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
+    workdir = tmp_path_factory.mktemp("bad-context")
+    with appliance.boot(image_file, workdir, BAD, firmware=manifest["builder"]["firmware"], accel=accel) as vm:
+        vm.wait_for_boot_sequence()
+        timings["bad-context"] = {"ssh_login_s": round(vm.ssh_seconds, 1)}
+        try:
+            yield vm
+        finally:
+            vm.collect(results_dir / "bad-context")
+
+
+@pytest.fixture(scope="module")
+def host(booted: appliance.BootedAppliance) -> Any:
+    return testinfra_host(booted)
+
+
+def test_supernode_not_started(host: Any) -> None:
+    assert not host.service("flower-supernode").is_running
+    assert host.run("docker ps -q --filter name=flower-supernode").stdout.strip() == ""
+    assert not host.file("/run/flower/supernode.json").exists
+    assert status(host)["supernode_will_start"] is False
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["FL_SUPERLINK_ADDRESS", "FL_NODE_CONFIG", "FL_ISOLATION", "FL_GPU_MEMORY_FRACTION", "FL_LOG_LEVEL",
+     "FL_CUDA_VISIBLE_DEVICES"],
+)  # fmt: skip
+def test_error_names_the_variable(host: Any, variable: str) -> None:
+    errors = status(host)["errors"]
+    assert any(variable in str(e) for e in errors), errors
+    journal = host.run("journalctl -b -u flower-appliance-configure --no-pager -o cat").stdout
+    assert variable in journal
+    assert variable in host.file("/run/flower/status.txt").content_string
+
+
+def test_injected_commands_never_ran(host: Any) -> None:
+    assert host.run("ls /tmp/pwned* / 2>/dev/null | grep -c pwned").stdout.strip() == "0"
+    assert host.file("/etc/hostname").exists and host.file("/bin/sh").exists
+
+
+def test_vm_stays_up_and_reachable(host: Any) -> None:
+    assert host.run("systemctl is-system-running --wait").stdout.strip() in ("running", "degraded")
+    failed = host.run("systemctl list-units --failed --no-legend --plain").stdout
+    assert "flower-appliance-configure" not in failed
+    assert host.service("ssh").is_running
+    assert host.run("flower-appliance status").rc == 1, "status reports the recorded errors"

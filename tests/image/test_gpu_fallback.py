@@ -1,0 +1,85 @@
+"""Scenario "gpu requested, none present": FL_GPU_ENABLED=YES on a VM without a GPU.
+
+The seeds' rule: a missing GPU is a WARNING, never FATAL. The SuperNode runs on
+CPU without --gpus and FL_GPU_AVAILABLE=NO is recorded. On the GPU image the
+driver, nvidia-smi and validate-gpu.sh are present, and validate-gpu.sh reports
+FAIL with its error count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import docker_args, status, testinfra_host
+
+from appliance_build.vm import appliance
+
+pytestmark = pytest.mark.vm
+WARNING = "WARNING: GPU requested but not available, falling back to CPU"
+
+
+@pytest.fixture(scope="module")
+def booted(image_file: Path, manifest: dict[str, Any], accel: Any, superlink: Any, results_dir: Path,
+           timings: dict[str, Any], vfio: tuple[str, ...],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
+    if vfio:
+        pytest.skip("a GPU is passed through (--vfio): the no-GPU fallback cannot be observed")
+    context = {"ONEAPP_FL_SUPERLINK_ADDRESS": superlink.guest_address, "FL_GPU_ENABLED": "yes",
+               "FL_CUDA_VISIBLE_DEVICES": "0"}  # fmt: skip
+    workdir = tmp_path_factory.mktemp("gpu-fallback")
+    with appliance.boot(image_file, workdir, context, firmware=manifest["builder"]["firmware"], accel=accel) as vm:
+        ready = vm.wait_until_ready()
+        timings["gpu-requested-absent"] = {"ssh_login_s": round(vm.ssh_seconds, 1),
+                                           "boot_to_ready_s": round(ready, 1) if ready else None}  # fmt: skip
+        try:
+            yield vm
+        finally:
+            vm.collect(results_dir / "gpu-requested-absent")
+
+
+@pytest.fixture(scope="module")
+def host(booted: appliance.BootedAppliance) -> Any:
+    return testinfra_host(booted)
+
+
+@pytest.fixture
+def gpu_image(manifest: dict[str, Any]) -> None:
+    if manifest["variant"] != "gpu":
+        pytest.skip("the CPU image carries no NVIDIA driver, nvidia-smi or validate-gpu.sh")
+
+
+def test_warning_logged_and_gpu_unavailable_recorded(host: Any) -> None:
+    journal = host.run("journalctl -b -u flower-appliance-configure --no-pager -o cat").stdout
+    assert WARNING in journal
+    doc = status(host)
+    assert doc["gpu"]["FL_GPU_AVAILABLE"] == "NO"
+    assert doc["errors"] == [], "a missing GPU is a warning, not an error"
+    assert any("GPU requested but not available" in w for w in doc["warnings"])
+
+
+def test_supernode_runs_on_cpu_without_gpus(host: Any) -> None:
+    assert host.service("flower-supernode").is_running
+    args = host.check_output("docker inspect -f '{{json .HostConfig.DeviceRequests}}' flower-supernode")
+    assert args in ("null", "[]")
+    env = host.check_output("docker inspect -f '{{json .Config.Env}}' flower-supernode")
+    assert "NVIDIA_DRIVER_CAPABILITIES" not in env and "CUDA_VISIBLE_DEVICES" not in env
+    assert "--superlink" in docker_args(host)
+
+
+@pytest.mark.usefixtures("gpu_image")
+def test_driver_and_tools_are_present(host: Any, manifest: dict[str, Any]) -> None:
+    kernel = host.check_output("uname -r")
+    assert host.run(f"modinfo -k {kernel} -F version nvidia").rc == 0
+    assert host.exists("nvidia-smi")
+    assert host.file("/opt/flower/scripts/validate-gpu.sh").mode & 0o111
+
+
+@pytest.mark.usefixtures("gpu_image")
+def test_validate_gpu_reports_failures(host: Any) -> None:
+    result = host.run("/opt/flower/scripts/validate-gpu.sh")
+    assert result.rc == 1
+    assert "[FAIL]" in result.stdout
+    assert "GPU validation FAILED:" in result.stdout and "error(s) detected" in result.stdout

@@ -1,0 +1,57 @@
+"""Scenario "GPU passed through" (nox -s test_gpu -- --vfio 0000:e1:00.0[,...]).
+
+Needs a real NVIDIA GPU bound to vfio-pci on a KVM host: without --vfio every
+test here is skipped, saying so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import status, testinfra_host
+
+from appliance_build.vm import appliance
+
+pytestmark = [pytest.mark.vm, pytest.mark.gpu]
+
+
+@pytest.fixture(scope="module")
+def booted(image_file: Path, manifest: dict[str, Any], superlink: Any, results_dir: Path, timings: dict[str, Any],
+           vfio: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
+    if not vfio:
+        pytest.skip("no GPU was passed through: run with --vfio <PCI address> on a KVM host with a vfio-bound GPU")
+    if manifest["variant"] != "gpu":
+        pytest.skip("GPU passthrough is tested on the GPU image")
+    context = {"ONEAPP_FL_SUPERLINK_ADDRESS": superlink.guest_address, "ONEAPP_FL_GPU_ENABLED": "YES"}
+    workdir = tmp_path_factory.mktemp("gpu-passthrough")
+    with appliance.boot(image_file, workdir, context, firmware="uefi", vfio=vfio, memory=8192) as vm:
+        ready = vm.wait_until_ready()
+        timings["gpu-passthrough"] = {"boot_to_ready_s": round(ready, 1) if ready else None}
+        try:
+            yield vm
+        finally:
+            vm.collect(results_dir / "gpu-passthrough")
+
+
+@pytest.fixture(scope="module")
+def host(booted: appliance.BootedAppliance) -> Any:
+    return testinfra_host(booted)
+
+
+def test_nvidia_smi_lists_the_gpu(host: Any) -> None:
+    assert "GPU 0:" in host.check_output("nvidia-smi -L")
+
+
+def test_validate_gpu_passes(host: Any) -> None:
+    result = host.run("/opt/flower/scripts/validate-gpu.sh")
+    assert result.rc == 0, result.stdout
+
+
+def test_container_started_with_gpus_and_sees_the_gpu(host: Any) -> None:
+    assert status(host)["gpu"]["FL_GPU_AVAILABLE"] == "YES"
+    requests = host.check_output("docker inspect -f '{{json .HostConfig.DeviceRequests}}' flower-supernode")
+    assert '"Count":-1' in requests and "gpu" in requests
+    assert "GPU 0:" in host.check_output("docker exec flower-supernode nvidia-smi -L")
