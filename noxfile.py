@@ -93,6 +93,13 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Regenerate the README's context-variable table from supernode_runtime/variables.py."""
+    _install(session)
+    session.run("python", "-c", "from appliance_build.docs import update_readme; update_readme()")
+
+
+@nox.session(python=PYTHON)
 def check_context(session: nox.Session) -> None:
     """Validate a context.sh with the appliance's own code; JSON out (exit 0) or errors (exit 2)."""
     if not session.posargs:

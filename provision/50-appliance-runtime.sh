@@ -13,6 +13,11 @@ python3 -m compileall -q /opt/flower/lib/supernode_runtime
 
 install -m 0755 /opt/flower/lib/supernode_runtime/bin/flower-appliance /usr/local/bin/flower-appliance
 
+# cloud-init (OpenNebula datasource) keeps /etc/hosts in step with the context hostname.
+cat > /etc/cloud/cloud.cfg.d/95-flower-appliance.cfg <<'CFG'
+manage_etc_hosts: true
+CFG
+
 for unit in /opt/flower/lib/supernode_runtime/systemd/*.service; do
     install -m 0644 "$unit" /etc/systemd/system/
 done

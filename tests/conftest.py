@@ -1,4 +1,6 @@
-"""Shared fixtures: every test gets its own build and cache directories."""
+"""Shared fixtures: unit tests get their own build and cache directories; tests that
+boot real VMs (marker `vm`) use the real XDG cache, so a base image or a probe
+result made once is reused, as in a real build."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def isolated_dirs(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("vm"):
+        return
     monkeypatch.setenv("FLOWER_BUILD_DIR", str(tmp_path / "build"))
-    if "FLOWER_CACHE_DIR" not in __import__("os").environ:
-        monkeypatch.setenv("FLOWER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FLOWER_CACHE_DIR", str(tmp_path / "cache"))

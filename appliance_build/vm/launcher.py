@@ -142,7 +142,8 @@ class VirtualMachine:
         overlay = self.workdir / "overlay.qcow2"
         overlay.unlink(missing_ok=True)
         subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(self.spec.image.resolve()), str(overlay)],
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+             "-b", str(self.spec.image.resolve()), str(overlay)],
             check=True, capture_output=True,
         )  # fmt: skip
         code = vars_copy = None

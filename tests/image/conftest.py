@@ -12,7 +12,6 @@ journal and boot-to-ready time under build/<image>/test-results/<scenario>/.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,6 @@ def vfio(request: pytest.FixtureRequest) -> tuple[str, ...]:
 
 @pytest.fixture(scope="session")
 def image_dir(image_name: str) -> Path:
-    os.environ.pop("FLOWER_CACHE_DIR", None)  # use the real cache (probe result, base kernel)
     return build_root() / image_name
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from conftest import docker_args, status, testinfra_host
 
-from appliance_build.vm import appliance
 from appliance_build.stages.render import BUILD_USER
+from appliance_build.vm import appliance
 
 pytestmark = pytest.mark.vm
 NODE_CONFIG = 'partition-id=0 num-partitions=2 label="default scenario"'
@@ -20,7 +20,8 @@ NODE_CONFIG = 'partition-id=0 num-partitions=2 label="default scenario"'
 
 @pytest.fixture(scope="module")
 def booted(image_file: Path, manifest: dict[str, Any], accel: Any, superlink: Any, results_dir: Path,
-           timings: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
+           timings: dict[str, Any],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
     context = {"ONEAPP_FL_SUPERLINK_ADDRESS": superlink.guest_address, "ONEAPP_FL_NODE_CONFIG": NODE_CONFIG}
     workdir = tmp_path_factory.mktemp("default")
     with appliance.boot(image_file, workdir, context, firmware=manifest["builder"]["firmware"], accel=accel) as vm:

@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.vm, pytest.mark.gpu]
 
 @pytest.fixture(scope="module")
 def booted(image_file: Path, manifest: dict[str, Any], superlink: Any, results_dir: Path, timings: dict[str, Any],
-           vfio: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
+           vfio: tuple[str, ...],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
     if not vfio:
         pytest.skip("no GPU was passed through: run with --vfio <PCI address> on a KVM host with a vfio-bound GPU")
     if manifest["variant"] != "gpu":

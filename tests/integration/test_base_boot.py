@@ -3,7 +3,6 @@ login under SeaBIOS and under OVMF, with a key injected at boot by cloud-init.""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,6 @@ pytestmark = pytest.mark.vm
 
 @pytest.fixture(scope="module")
 def base_image(tmp_path_factory: pytest.TempPathFactory) -> base.BaseImage:
-    # Tests share the real cache (XDG) so a base built once is reused by later runs.
-    os.environ.pop("FLOWER_CACHE_DIR", None)
     logs = Path("build/test-results/base-logs").resolve()
     return base.ensure(BaseConfig(provider="debian-12"), logs)
 
@@ -38,7 +35,8 @@ def test_base_boots_to_ssh_with_injected_key(base_image: base.BaseImage, firmwar
     before = base_image.disk.stat().st_mtime
     with VirtualMachine(spec, tmp_path / "vm") as vm:
         seconds = vm.wait_for_ssh(key, user="tester", timeout=900)
-        code, out, _ = vm.run(key, "cat /proc/cmdline; test -d /sys/firmware/efi && echo EFI || echo BIOS; sudo -n id -u",
+        probe = "cat /proc/cmdline; test -d /sys/firmware/efi && echo EFI || echo BIOS; sudo -n id -u"
+        code, out, _ = vm.run(key, probe,
                               user="tester")  # fmt: skip
         print(f"{firmware}: SSH login after {seconds:.0f} s")
     assert code == 0

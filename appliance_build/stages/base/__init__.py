@@ -44,10 +44,8 @@ def ensure(base: BaseConfig, logs: Path) -> BaseImage:
     say(f"base {base.provider}: not cached, building into {entry}")
     started = time.monotonic()
     with cache.new_entry(entry) as scratch:
-        if base.provider == "debian-12":
-            facts = debian.build(base, scratch, logs)
-        else:
-            facts = ubuntu.fetch(base, scratch, logs)
+        provider = debian.build if base.provider == "debian-12" else ubuntu.fetch
+        facts = provider(base, scratch, logs)
     facts["build_seconds"] = round(time.monotonic() - started, 1)
     (entry / "base.json").write_text(json.dumps(facts, indent=2))
     return BaseImage(disk, key, False, facts)

@@ -75,13 +75,13 @@ def test_bad_values_name_file_and_key(tmp_path: Path, text: str, key: str, words
 
 def test_missing_required_key(tmp_path: Path) -> None:
     write(tmp_path, "img", VALID.replace('description = "test image"\n', ""))
-    with pytest.raises(ConfigError, match="key 'description': is required"):
+    with pytest.raises(ConfigError, match=r"key 'description': is required"):
         config.load("img", tmp_path)
 
 
 def test_invalid_toml_names_file(tmp_path: Path) -> None:
     write(tmp_path, "img", "description = \n")
-    with pytest.raises(ConfigError, match="img.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"img\.toml: not valid TOML"):
         config.load("img", tmp_path)
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from gpu_scripts_support import GPU, GPU_AUDIO, make_host, set_driver  # noqa: E402
+from gpu_scripts_support import GPU, GPU_AUDIO, make_host, set_driver
 
-from appliance_build.errors import BuildError  # noqa: E402
-from appliance_build.vm.host_check import check_vfio_host  # noqa: E402
-from appliance_build.vm.launcher import VirtualMachine, VmSpec  # noqa: E402
+from appliance_build.errors import BuildError
+from appliance_build.vm.host_check import check_vfio_host
+from appliance_build.vm.launcher import VirtualMachine, VmSpec
 
 
 def test_ready_host_passes(tmp_path: Path) -> None:
@@ -34,7 +34,7 @@ def test_gpu_on_nvidia_driver_stops_with_fix_line(tmp_path: Path) -> None:
 def test_iommu_off_stops(tmp_path: Path) -> None:
     sb = make_host(tmp_path)
     sb.write("proc/cmdline", "BOOT_IMAGE=/boot/vmlinuz root=/dev/sda2 ro\n")
-    with pytest.raises(BuildError, match="FIX: .*GRUB_CMDLINE_LINUX_DEFAULT"):
+    with pytest.raises(BuildError, match=r"FIX: .*GRUB_CMDLINE_LINUX_DEFAULT"):
         check_vfio_host((GPU,), root=sb.root, path=f"{sb.bin}:/usr/bin:/bin")
 
 
