@@ -18,13 +18,14 @@ import platform
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import config
 from .cache import file_sha256
 from .config import ImageConfig
+from .errors import ConfigError
 from .paths import (
     PROVISION_DIR,
     REPO,
@@ -38,6 +39,8 @@ from .progress import StageTimer, say
 from .stages import base as base_stage
 from .stages import container as container_stage
 from .stages import finalize, packer, render
+from .stages import toolkit as toolkit_stage
+from .stages.toolkit import ToolkitPlan
 from .vm import accel as accel_probe
 from .vm.firmware import Uefi, find_uefi
 
@@ -118,7 +121,9 @@ def choose_accelerator(base_disk: Path) -> accel_probe.Accelerator:
     return accel_probe.choose(kernel)
 
 
-def prepare_upload(image: ImageConfig, container: container_stage.ContainerImage, out: Outputs) -> None:
+def prepare_upload(
+    image: ImageConfig, container: container_stage.ContainerImage, out: Outputs, toolkit: ToolkitPlan | None
+) -> None:
     """The tree Packer uploads to the VM before the provisioning steps run."""
     shutil.rmtree(out.upload, ignore_errors=True)
     (out.upload / "container").mkdir(parents=True)
@@ -134,6 +139,10 @@ def prepare_upload(image: ImageConfig, container: container_stage.ContainerImage
     (out.upload / "scripts").mkdir()
     for script in SCRIPTS_DIR.glob("*.sh"):
         shutil.copy2(script, out.upload / "scripts" / script.name)
+    if toolkit is not None:
+        toolkit.stage_into(out.upload)
+        (out.upload / "provision").mkdir()
+        shutil.copy2(PROVISION_DIR / "65-nvidia-container-toolkit.sh", out.upload / "provision")
     for spec in image.files:
         dest = out.upload / "files" / spec.dest.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -165,8 +174,37 @@ def _firmware(image: ImageConfig) -> Uefi | None:
     return find_uefi() if image.disk.firmware == "uefi" else None
 
 
-def build_image(name: str, *, packer_target: str | None = None) -> dict[str, Any]:
+def gpu_manifest(image: ImageConfig, base: Any, inventory: dict[str, Any], plan: ToolkitPlan | None) -> dict[str, Any]:
+    """What a GPU image carries: driver (route, version, module, checks) and toolkit status."""
+    if image.gpu is None or plan is None:
+        return {}
+    driver = inventory.get("gpu_driver", {})
+    toolkit: Any = "absent" if plan.source == "absent" else inventory.get("gpu_toolkit", {"version": plan.version})
+    return {
+        "driver_branch": image.gpu.driver_branch,
+        "driver_install": image.gpu.driver_install,
+        "driver_version": driver.get("driver_version"),
+        "kernel": driver.get("kernel"),
+        "module_path": driver.get("module_path"),
+        "driver_checks": driver.get("checks"),
+        "driver_packages": driver.get("packages"),
+        "held_packages": driver.get("held"),
+        "driver_install_seconds_in_bootstrap_chroot": base.facts.get("timings_s", {}).get("extra_packages_in_chroot"),
+        "toolkit": toolkit,
+        "toolkit_source": plan.source,
+        "toolkit_absent_reason": plan.reason or None,
+    }
+
+
+def build_image(
+    name: str, *, packer_target: str | None = None, toolkit_source: str | None = None,
+    allow_missing_toolkit: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     image = config.load(name)
+    if image.gpu is None and (toolkit_source or allow_missing_toolkit):
+        raise ConfigError(f"{name} is not a GPU image: --toolkit-source/--allow-missing-toolkit do not apply")
+    if image.gpu is not None and toolkit_source:
+        image = replace(image, gpu=toolkit_stage.parse_override(toolkit_source, image.gpu))
     out = Outputs.for_image(name)
     out.root.mkdir(parents=True, exist_ok=True)
     _fresh_logs(out)
@@ -176,6 +214,10 @@ def build_image(name: str, *, packer_target: str | None = None) -> dict[str, Any
     with _no_partial_results(out):
         target = render.PackerTarget.parse(packer_target) if packer_target else render.detect_packer()
         say(f"packer: {target.label}")
+        plan: ToolkitPlan | None = None
+        if image.gpu is not None:
+            with timer.stage("toolkit source"):
+                plan = toolkit_stage.resolve(image.gpu, allow_missing=allow_missing_toolkit)
         with timer.stage("base image"):
             base = base_stage.ensure(image.base, out.logs)
         with timer.stage("accelerator probe"):
@@ -183,13 +225,13 @@ def build_image(name: str, *, packer_target: str | None = None) -> dict[str, Any
         with timer.stage("supernode container"):
             container = container_stage.ensure(image.flower, image.base.mirror, out.logs)
         with timer.stage("upload tree"):
-            prepare_upload(image, container, out)
+            prepare_upload(image, container, out, plan)
         with packer.build_keypair(name) as key:
             with timer.stage("render"):
                 rendered = render.render(
                     image, out.root, target=target, accel=accel, base_disk=base.disk,
                     base_checksum="none", upload_dir=out.upload, ssh_public_key=key.public,
-                    firmware=_firmware(image),
+                    firmware=_firmware(image), extra_env=plan.env() if plan else None,
                 )  # fmt: skip
             with timer.stage("packer validate"):
                 packer.validate(rendered, target, key, out.logs / "packer.log")
@@ -225,6 +267,7 @@ def build_image(name: str, *, packer_target: str | None = None) -> dict[str, Any
             },
             "contents": inventory,
             "inputs": input_hashes(image),
+            "gpu": gpu_manifest(image, base, inventory, plan),
             "stages_s": timer.durations,
             "total_s": round(time.monotonic() - started, 1),
             "artifact": artifact,

@@ -50,7 +50,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from .build import build_image
 
-    build_image(args.image, packer_target=args.packer_target)
+    build_image(args.image, packer_target=args.packer_target, toolkit_source=args.toolkit_source,
+                allow_missing_toolkit=args.allow_missing_toolkit)  # fmt: skip
     return 0
 
 
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("build", help="build one image into build/IMAGE/")
     p.add_argument("image")
     p.add_argument("--packer-target", help="render for this Packer version instead of the installed one")
+    p.add_argument("--toolkit-source", help="GPU image: nvidia-repo, mirror:URL or local:/dir/of/debs")
+    p.add_argument("--allow-missing-toolkit", action="store_true",
+                   help="GPU image: build without the NVIDIA Container Toolkit if no source is reachable "
+                        "(recorded as absent; publishing refuses the image)")  # fmt: skip
     p.set_defaults(func=cmd_build)
     p = sub.add_parser("render", help="only render Packer HCL and cloud-init into build/IMAGE/")
     p.add_argument("images", nargs="*")

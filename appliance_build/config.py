@@ -34,6 +34,8 @@ class BaseConfig:
     root_size: str = "3G"
     url: str = ""  # ubuntu-24.04: the cloud image URL
     sha256sums_url: str = ""  # ubuntu-24.04: the SHA256SUMS next to it
+    components: tuple[str, ...] = ("main",)  # debian-12 archive components
+    extra_packages: tuple[str, ...] = ()  # debian-12: installed in the bootstrap chroot
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,23 @@ class FlowerConfig:
 
 
 @dataclass(frozen=True)
+class GpuConfig:
+    """The NVIDIA layers (seeds, layers 2-3): driver pre-baked, Container Toolkit."""
+
+    driver_branch: str = "535"  # Debian 12 non-free ships 535.x
+    # "bootstrap": in the debian-12 bootstrap chroot (host speed, DKMS built for the image's kernel)
+    # "guest": by 60-nvidia-driver.sh inside the build VM (Ubuntu's precompiled modules, or DKMS under TCG)
+    driver_install: str = "bootstrap"
+    toolkit_source: str = "nvidia-repo"  # "nvidia-repo" | "local" | "mirror"
+    toolkit_version: str = "1.17.8-1"
+    toolkit_path: str = ""  # local: a directory of .deb files
+    toolkit_mirror: str = ""  # mirror: an apt repository URL laid out like NVIDIA's
+    toolkit_repo: str = "https://nvidia.github.io/libnvidia-container/stable/deb/amd64"
+    toolkit_key_url: str = "https://nvidia.github.io/libnvidia-container/gpgkey"
+    allow_missing_toolkit: bool = False  # build without it: manifest says absent, publish refuses
+
+
+@dataclass(frozen=True)
 class FileSpec:
     source: str  # relative to the repository root
     dest: str  # absolute path in the image
@@ -85,6 +104,7 @@ class ImageConfig:
     packages: tuple[str, ...] = ()
     provision: tuple[str, ...] = ()
     files: tuple[FileSpec, ...] = ()
+    gpu: GpuConfig | None = None
     source_files: tuple[Path, ...] = ()  # the definition files it was read from
 
     @property
@@ -180,6 +200,12 @@ class _Checker:
                     raise self.fail(f"{prefix}.{name}", f"must be an integer, got {value!r}")
                 if expected == "str" and not isinstance(value, str):
                     raise self.fail(f"{prefix}.{name}", f"must be a string, got {value!r}")
+                if expected == "bool" and not isinstance(value, bool):
+                    raise self.fail(f"{prefix}.{name}", f"must be true or false, got {value!r}")
+                if expected.startswith("tuple[str"):
+                    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                        raise self.fail(f"{prefix}.{name}", f"must be a list of strings, got {value!r}")
+                    data = {**data, name: tuple(value)}
         return cls(**data)
 
     def check(self, ok: bool, key: str, message: str) -> None:
@@ -187,17 +213,9 @@ class _Checker:
             raise self.fail(key, message)
 
 
-TOP_KEYS = {
-    "description",
-    "variant",
-    "base",
-    "flower",
-    "disk",
-    "vm",
-    "packages",
-    "provision",
-    "files",
-}
+TOP_KEYS = {"description", "variant", "base", "flower", "disk", "vm", "packages", "provision", "files", "gpu"}
+BRANCH_RE = re.compile(r"^\d{3}$")
+DEB_VERSION_RE = re.compile(r"^[0-9][A-Za-z0-9.+~:-]*$")
 
 
 def _validate(name: str, raw: dict[str, Any], sources: tuple[Path, ...]) -> ImageConfig:
@@ -315,6 +333,28 @@ def _validate(name: str, raw: dict[str, Any], sources: tuple[Path, ...]) -> Imag
         )
         files.append(f)
 
+    gpu: GpuConfig | None = None
+    if "gpu" in raw:
+        gpu = c.table(GpuConfig, raw["gpu"], "gpu")
+        assert gpu is not None
+        c.check(raw["variant"] == "gpu", "gpu", 'a [gpu] table needs variant = "gpu"')
+        c.check(BRANCH_RE.match(gpu.driver_branch) is not None, "gpu.driver_branch",
+                f"must be a driver branch like 535 or 550, got {gpu.driver_branch!r}")  # fmt: skip
+        c.check(gpu.driver_install in ("bootstrap", "guest"), "gpu.driver_install",
+                f"must be 'bootstrap' or 'guest', got {gpu.driver_install!r}")  # fmt: skip
+        c.check(gpu.driver_install == "guest" or base.provider == "debian-12", "gpu.driver_install",
+                "'bootstrap' needs base.provider = 'debian-12' (Ubuntu uses precompiled modules: 'guest')")  # fmt: skip
+        c.check(gpu.toolkit_source in ("nvidia-repo", "local", "mirror"), "gpu.toolkit_source",
+                f"must be 'nvidia-repo', 'local' or 'mirror', got {gpu.toolkit_source!r}")  # fmt: skip
+        c.check(DEB_VERSION_RE.match(gpu.toolkit_version) is not None, "gpu.toolkit_version",
+                f"not a Debian package version: {gpu.toolkit_version!r}")  # fmt: skip
+        c.check(gpu.toolkit_source != "local" or bool(gpu.toolkit_path), "gpu.toolkit_path",
+                "is required when toolkit_source is 'local'")  # fmt: skip
+        c.check(gpu.toolkit_source != "mirror" or gpu.toolkit_mirror.startswith(("http://", "https://")),
+                "gpu.toolkit_mirror", "must be an http(s) URL when toolkit_source is 'mirror'")  # fmt: skip
+    elif raw["variant"] == "gpu":
+        raise c.fail("gpu", "variant 'gpu' needs a [gpu] table (driver branch, toolkit source)")
+
     return ImageConfig(
         name=name,
         description=raw["description"],
@@ -326,5 +366,6 @@ def _validate(name: str, raw: dict[str, Any], sources: tuple[Path, ...]) -> Imag
         packages=tuple(packages),
         provision=tuple(ordered),
         files=tuple(files),
+        gpu=gpu,
         source_files=sources,
     )

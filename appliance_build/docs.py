@@ -11,9 +11,7 @@ from supernode_runtime.variable_docs import markdown_table
 from .paths import REPO
 
 README = REPO / "README.md"
-BLOCK = re.compile(
-    r"(<!-- BEGIN context-variables[^\n]*-->\n)(.*?)(<!-- END context-variables -->)", re.DOTALL
-)
+BLOCK = re.compile(r"(<!-- BEGIN context-variables[^\n]*-->\n)(.*?)(<!-- END context-variables -->)", re.DOTALL)
 
 
 def render_readme(text: str) -> str:

@@ -36,6 +36,9 @@ inventory = {
     "held_packages": cmd("apt-mark", "showhold").splitlines(),
     "packages": packages,
 }
+for key, path in (("gpu_driver", "/etc/flower/gpu-driver.json"), ("gpu_toolkit", "/etc/flower/gpu-toolkit.json")):
+    if Path(path).exists():
+        inventory[key] = json.loads(Path(path).read_text())
 Path(sys.argv[1]).write_text(json.dumps(inventory, indent=2))
 print(f"inventory: {len(packages)} packages, kernel {inventory['kernel']}, docker {inventory['docker']}, flwr {flwr}")
 PY

@@ -113,9 +113,12 @@ class Rendered:
     meta_data: Path
 
 
-def provision_env(image: ImageConfig, container_tag: str) -> dict[str, str]:
+def provision_env(image: ImageConfig, container_tag: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of every provisioning script (values are validated config, no quotes)."""
+    gpu = {"FLOWER_NVIDIA_BRANCH": image.gpu.driver_branch} if image.gpu else {}
     return {
+        **gpu,
+        **(extra or {}),
         "FLOWER_IMAGE_NAME": image.name,
         "FLOWER_VARIANT": image.variant,
         "FLWR_VERSION": image.flower.version,
@@ -137,6 +140,7 @@ def render(
     upload_dir: Path,
     ssh_public_key: str,
     firmware: Uefi | None,
+    extra_env: dict[str, str] | None = None,
 ) -> Rendered:
     """Write <out_dir>/packer/<image>.pkr.hcl and <out_dir>/seed/{user-data,meta-data}."""
     if upload_dir.name != PurePosixPath(UPLOAD_DEST).name:
@@ -163,7 +167,7 @@ def render(
         "build_user": BUILD_USER,
         "ssh_public_key": ssh_public_key,
         "firmware": firmware,
-        "provision_env": provision_env(image, image.flower.image_tag),
+        "provision_env": provision_env(image, image.flower.image_tag, extra_env),
         "phases": phases(image, out_dir / "inventory.json"),
         "instance_id": f"flower-build-{uuid.uuid4()}",
     }

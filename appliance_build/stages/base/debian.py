@@ -28,7 +28,7 @@ SUITE = "bookworm"
 ESP_MIB = 128
 BOOTLOADER_MARKER = "FLOWER-BOOTLOADER-INSTALLED"
 # Bump when the recipe below changes in a way the inputs do not show.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 
 PACKAGES = (
     "systemd-sysv", "udev", "dbus", "initramfs-tools", "zstd",
@@ -98,6 +98,8 @@ def inputs(base: BaseConfig) -> dict[str, Any]:
         "security_mirror": base.security_mirror,
         "kernel": base.kernel,
         "root_size": base.root_size,
+        "components": base.components,
+        "extra_packages": base.extra_packages,
         "packages": PACKAGES,
         "install_bootloader": INSTALL_BOOTLOADER,
         "grub": GRUB_DEFAULTS,
@@ -117,6 +119,9 @@ def build(base: BaseConfig, out: Path, logs: Path) -> dict[str, Any]:
     t = time.monotonic()
     _bootstrap(base, rootdir, log)
     timings["mmdebstrap"] = round(time.monotonic() - t, 1)
+    extra_seconds = _pop_marker_seconds(rootdir)
+    if extra_seconds is not None:
+        timings["extra_packages_in_chroot"] = extra_seconds
 
     layout = Layout(
         esp_mib=ESP_MIB,
@@ -159,15 +164,43 @@ def build(base: BaseConfig, out: Path, logs: Path) -> dict[str, Any]:
     return facts
 
 
+EXTRA_TIMER = "var/tmp/flower-extra-packages.seconds"
+
+
+def _extra_packages_hooks(packages: tuple[str, ...]) -> list[str]:
+    """Install the definition's extra packages (e.g. the NVIDIA driver, whose DKMS module is
+    compiled here for the image's kernel, at host speed) in a timed customize hook."""
+    if not packages:
+        return []
+    install = (
+        'start=$(date +%s.%N); chroot "$1" env DEBIAN_FRONTEND=noninteractive '
+        f"apt-get install -y -q --no-install-recommends {' '.join(packages)} && "
+        f'awk -v a="$start" -v b="$(date +%s.%N)" \'BEGIN {{ print b - a }}\' > "$1/{EXTRA_TIMER}"'
+    )
+    return [f"--customize-hook={install}"]
+
+
+def _pop_marker_seconds(root: Path) -> float | None:
+    marker = root / EXTRA_TIMER
+    if not marker.exists():
+        return None
+    seconds = round(float(marker.read_text().strip()), 1)
+    marker.unlink()
+    return seconds
+
+
 def _bootstrap(base: BaseConfig, rootdir: Path, log: Path) -> None:
+    components = " ".join(base.components)
     sources = [
-        f"deb {base.mirror} {SUITE} main",
-        f"deb {base.mirror} {SUITE}-updates main",
-        f"deb {base.security_mirror} {SUITE}-security main",
+        f"deb {base.mirror} {SUITE} {components}",
+        f"deb {base.mirror} {SUITE}-updates {components}",
+        f"deb {base.security_mirror} {SUITE}-security {components}",
     ]
-    say(f"mmdebstrap {SUITE} from {base.mirror} (about 2 minutes)")
+    more = " plus the extra packages" if base.extra_packages else ""
+    say(f"mmdebstrap {SUITE} from {base.mirror} (about 2 minutes{more})")
     run(
         ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
+         f"--components={','.join(base.components)}", *_extra_packages_hooks(base.extra_packages),
          f"--include={','.join((*PACKAGES, base.kernel))}",
          "--aptopt=Acquire::Retries \"3\"",
          "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
@@ -221,12 +254,18 @@ def _facts(root: Path) -> dict[str, Any]:
     packages = dict(line.split("\t", 1) for line in out.stdout.splitlines() if line)
     kernel = _kernel_files(root)[0].name.removeprefix("vmlinuz-")
     os_release = dict(line.split("=", 1) for line in (root / "etc/os-release").read_text().splitlines() if "=" in line)
-    return {
+    facts: dict[str, Any] = {
         "distribution": os_release.get("PRETTY_NAME", "").strip('"'),
         "debian_version": (root / "etc/debian_version").read_text().strip(),
         "kernel": kernel,
         "packages": packages,
     }
+    modules = sorted((root / "lib/modules" / kernel).rglob("nvidia.ko*"))
+    if modules:
+        version = subprocess.run(["modinfo", "-F", "version", str(modules[0])], capture_output=True, text=True,
+                                 check=False).stdout.strip()  # fmt: skip
+        facts["nvidia_module"] = {"path": "/" + str(modules[0].relative_to(root)), "version": version}
+    return facts
 
 
 def _install_bootloader(

@@ -32,7 +32,9 @@ def test_shipped_definitions_load() -> None:
     assert gpu.disk.firmware == "uefi" and gpu.disk.machine == "q35"
     assert cpu.disk.firmware == "bios"
     # the child inherits what it does not override
-    assert gpu.flower == cpu.flower and gpu.base == cpu.base
+    assert gpu.flower == cpu.flower
+    assert gpu.base.provider == cpu.base.provider and gpu.base.kernel == cpu.base.kernel
+    assert gpu.base.mirror == cpu.base.mirror
     assert set(cpu.provision) <= set(gpu.provision)
     assert list(gpu.provision) == sorted(gpu.provision)
 
@@ -96,11 +98,12 @@ def test_extends_merges_and_appends(tmp_path: Path) -> None:
     write(
         tmp_path,
         "child",
-        'extends = "parent"\nvariant = "gpu"\n[disk]\nfirmware = "uefi"\n'
+        'extends = "parent"\nvariant = "gpu"\n[disk]\nfirmware = "uefi"\n[gpu]\ndriver_branch = "550"\n'
         "[extend]\npackages = ['pciutils']\nprovision = ['30-supernode-container.sh']\n",
     )
     child = config.load("child", tmp_path)
     assert child.variant == "gpu" and child.disk.firmware == "uefi"
+    assert child.gpu is not None and child.gpu.driver_branch == "550"
     assert child.description == "test image"
     assert child.packages == ("jq", "pciutils")
     assert child.provision == ("10-docker-engine.sh", "30-supernode-container.sh", "90-cleanup.sh")
@@ -125,3 +128,34 @@ def test_unknown_extend_key(tmp_path: Path) -> None:
     write(tmp_path, "child", 'extends = "parent"\n[extend]\nkernel = ["x"]\n')
     with pytest.raises(ConfigError, match=r"extend\.kernel"):
         config.load("child", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("gpu_table", "key", "words"),
+    [
+        ('driver_branch = "latest"', "gpu.driver_branch", "535 or 550"),
+        ('driver_install = "initrd"', "gpu.driver_install", "'bootstrap' or 'guest'"),
+        ('toolkit_source = "docker-hub"', "gpu.toolkit_source", "'nvidia-repo', 'local' or 'mirror'"),
+        ('toolkit_source = "local"', "gpu.toolkit_path", "is required"),
+        ('toolkit_source = "mirror"\ntoolkit_mirror = "ftp://x"', "gpu.toolkit_mirror", "http(s) URL"),
+        ("allow_missing_toolkit = 1", "gpu.allow_missing_toolkit", "true or false"),
+    ],
+)
+def test_bad_gpu_values(tmp_path: Path, gpu_table: str, key: str, words: str) -> None:
+    write(tmp_path, "img", VALID.replace('variant = "cpu"', 'variant = "gpu"') + "[gpu]\n" + gpu_table + "\n")
+    with pytest.raises(ConfigError) as err:
+        config.load("img", tmp_path)
+    assert f"key '{key}'" in str(err.value) and words in str(err.value)
+
+
+def test_gpu_variant_needs_gpu_table(tmp_path: Path) -> None:
+    write(tmp_path, "img", VALID.replace('variant = "cpu"', 'variant = "gpu"'))
+    with pytest.raises(ConfigError, match=r"key 'gpu': variant 'gpu' needs a \[gpu\] table"):
+        config.load("img", tmp_path)
+
+
+def test_shipped_gpu_definition() -> None:
+    gpu = config.load("supernode-gpu")
+    assert gpu.gpu is not None and gpu.gpu.driver_branch == "535"
+    assert "non-free" in gpu.base.components and "nvidia-kernel-dkms" in gpu.base.extra_packages
+    assert config.load("supernode-cpu").gpu is None

@@ -1,0 +1,198 @@
+"""ServerApp: FedAvg over the connected SuperNodes, with a results file.
+
+Run config (``[tool.flwr.app.config]`` in pyproject.toml, overridable with
+``flwr run --run-config``):
+
+- ``num-server-rounds``: rounds of train + evaluate;
+- ``min-nodes``: nodes that must take part in every round (the run waits up to
+  ``wait-nodes-timeout`` seconds for them, then fails with a clear message
+  instead of waiting for ever as FedAvg's own sampling does);
+- ``round-timeout``: seconds to wait for the replies of one round;
+- ``local-steps``, ``learning-rate``, ``data-seed``: the task;
+- ``results-path``: where to write the results JSON (empty: none). The
+  ServerApp runs next to the SuperLink, so this is a path on the SuperLink's
+  host. The file is rewritten after every round, so even a failed run leaves
+  what it got.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from . import task
+
+LOG = logging.getLogger("flwr")
+RESULTS_SCHEMA = 1
+app = ServerApp()
+
+
+class NotEnoughNodes(RuntimeError):
+    """Fewer SuperNodes than ``min-nodes`` connected within the timeout."""
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout: float, poll: float = 1.0) -> list[int]:
+    """Connected node ids once at least `count` are connected; NotEnoughNodes after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= count:
+            return nodes
+        if time.monotonic() >= deadline:
+            raise NotEnoughNodes(
+                f"only {len(nodes)} of the {count} required SuperNodes connected within {timeout:.0f} s"
+            )
+        LOG.info("e2e-app: waiting for nodes: %d connected, %d required", len(nodes), count)
+        time.sleep(poll)
+
+
+class Recorder:
+    """Per-round results, written to a JSON file after every change."""
+
+    def __init__(self, path: str, settings: dict[str, Any]) -> None:
+        self.path = Path(path) if path else None
+        self.started = time.time()
+        self.doc: dict[str, Any] = {
+            "schema": RESULTS_SCHEMA, "status": "running", "error": None,
+            "settings": settings, "rounds": [], "started_at": self.started,
+        }  # fmt: skip
+        self.write()
+
+    def round(self, number: int) -> dict[str, Any]:
+        for entry in self.doc["rounds"]:
+            if entry["round"] == number:
+                return entry  # type: ignore[no-any-return]
+        entry = {"round": number, "started_s": round(time.time() - self.started, 3)}
+        self.doc["rounds"].append(entry)
+        return entry
+
+    def finish(self, status: str, error: str | None = None, **extra: Any) -> None:
+        self.doc.update(status=status, error=error, duration_s=round(time.time() - self.started, 3), **extra)
+        self.write()
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+
+def _client_infos(replies: list[Message]) -> list[dict[str, Any]]:
+    infos = []
+    for msg in replies:
+        entry: dict[str, Any] = {"node_id": msg.metadata.src_node_id}
+        if msg.has_error():
+            entry["error"] = str(msg.error.reason)
+        else:
+            if "client-info" in msg.content:
+                entry.update(dict(msg.content["client-info"]))
+            metrics = msg.content["metrics"] if "metrics" in msg.content else {}
+            entry.update({k: v for k, v in dict(metrics).items()})
+        infos.append(entry)
+    return sorted(infos, key=lambda e: (e.get("partition_id", -1), e["node_id"]))
+
+
+class RecordingFedAvg(FedAvg):
+    """FedAvg that waits for its nodes with a timeout and records every round."""
+
+    def __init__(self, recorder: Recorder, min_nodes: int, wait_timeout: float) -> None:
+        super().__init__(
+            fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=min_nodes,
+            min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
+        )  # fmt: skip
+        self.recorder = recorder
+        self.min_nodes = min_nodes
+        self.wait_timeout = wait_timeout
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:  # fmt: skip
+        wait_for_nodes(grid, self.min_nodes, self.wait_timeout)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:  # fmt: skip
+        wait_for_nodes(grid, self.min_nodes, self.wait_timeout)
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:  # fmt: skip
+        replies = list(replies)
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        entry = self.recorder.round(server_round)
+        entry["train_nodes"] = sum(1 for m in replies if not m.has_error())
+        entry["train_failures"] = sum(1 for m in replies if m.has_error())
+        entry["train_loss"] = float(metrics["train-loss"]) if metrics and "train-loss" in metrics else None  # type: ignore[arg-type]
+        entry["train_clients"] = _client_infos(replies)
+        self.recorder.write()
+        LOG.info("e2e-app: round %d train loss %s from %d node(s)", server_round, entry["train_loss"],
+                 entry["train_nodes"])  # fmt: skip
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        metrics = super().aggregate_evaluate(server_round, replies)
+        entry = self.recorder.round(server_round)
+        entry["eval_nodes"] = sum(1 for m in replies if not m.has_error())
+        entry["eval_failures"] = sum(1 for m in replies if m.has_error())
+        entry["eval_loss"] = float(metrics["eval-loss"]) if metrics and "eval-loss" in metrics else None  # type: ignore[arg-type]
+        entry["eval_clients"] = _client_infos(replies)
+        self.recorder.write()
+        LOG.info("e2e-app: round %d eval loss %s from %d node(s)", server_round, entry["eval_loss"],
+                 entry["eval_nodes"])  # fmt: skip
+        return metrics
+
+
+def run_settings(run_config: Any) -> dict[str, Any]:
+    return {
+        "num_server_rounds": int(run_config.get("num-server-rounds", 3)),
+        "min_nodes": int(run_config.get("min-nodes", 2)),
+        "wait_nodes_timeout": float(run_config.get("wait-nodes-timeout", 300.0)),
+        "round_timeout": float(run_config.get("round-timeout", 600.0)),
+        "local_steps": int(run_config.get("local-steps", 10)),
+        "learning_rate": float(run_config.get("learning-rate", 0.05)),
+        "data_seed": int(run_config.get("data-seed", 42)),
+        "results_path": str(run_config.get("results-path", "")),
+    }
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = run_settings(context.run_config)
+    recorder = Recorder(settings["results_path"], settings)
+    recorder.doc["run_id"] = grid.run.run_id
+    try:
+        nodes = wait_for_nodes(grid, settings["min_nodes"], settings["wait_nodes_timeout"])
+        recorder.doc["nodes_at_start"] = nodes
+        LOG.info("e2e-app: %d node(s) connected, starting %d rounds", len(nodes), settings["num_server_rounds"])
+        strategy = RecordingFedAvg(recorder, settings["min_nodes"], settings["wait_nodes_timeout"])
+        train_config = ConfigRecord({"local-steps": settings["local_steps"],
+                                     "learning-rate": settings["learning_rate"]})  # fmt: skip
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(task.initial_parameters()),  # type: ignore[arg-type]
+            num_rounds=settings["num_server_rounds"],
+            timeout=settings["round_timeout"],
+            train_config=train_config,
+        )
+    except BaseException as exc:
+        recorder.finish("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    final = result.arrays.to_numpy_ndarrays()
+    weights, bias = task.true_model(settings["data_seed"])
+    recorder.finish(
+        "completed",
+        final_weight_error=float(abs(final[0] - weights).max()) if final else None,
+        final_bias_error=float(abs(final[1][0] - bias)) if final else None,
+    )
+    LOG.info("e2e-app: finished %d rounds", settings["num_server_rounds"])

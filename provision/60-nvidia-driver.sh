@@ -1,0 +1,98 @@
+#!/bin/bash
+# 60: the NVIDIA driver, pinned to the definition's branch, with the kernel held so that
+# kernel and driver cannot drift apart after the build. Then a build-time check in the spirit
+# of validate-gpu.sh: the nvidia module file exists for the image's kernel, modinfo reports a
+# version of the pinned branch, and every installed NVIDIA package has that same version.
+#
+# Routes:
+#   bootstrap           debian-12 base: already installed in the bootstrap chroot (DKMS built there)
+#   guest-dkms          Debian without it: nvidia-kernel-dkms etc. installed here (slow under TCG)
+#   ubuntu-precompiled  Ubuntu: Canonical's signed precompiled modules, no DKMS
+#                       (linux-modules-nvidia-<branch>-server-<flavour> + nvidia-utils-<branch>-server)
+set -euo pipefail
+: "${FLOWER_NVIDIA_BRANCH:?}"
+export DEBIAN_FRONTEND=noninteractive
+branch="$FLOWER_NVIDIA_BRANCH"
+kernel="$(uname -r)"   # the build VM runs the image's own kernel
+os_id="$(sed -n 's/^ID=//p' /etc/os-release | tr -d '"')"
+
+has_module() { modinfo -k "$kernel" -F filename nvidia >/dev/null 2>&1; }
+
+if has_module; then
+    route="bootstrap"
+    echo "== nvidia module already built for $kernel (installed in the bootstrap chroot)"
+elif [ "$os_id" = "ubuntu" ]; then
+    route="ubuntu-precompiled"
+    flavour="${kernel##*-}"
+    echo "== installing Canonical's precompiled NVIDIA $branch modules for the $flavour kernel"
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends \
+        "linux-modules-nvidia-${branch}-server-${flavour}" "nvidia-utils-${branch}-server"
+else
+    route="guest-dkms"
+    echo "== installing NVIDIA $branch with DKMS inside the build VM (slow under TCG)"
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "linux-headers-${kernel}" nvidia-kernel-dkms nvidia-smi \
+        libcuda1 libnvidia-ml1 libnvidia-ptxjitcompiler1 nvidia-persistenced nvidia-modprobe firmware-nvidia-gsp
+fi
+
+echo "== build-time check"
+module_path="$(modinfo -k "$kernel" -F filename nvidia)"
+module_version="$(modinfo -k "$kernel" -F version nvidia)"
+[ -f "$module_path" ] || { echo "FAIL: nvidia module file $module_path missing for $kernel" >&2; exit 1; }
+case "$module_version" in
+    "$branch".*) echo "PASS: $module_path is version $module_version (branch $branch)" ;;
+    *) echo "FAIL: nvidia module version $module_version is not branch $branch" >&2; exit 1 ;;
+esac
+
+# Every installed package built from the NVIDIA driver source must carry the module's version.
+mapfile -t nvidia_packages < <(dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${source:Package}\n' \
+    | awk '$1 == "ii" && ($3 ~ /^nvidia-graphics-drivers/ || $3 ~ /^linux-restricted-modules/ || $3 ~ /^nvidia-/) {print $2}')
+mismatches=0
+for pkg in "${nvidia_packages[@]}"; do
+    version="$(dpkg-query -W -f '${Version}' "$pkg")"
+    upstream="${version#*:}"; upstream="${upstream%%-*}"
+    case "$pkg" in linux-modules-nvidia-*|nvidia-modprobe|nvidia-persistenced) continue ;; esac
+    if [ "$upstream" != "$module_version" ]; then
+        echo "FAIL: $pkg $version does not match the module $module_version" >&2
+        mismatches=$((mismatches + 1))
+    fi
+done
+[ "$mismatches" -eq 0 ] || exit 1
+echo "PASS: ${#nvidia_packages[@]} NVIDIA packages match $module_version"
+
+echo "== pinning the driver branch and holding kernel + driver"
+cat > /etc/apt/preferences.d/flower-nvidia-branch <<PIN
+# Flower appliance: stay on the NVIDIA ${branch} branch the image was built and checked with.
+Package: src:nvidia-graphics-drivers src:nvidia-graphics-drivers-${branch}-server
+Pin: version ${branch}.*
+Pin-Priority: 1001
+PIN
+mapfile -t held < <(dpkg-query -W -f '${db:Status-Abbrev} ${Package}\n' \
+    | awk '$1 == "ii" && $2 ~ /^(linux-image-|linux-headers-|linux-modules-|nvidia-|libnvidia-|libcuda1)/ {print $2}')
+apt-mark hold "${held[@]}" >/dev/null
+echo "held: ${held[*]}"
+
+# nouveau must never claim the GPU (the nvidia packages normally ship this blacklist)
+if ! grep -rqs '^blacklist nouveau' /etc/modprobe.d /lib/modprobe.d /usr/lib/modprobe.d; then
+    printf 'blacklist nouveau\noptions nouveau modeset=0\n' > /etc/modprobe.d/flower-blacklist-nouveau.conf
+    update-initramfs -u -k "$kernel"
+fi
+
+python3 - "$route" "$branch" "$kernel" "$module_path" "$module_version" "${nvidia_packages[@]}" <<'PY'
+import json, subprocess, sys
+from pathlib import Path
+route, branch, kernel, path, version, *packages = sys.argv[1:]
+versions = {p: subprocess.run(["dpkg-query", "-W", "-f", "${Version}", p], capture_output=True, text=True).stdout
+            for p in packages}
+held = subprocess.run(["apt-mark", "showhold"], capture_output=True, text=True).stdout.split()
+gpu = {"install_route": route, "driver_branch": branch, "driver_version": version, "kernel": kernel,
+       "module_path": path, "packages": versions, "held": held,
+       "checks": {"module_file": "PASS", "module_version_branch": "PASS", "package_versions": "PASS"}}
+Path("/etc/flower/gpu-driver.json").write_text(json.dumps(gpu, indent=2) + "\n")
+build = Path("/etc/flower/build.json")
+info = json.loads(build.read_text())
+info["nvidia_driver_version"] = version
+build.write_text(json.dumps(info, indent=2) + "\n")
+PY
+echo "driver: $route, $module_version for $kernel"

@@ -1,0 +1,78 @@
+#!/bin/bash
+# 65: NVIDIA Container Toolkit for Docker (seeds, layer 3; nvidia-docker2 is deprecated).
+# The source was resolved on the build host (appliance_build/stages/toolkit.py):
+#   nvidia-repo  NVIDIA's apt repository, its signing key (fetched on the host), pinned version
+#   mirror       an apt mirror laid out like NVIDIA's repository, same key and pin
+#   local        .deb files handed in with the build (air-gapped builds)
+#   absent       explicitly allowed: nothing installed, recorded; publishing refuses the image
+# Also installed into the GPU image as /opt/flower/scripts/install-container-toolkit.sh, so an
+# operator can add the toolkit later from local .deb files:
+#   FLOWER_TOOLKIT_SOURCE=local FLOWER_UPLOAD=/dir/containing/toolkit/ install-container-toolkit.sh
+set -euo pipefail
+: "${FLOWER_TOOLKIT_SOURCE:?}" "${FLOWER_UPLOAD:?}"
+export DEBIAN_FRONTEND=noninteractive
+source_kind="$FLOWER_TOOLKIT_SOURCE"
+version="${FLOWER_TOOLKIT_VERSION:-}"
+record=/etc/flower/gpu-toolkit.json
+install -d -m 0755 /etc/flower
+
+write_record() {  # status, version, detail
+    python3 - "$record" "$1" "$2" "$3" "$source_kind" <<'PY'
+import json, sys
+from pathlib import Path
+path, status, version, detail, source = sys.argv[1:]
+Path(path).write_text(json.dumps({"toolkit": status, "version": version, "source": source, "detail": detail},
+                                 indent=2) + "\n")
+PY
+}
+
+packages=(nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools libnvidia-container1)
+case "$source_kind" in
+    absent)
+        echo "WARNING: building WITHOUT the NVIDIA Container Toolkit (explicitly allowed)."
+        echo "WARNING: containers cannot use the GPU; publishing refuses this image."
+        write_record absent "" "no toolkit source was available and building without it was allowed"
+        exit 0
+        ;;
+    nvidia-repo|mirror)
+        : "${FLOWER_TOOLKIT_REPO:?}" "${version:?FLOWER_TOOLKIT_VERSION is required}"
+        install -m 0644 "${FLOWER_UPLOAD}/toolkit/nvidia-container-toolkit.asc" /usr/share/keyrings/
+        echo "deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit.asc] ${FLOWER_TOOLKIT_REPO} /" \
+            > /etc/apt/sources.list.d/nvidia-container-toolkit.list
+        apt-get update -q
+        pinned=()
+        for pkg in "${packages[@]}"; do pinned+=("${pkg}=${version}"); done
+        apt-get install -y -q --no-install-recommends "${pinned[@]}"
+        ;;
+    local)
+        shopt -s nullglob
+        debs=("${FLOWER_UPLOAD}"/toolkit/*.deb)
+        [ ${#debs[@]} -gt 0 ] || { echo "no .deb files in ${FLOWER_UPLOAD}/toolkit" >&2; exit 1; }
+        apt-get install -y -q --no-install-recommends "${debs[@]}"
+        ;;
+    *)
+        echo "unknown FLOWER_TOOLKIT_SOURCE '$source_kind' (nvidia-repo, mirror, local, absent)" >&2
+        exit 2
+        ;;
+esac
+installed="$(dpkg-query -W -f '${Version}' nvidia-container-toolkit)"
+apt-mark hold "${packages[@]}" >/dev/null 2>&1 || apt-mark hold nvidia-container-toolkit >/dev/null
+
+echo "== nvidia-ctk runtime configure --runtime=docker"
+docker_major="$(docker version --format '{{.Server.Version}}' | cut -d. -f1)"
+configure=(nvidia-ctk runtime configure --runtime=docker)
+if [ "$docker_major" -ge 25 ]; then
+    configure+=(--cdi.enabled)   # Docker >= 25 understands CDI device names
+    cdi="enabled"
+else
+    cdi="unsupported by docker ${docker_major}"
+fi
+"${configure[@]}"
+systemctl restart docker
+python3 - <<'PY'
+import json
+runtimes = json.load(open("/etc/docker/daemon.json")).get("runtimes", {})
+assert "nvidia" in runtimes, "nvidia-ctk did not add the nvidia runtime to /etc/docker/daemon.json"
+PY
+write_record present "$installed" "docker runtime configured; CDI ${cdi}"
+echo "toolkit ${installed} installed from ${source_kind}; CDI ${cdi}"

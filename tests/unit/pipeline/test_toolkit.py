@@ -1,0 +1,121 @@
+"""NVIDIA Container Toolkit source: resolved on the host, fail fast with instructions."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from appliance_build import build, config
+from appliance_build.config import GpuConfig
+from appliance_build.errors import BuildError, ConfigError
+from appliance_build.stages import toolkit
+from tests.fixtures import toolkit_debs
+
+UNREACHABLE = "http://127.0.0.1:9/libnvidia-container/stable/deb/amd64"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[str]:
+    root = tmp_path / "www"
+    (root / "deb").mkdir(parents=True)
+    (root / "gpgkey").write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\nfake\n-----END PGP PUBLIC KEY BLOCK-----\n")
+    (root / "deb" / "Packages").write_text("Package: nvidia-container-toolkit\n")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def unreachable() -> GpuConfig:
+    return GpuConfig(toolkit_repo=UNREACHABLE, toolkit_key_url="http://127.0.0.1:9/gpgkey")
+
+
+def test_no_source_stops_with_instructions() -> None:
+    with pytest.raises(BuildError) as err:
+        toolkit.resolve(unreachable(), timeout=2)
+    text = str(err.value)
+    assert "not reachable" in text
+    assert "--toolkit-source local:/path/to/debs" in text and "--toolkit-source mirror:" in text
+    assert "--allow-missing-toolkit" in text
+
+
+@pytest.mark.parametrize("how", ["flag", "definition"])
+def test_explicit_permission_gives_absent(how: str) -> None:
+    gpu = unreachable() if how == "flag" else replace(unreachable(), allow_missing_toolkit=True)
+    plan = toolkit.resolve(gpu, allow_missing=how == "flag", timeout=2)
+    assert plan.source == "absent" and "not reachable" in plan.reason
+    assert plan.env()["FLOWER_TOOLKIT_SOURCE"] == "absent"
+
+
+def test_reachable_repo_fetches_key(repo: str, tmp_path: Path) -> None:
+    gpu = GpuConfig(toolkit_repo=f"{repo}/deb", toolkit_key_url=f"{repo}/gpgkey")
+    plan = toolkit.resolve(gpu, timeout=5)
+    assert plan.source == "nvidia-repo" and plan.version == gpu.toolkit_version and plan.repo == f"{repo}/deb"
+    plan.stage_into(tmp_path / "upload")
+    assert b"BEGIN PGP PUBLIC KEY BLOCK" in (tmp_path / "upload" / "toolkit" / "nvidia-container-toolkit.asc").read_bytes()
+
+
+def test_mirror_route(repo: str) -> None:
+    gpu = toolkit.parse_override(f"mirror:{repo}/deb", GpuConfig(toolkit_key_url=f"{repo}/gpgkey"))
+    plan = toolkit.resolve(gpu, timeout=5)
+    assert plan.source == "mirror" and plan.repo == f"{repo}/deb"
+
+
+def test_local_directory_of_fixture_packages(tmp_path: Path) -> None:
+    debs = toolkit_debs.build(tmp_path / "debs")
+    gpu = toolkit.parse_override(f"local:{tmp_path / 'debs'}", GpuConfig())
+    plan = toolkit.resolve(gpu)
+    assert plan.source == "local" and plan.version == toolkit_debs.FIXTURE_VERSION
+    assert set(plan.packages) == set(toolkit.REQUIRED)
+    plan.stage_into(tmp_path / "upload")
+    assert sorted(p.name for p in (tmp_path / "upload" / "toolkit").iterdir()) == sorted(d.name for d in debs)
+
+
+def test_local_directory_missing_a_package(tmp_path: Path) -> None:
+    toolkit_debs.build(tmp_path / "debs", omit=("libnvidia-container1",))
+    gpu = toolkit.parse_override(f"local:{tmp_path / 'debs'}", GpuConfig())
+    with pytest.raises(BuildError, match="lacks libnvidia-container1"):
+        toolkit.resolve(gpu)
+
+
+def test_local_directory_empty(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="no .deb files"):
+        toolkit.resolve(GpuConfig(toolkit_source="local", toolkit_path=str(tmp_path)))
+
+
+@pytest.mark.parametrize("text", ["docker-hub", "mirror:ftp://x", "local:", "nvidia-repo:extra"])
+def test_bad_override(text: str) -> None:
+    with pytest.raises(ConfigError, match="--toolkit-source"):
+        toolkit.parse_override(text, GpuConfig())
+
+
+def test_gpu_build_without_source_stops_before_anything_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(build.base_stage, "ensure", lambda *a, **k: calls.append("base"))
+    real = config.load
+
+    def load(name: str) -> config.ImageConfig:
+        image = real(name)
+        assert image.gpu is not None
+        return replace(image, gpu=replace(image.gpu, toolkit_repo=UNREACHABLE, toolkit_key_url=UNREACHABLE))
+
+    monkeypatch.setattr(build.config, "load", load)
+    with pytest.raises(BuildError, match="--allow-missing-toolkit"):
+        build.build_image("supernode-gpu", packer_target="1.6.6")
+    assert calls == []
+    out = build.Outputs.for_image("supernode-gpu")
+    assert not out.qcow2.exists() and not out.manifest.exists()
+
+
+def test_toolkit_flags_rejected_for_the_cpu_image() -> None:
+    with pytest.raises(ConfigError, match="not a GPU image"):
+        build.build_image("supernode-cpu", allow_missing_toolkit=True)
