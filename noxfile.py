@@ -56,7 +56,7 @@ def tests(session: nox.Session) -> None:
 
 
 def _test_image(session: nox.Session, image: str) -> None:
-    _install(session, "test")
+    _install(session, "test", "flower")
     results = f"build/{image}/test-results"
     session.run(
         "pytest",

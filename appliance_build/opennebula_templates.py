@@ -139,16 +139,20 @@ def render_vm_template(
         "cpu": "Flower SuperNode (federated-learning client), CPU",
         "gpu": "Flower SuperNode (federated-learning client), NVIDIA GPU passthrough",
     }[variant]
-    text = _environment().get_template(f"{variant}.tmpl.j2").render(
-        name=image_name,
-        image=image_name,
-        description=description or default_description,
-        sizing=sizing,
-        context=context_attributes(),
-        user_inputs=user_inputs(),
-        inputs_order=inputs_order(),
-        pci_short_address=pci_short_address,
-        pci_is_placeholder=pci_short_address == GPU_PCI_PLACEHOLDER,
+    text = (
+        _environment()
+        .get_template(f"{variant}.tmpl.j2")
+        .render(
+            name=image_name,
+            image=image_name,
+            description=description or default_description,
+            sizing=sizing,
+            context=context_attributes(),
+            user_inputs=user_inputs(),
+            inputs_order=inputs_order(),
+            pci_short_address=pci_short_address,
+            pci_is_placeholder=pci_short_address == GPU_PCI_PLACEHOLDER,
+        )
     )
     parse_template(text)  # a template edit that breaks the syntax fails here, not in OpenNebula
     return text

@@ -24,7 +24,7 @@ app = ClientApp()
 def device_info() -> dict[str, str]:
     """Which device this node trains on, as the image's device helper reports it."""
     try:
-        import flower_device  # type: ignore[import-not-found]  # shipped in the SuperNode image
+        import flower_device  # shipped in the SuperNode image as a top-level module
     except ImportError:
         return {"device": "cpu", "framework": "numpy", "helper": "absent"}
     described = flower_device.describe()
@@ -43,7 +43,7 @@ def _settings(msg: Message, context: Context) -> tuple[int, float, int]:
     config = msg.content["config"] if "config" in msg.content else ConfigRecord()
     steps = int(config.get("local-steps", context.run_config.get("local-steps", 10)))  # type: ignore[arg-type]
     learning_rate = float(config.get("learning-rate", context.run_config.get("learning-rate", 0.05)))  # type: ignore[arg-type]
-    seed = int(context.run_config.get("data-seed", 42))  # type: ignore[arg-type]
+    seed = int(context.run_config.get("data-seed", 42))
     return steps, learning_rate, seed
 
 
@@ -59,7 +59,7 @@ def train(msg: Message, context: Context) -> Message:
     steps, learning_rate, seed = _settings(msg, context)
     info = _client_info(partition_id, num_partitions)
     data = task.load_partition(partition_id, num_partitions, seed)
-    params = msg.content["arrays"].to_numpy_ndarrays()
+    params = msg.content.array_records["arrays"].to_numpy_ndarrays()
     LOG.info(
         "e2e-app: training partition %d/%d on %s (helper %s, framework %s), %d steps, lr %s",
         partition_id, num_partitions, info["device"], info["helper"], info["framework"], steps, learning_rate,
@@ -67,7 +67,7 @@ def train(msg: Message, context: Context) -> Message:
     new_params, loss = task.train(params, data.x_train, data.y_train, steps=steps, learning_rate=learning_rate)
     LOG.info("e2e-app: partition %d train loss %.6f", partition_id, loss)
     content = RecordDict({
-        "arrays": ArrayRecord(new_params),  # type: ignore[arg-type]
+        "arrays": ArrayRecord(new_params),
         "metrics": MetricRecord({"train-loss": loss, "num-examples": len(data.y_train)}),
         "client-info": info,
     })  # fmt: skip
@@ -79,7 +79,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     partition_id, num_partitions = partition_of(context.node_config)
     _, _, seed = _settings(msg, context)
     data = task.load_partition(partition_id, num_partitions, seed)
-    params = msg.content["arrays"].to_numpy_ndarrays()
+    params = msg.content.array_records["arrays"].to_numpy_ndarrays()
     loss = task.evaluate(params, data.x_test, data.y_test)
     LOG.info("e2e-app: partition %d eval loss %.6f", partition_id, loss)
     content = RecordDict({

@@ -97,8 +97,8 @@ def _client_infos(replies: list[Message]) -> list[dict[str, Any]]:
         else:
             if "client-info" in msg.content:
                 entry.update(dict(msg.content["client-info"]))
-            metrics = msg.content["metrics"] if "metrics" in msg.content else {}
-            entry.update({k: v for k, v in dict(metrics).items()})
+            if "metrics" in msg.content.metric_records:
+                entry.update(dict(msg.content.metric_records["metrics"]))
         infos.append(entry)
     return sorted(infos, key=lambda e: (e.get("partition_id", -1), e["node_id"]))
 
@@ -180,7 +180,7 @@ def main(grid: Grid, context: Context) -> None:
                                      "learning-rate": settings["learning_rate"]})  # fmt: skip
         result = strategy.start(
             grid=grid,
-            initial_arrays=ArrayRecord(task.initial_parameters()),  # type: ignore[arg-type]
+            initial_arrays=ArrayRecord(task.initial_parameters()),
             num_rounds=settings["num_server_rounds"],
             timeout=settings["round_timeout"],
             train_config=train_config,

@@ -1,0 +1,269 @@
+"""Publish one built and tested image: build/publish/<image>/, written whole or not at all.
+
+    build/publish/<image>/
+      <image>.qcow2                 the built file, hard-linked (or copied), never recompressed
+      <image>.qcow2.sha256 / .md5   sha256sum / md5sum format
+      <image>.marketplace.yaml      OpenNebula marketplace appliance (schema + yamllint checked)
+      <image>.tmpl                  OpenNebula VM template (onetemplate create)
+      validate-host-gpu.sh          KVM host pre-check for GPU passthrough
+      RELEASE_NOTES.md              versions, build stages and sizes, test results
+      manifest.json                 the build's manifest, as built
+      artifact.json                 file, url, sizes, checksums, tested record
+      SHA256SUMS                    every other file of the bundle
+
+Refusals (exit code 2, nothing left in build/publish/<image>):
+  - the qcow2's sha256 differs from its .sha256 file or from manifest.json;
+  - a GPU image whose manifest says the NVIDIA Container Toolkit is absent;
+  - no passing test run recorded for this very file (test-results/tested-image.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..config import NAME_RE
+from ..opennebula_templates import GPU_PCI_PLACEHOLDER, SHORT_ADDRESS_RE, render_vm_template
+from ..paths import SCRIPTS_DIR
+from . import marketplace, release_notes
+from .digests import Digests, checksum_line, digests, qcow2_virtual_size, read_checksum_file, sha256_of
+from .errors import PublishError, Refused
+from .tested import RESULTS_DIR, TESTED_FILE, JunitCounts, read_boot_times, read_junit, read_tested_record
+
+URL_PREFIX_RE = re.compile(r"^https?://[^\s]+$")
+HOST_CHECK_SCRIPT = SCRIPTS_DIR / "validate-host-gpu.sh"
+
+
+def bundle_dir(build_root: Path, image_name: str) -> Path:
+    return build_root / "publish" / image_name
+
+
+def _test_command(variant: str) -> str:
+    return f"nox -s test_{variant}"
+
+
+def _load_manifest(path: Path, image_name: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PublishError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise PublishError(f"{path}: expected a JSON object")
+    if manifest.get("image") not in (None, image_name):
+        raise Refused(f"{path} describes image {manifest.get('image')!r}, not {image_name!r}")
+    if manifest.get("variant") not in ("cpu", "gpu"):
+        raise PublishError(f"{path}: variant {manifest.get('variant')!r} is neither cpu nor gpu")
+    if not isinstance(manifest.get("artifact"), dict):
+        raise PublishError(f"{path}: no artifact section (was the build finished?)")
+    return manifest
+
+
+def _check_checksums(qcow2: Path, sha_file: Path, manifest: dict[str, Any], actual: Digests) -> None:
+    recorded = read_checksum_file(sha_file)
+    if recorded != actual.sha256:
+        raise Refused(
+            f"checksum mismatch: {qcow2.name} has sha256 {actual.sha256} but {sha_file.name} says {recorded}; "
+            "the file changed after the build (rebuild it)"
+        )
+    in_manifest = str(manifest["artifact"].get("sha256") or "")
+    if in_manifest != actual.sha256:
+        raise Refused(
+            f"checksum mismatch: {qcow2.name} has sha256 {actual.sha256} but manifest.json says "
+            f"{in_manifest or '(nothing)'}; the manifest belongs to another build (rebuild it)"
+        )
+
+
+def _check_gpu(manifest: dict[str, Any], image_name: str) -> None:
+    gpu = manifest.get("gpu")
+    if not isinstance(gpu, dict) or not gpu:
+        raise Refused(f"{image_name}: manifest.json has no gpu section; the GPU layer was not built into this image")
+    toolkit = gpu.get("toolkit")
+    absent = (
+        toolkit == "absent" or toolkit is None or (isinstance(toolkit, dict) and toolkit.get("toolkit") == "absent")
+    )
+    if absent:
+        reason = gpu.get("toolkit_absent_reason")
+        because = f" ({reason})" if reason else ""
+        raise Refused(
+            f"{image_name}: manifest.json says the NVIDIA Container Toolkit is absent{because}; without it "
+            "containers cannot use the GPU. Rebuild with a toolkit source (nox -s build_gpu, or "
+            "-- --toolkit-source mirror:URL | local:DIR)"
+        )
+
+
+def _check_tested(image_dir: Path, variant: str, sha256: str) -> tuple[JunitCounts, dict[str, Any]]:
+    tested_path = image_dir / RESULTS_DIR / TESTED_FILE
+    record = read_tested_record(image_dir)
+    again = f"run {_test_command(variant)}"
+    if record is None:
+        raise Refused(f"tests have not been run for this image: no {tested_path} ({again})")
+    if record.get("sha256") != sha256:
+        raise Refused(
+            f"the tests ran on a different file: {tested_path} records sha256 {record.get('sha256')}, "
+            f"the qcow2 now has {sha256} (rebuilt after testing?); {again}"
+        )
+    junit_ref = str(record.get("junit") or "")
+    junit_path = Path(junit_ref) if Path(junit_ref).is_absolute() else image_dir / RESULTS_DIR / junit_ref
+    if record.get("passed") is not True:
+        detail = ""
+        if junit_path.is_file():
+            detail = f" ({read_junit(junit_path).summary()})"
+        raise Refused(f"the tests did not pass for this image{detail}: {tested_path} says passed = false; {again}")
+    if not junit_ref:
+        raise Refused(f"{tested_path} names no JUnit XML; {again}")
+    counts = read_junit(junit_path)
+    if not counts.ok:
+        raise Refused(f"the tests did not pass for this image: {junit_path} now reports {counts.summary()}; {again}")
+    return counts, record
+
+
+def _place_image(source: Path, target: Path) -> None:
+    """Hard link when build/ and build/publish/ share a filesystem, else a byte copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _write_bundle(
+    partial: Path,
+    image_name: str,
+    variant: str,
+    manifest: dict[str, Any],
+    manifest_path: Path,
+    actual: Digests,
+    virtual_bytes: int,
+    junit: JunitCounts,
+    tested: dict[str, Any],
+    *,
+    url_prefix: str,
+    gpu_pci_address: str,
+    version: str | None,
+    publisher: str,
+    opennebula_version: str,
+) -> None:
+    """Everything next to the (already placed and verified) qcow2 in the partial bundle."""
+    file_name = f"{image_name}.qcow2"
+    facts = marketplace.ImageFacts(
+        file_name=file_name,
+        url=f"{url_prefix.rstrip('/')}/{file_name}",
+        virtual_bytes=virtual_bytes,
+        sha256=actual.sha256,
+        md5=actual.md5,
+    )
+    document = marketplace.appliance_document(
+        manifest, facts, version=version, publisher=publisher, opennebula_version=opennebula_version
+    )
+    appliance_yaml = marketplace.dump(document)
+    problems = marketplace.check_text(appliance_yaml)
+    if problems:
+        raise PublishError("the generated marketplace YAML is invalid:\n  " + "\n  ".join(problems))
+    boot_times = read_boot_times(manifest_path.parent)
+    notes = release_notes.render(
+        manifest, facts, version=str(document["version"]), junit=junit, boot_times=boot_times,
+        tested_sha256=str(tested["sha256"]),
+    )  # fmt: skip
+    artifact = {
+        "image": image_name,
+        "variant": variant,
+        "version": document["version"],
+        "file": file_name,
+        "url": facts.url,
+        "file_bytes": actual.file_bytes,
+        "virtual_bytes": virtual_bytes,
+        "sha256": actual.sha256,
+        "md5": actual.md5,
+        "tested": {**tested, "summary": junit.summary()},
+    }
+    files = {
+        f"{file_name}.sha256": checksum_line(actual.sha256, file_name),
+        f"{file_name}.md5": checksum_line(actual.md5, file_name),
+        f"{image_name}.marketplace.yaml": appliance_yaml,
+        f"{image_name}.tmpl": render_vm_template(variant, image_name, pci_short_address=gpu_pci_address),
+        "RELEASE_NOTES.md": notes,
+        "manifest.json": manifest_path.read_text(),
+        "artifact.json": json.dumps(artifact, indent=2) + "\n",
+    }
+    for name, text in files.items():
+        (partial / name).write_text(text)
+    script = partial / HOST_CHECK_SCRIPT.name
+    shutil.copyfile(HOST_CHECK_SCRIPT, script)
+    script.chmod(0o755)
+    sums = "".join(
+        checksum_line(actual.sha256 if p.name == file_name else sha256_of(p), p.name) for p in sorted(partial.iterdir())
+    )
+    (partial / "SHA256SUMS").write_text(sums)
+
+
+def publish(
+    image_name: str,
+    url_prefix: str,
+    build_root: Path,
+    *,
+    gpu_pci_address: str = GPU_PCI_PLACEHOLDER,
+    version: str | None = None,
+    publisher: str = marketplace.DEFAULT_PUBLISHER,
+    opennebula_version: str = marketplace.OPENNEBULA_VERSIONS,
+) -> Path:
+    """Write build_root/publish/<image_name>/ for build_root/<image_name>/; return its path."""
+    if not NAME_RE.match(image_name):
+        raise PublishError(f"image name {image_name!r}: use lower-case letters, digits and '-'")
+    if not URL_PREFIX_RE.match(url_prefix):
+        raise PublishError(
+            f"--url-prefix {url_prefix!r}: expected an http(s) URL (the directory the qcow2 is served from)"
+        )
+    if gpu_pci_address != GPU_PCI_PLACEHOLDER and not SHORT_ADDRESS_RE.match(gpu_pci_address):
+        raise PublishError(f"--gpu-pci-address {gpu_pci_address!r}: expected bus:device.function such as e1:00.0")
+    build_root = Path(build_root)
+    image_dir = build_root / image_name
+    publish_root = build_root / "publish"
+    final = bundle_dir(build_root, image_name)
+    # An earlier bundle goes first: a refusal leaves nothing that could pass for this build.
+    _remove(final)
+    for stale in publish_root.glob(f".{image_name}.partial-*"):
+        _remove(stale)
+
+    qcow2 = image_dir / f"{image_name}.qcow2"
+    sha_file = image_dir / f"{image_name}.qcow2.sha256"
+    manifest_path = image_dir / "manifest.json"
+    for needed in (qcow2, sha_file, manifest_path):
+        if not needed.is_file():
+            raise Refused(
+                f"{needed} does not exist: build the image first (nox -s build_{image_name.rsplit('-', 1)[-1]})"
+            )
+    manifest = _load_manifest(manifest_path, image_name)
+    variant = str(manifest["variant"])
+    if variant == "gpu":
+        _check_gpu(manifest, image_name)
+
+    publish_root.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{image_name}.partial-", dir=publish_root))
+    try:
+        # The checks read the bundled file itself: what is verified is what is published.
+        bundled = partial / qcow2.name
+        _place_image(qcow2, bundled)
+        actual = digests(bundled)
+        _check_checksums(qcow2, sha_file, manifest, actual)
+        virtual_bytes = qcow2_virtual_size(bundled)
+        junit, tested = _check_tested(image_dir, variant, actual.sha256)
+        _write_bundle(partial, image_name, variant, manifest, manifest_path, actual, virtual_bytes, junit, tested,
+                      url_prefix=url_prefix, gpu_pci_address=gpu_pci_address, version=version,
+                      publisher=publisher, opennebula_version=opennebula_version)  # fmt: skip
+        partial.chmod(0o755)
+        partial.rename(final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return final

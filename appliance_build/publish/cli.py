@@ -1,0 +1,113 @@
+"""Command line of the publishing step; the nox sessions `publish` and `check_marketplace` call it.
+
+python -m appliance_build.publish publish IMAGE --url-prefix URL [--gpu-pci-address e1:00.0]
+python -m appliance_build.publish check FILE...
+python -m appliance_build.publish record-tested IMAGE [--junit PATH]
+python -m appliance_build.publish vm-template cpu|gpu IMAGE [--gpu-pci-address e1:00.0]
+
+Exit codes: 0 done / valid; 2 refused, invalid or an error (the reason is printed);
+record-tested: 1 when the recorded run did not pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import BuildError
+from ..opennebula_templates import GPU_PCI_PLACEHOLDER, render_vm_template
+from ..paths import build_root
+from . import marketplace
+from .bundle import publish
+from .tested import JUNIT_FILE, RESULTS_DIR, read_junit, record_tested_image
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    root = Path(args.build_root) if args.build_root else build_root()
+    final = publish(
+        args.image, args.url_prefix, root, gpu_pci_address=args.gpu_pci_address, version=args.version,
+        publisher=args.publisher, opennebula_version=args.opennebula_version,
+    )  # fmt: skip
+    print(f"published {args.image}: {final}")
+    for path in sorted(final.iterdir()):
+        print(f"  {path.name}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    status = 0
+    for name in args.files:
+        problems = marketplace.check_file(Path(name))
+        if problems:
+            status = 2
+            for problem in problems:
+                print(f"{name}: {problem}", file=sys.stderr)
+        else:
+            print(f"{name}: ok")
+    return status
+
+
+def cmd_record_tested(args: argparse.Namespace) -> int:
+    root = Path(args.build_root) if args.build_root else build_root()
+    image_dir = root / args.image
+    junit = Path(args.junit) if args.junit else image_dir / RESULTS_DIR / JUNIT_FILE
+    record = record_tested_image(image_dir, junit)
+    verdict = "passed" if record["passed"] else "NOT passed"
+    print(f"{args.image}: {read_junit(junit).summary()}; {verdict} for sha256 {record['sha256']}")
+    return 0 if record["passed"] else 1
+
+
+def cmd_vm_template(args: argparse.Namespace) -> int:
+    sys.stdout.write(render_vm_template(args.variant, args.image, pci_short_address=args.gpu_pci_address))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m appliance_build.publish", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("publish", help="write build/publish/IMAGE/ for a built and tested image")
+    p.add_argument("image", help="e.g. supernode-cpu")
+    p.add_argument("--url-prefix", required=True, help="http(s) URL of the directory the qcow2 will be served from")
+    p.add_argument(
+        "--gpu-pci-address",
+        default=GPU_PCI_PLACEHOLDER,
+        help="GPU image: PCI SHORT_ADDRESS for the VM template, e.g. e1:00.0 (default: a placeholder)",
+    )
+    p.add_argument("--version", help="marketplace version (default: <flwr version>-<build date>)")
+    p.add_argument("--publisher", default=marketplace.DEFAULT_PUBLISHER)
+    p.add_argument(
+        "--opennebula-version",
+        default=marketplace.OPENNEBULA_VERSIONS,
+        help=f"OpenNebula versions the appliance supports (default: {marketplace.OPENNEBULA_VERSIONS})",
+    )
+    p.add_argument("--build-root", help="default: build/ (or $FLOWER_BUILD_DIR)")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("check", help="validate marketplace appliance YAML files (yamllint + schema)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("record-tested", help="record which qcow2 the in-image tests ran on, and whether they passed")
+    p.add_argument("image")
+    p.add_argument("--junit", help="default: build/IMAGE/test-results/junit.xml")
+    p.add_argument("--build-root", help="default: build/ (or $FLOWER_BUILD_DIR)")
+    p.set_defaults(func=cmd_record_tested)
+
+    p = sub.add_parser("vm-template", help="print the OpenNebula VM template of a variant")
+    p.add_argument("variant", choices=["cpu", "gpu"])
+    p.add_argument("image", help="name of the image in the OpenNebula datastore")
+    p.add_argument("--gpu-pci-address", default=GPU_PCI_PLACEHOLDER)
+    p.set_defaults(func=cmd_vm_template)
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no partial bundle left", file=sys.stderr)
+        return 130

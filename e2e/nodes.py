@@ -1,0 +1,312 @@
+"""The SuperNodes of a scenario: appliance VMs (the real thing) or local processes.
+
+:class:`VmNodes` boots one appliance VM per :class:`NodeSpec` from the built
+image, each with an OpenNebula CONTEXT CD that points it at the run's SuperLink
+(10.0.2.2:<port> from inside QEMU user networking), turns TLS on with the run's
+CA and gives it its own partition. All VMs are started before any is waited
+for, so they boot side by side; each is a
+:class:`appliance_build.vm.launcher.VirtualMachine` context manager (QEMU in its
+own process group, stopped by its pid) inside one ExitStack.
+
+:class:`LocalNodes` runs ``flower-supernode`` processes on this host instead
+(``--nodes local``): the same scenarios without VMs, to check the app, the TLS
+material and the runner quickly.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from appliance_build.progress import kill_group, say
+from appliance_build.vm import appliance
+from appliance_build.vm.accel import Accelerator
+from appliance_build.vm.isos import context_iso
+from appliance_build.vm.launcher import GUEST_NET, VirtualMachine, VmSpec, free_port, new_key, public_line
+
+from .superlink import flower_env, flower_exe
+from .tls import TlsMaterial
+
+TLS_GOOD = "good"
+TLS_EMPTY_CA = "empty-ca"  # FL_TLS_ENABLED=YES without a CA: the appliance must refuse to start the SuperNode
+TLS_WRONG_CA = "wrong-ca"  # a valid CA that did not sign the SuperLink's certificate: the handshake fails
+TLS_MODES = (TLS_GOOD, TLS_EMPTY_CA, TLS_WRONG_CA)
+CONFIGURE_DONE = "systemctl show -p ActiveState --value flower-appliance-configure.service"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    partition_id: int
+    num_partitions: int
+    tls: str = TLS_GOOD
+
+    def __post_init__(self) -> None:
+        if self.tls not in TLS_MODES:
+            raise ValueError(f"tls must be one of {TLS_MODES}, got {self.tls!r}")
+
+    @property
+    def node_config(self) -> str:
+        return f"partition-id={self.partition_id} num-partitions={self.num_partitions}"
+
+    @property
+    def healthy(self) -> bool:
+        return self.tls == TLS_GOOD
+
+
+def node_specs(count: int, bad_tls: str | None = None) -> list[NodeSpec]:
+    """`count` nodes with partitions 0..count-1; with `bad_tls` the last one gets that TLS fault."""
+    specs = [NodeSpec(f"node-{i}", i, count) for i in range(count)]
+    if bad_tls is not None:
+        last = specs[-1]
+        specs[-1] = NodeSpec(last.name, last.partition_id, last.num_partitions, bad_tls)
+    return specs
+
+
+def appliance_context(
+    spec: NodeSpec, superlink_address: str, tls: TlsMaterial, wrong_ca: Path | None
+) -> dict[str, str]:
+    """The ONEAPP_FL_* context variables of one appliance VM."""
+    context = {
+        "ONEAPP_FL_SUPERLINK_ADDRESS": superlink_address,
+        "ONEAPP_FL_NODE_CONFIG": spec.node_config,
+        "ONEAPP_FL_TLS_ENABLED": "YES",
+        "ONEAPP_FL_LOG_LEVEL": "INFO",
+    }
+    if spec.tls == TLS_GOOD:
+        context["ONEAPP_FL_SUPERLINK_CA_CERT"] = tls.ca_base64()
+    elif spec.tls == TLS_EMPTY_CA:
+        context["ONEAPP_FL_SUPERLINK_CA_CERT"] = ""
+    else:
+        if wrong_ca is None:
+            raise ValueError("the wrong-ca fault needs an unrelated CA certificate")
+        context["ONEAPP_FL_SUPERLINK_CA_CERT"] = base64.b64encode(wrong_ca.read_bytes()).decode("ascii")
+    return context
+
+
+@dataclass
+class NodeState:
+    spec: NodeSpec
+    started_at: float = 0.0
+    ssh_s: float | None = None
+    ready_s: float | None = None
+    status: dict[str, Any] | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "partition_id": self.spec.partition_id, "tls": self.spec.tls,
+            "ssh_s": None if self.ssh_s is None else round(self.ssh_s, 1),
+            "ready_s": None if self.ready_s is None else round(self.ready_s, 1),
+            "note": self.note,
+        }  # fmt: skip
+        if self.status is not None:
+            doc["status_errors"] = self.status.get("errors", [])
+            doc["supernode_will_start"] = self.status.get("supernode_will_start")
+        doc.update(self.extra)
+        return doc
+
+
+class VmNodes:
+    mode = "vm"
+
+    def __init__(
+        self, specs: list[NodeSpec], *, image: Path, firmware: str, workdir: Path, superlink_address: str,
+        tls: TlsMaterial, wrong_ca: Path | None = None, memory: int = 1536, cpus: int = 1,
+        accel: Accelerator | None = None, ssh_timeout: float = 900,
+    ) -> None:  # fmt: skip
+        self.specs = specs
+        self.image = image
+        self.firmware = firmware
+        self.workdir = workdir
+        self.superlink_address = superlink_address
+        self.tls = tls
+        self.wrong_ca = wrong_ca
+        self.memory = memory
+        self.cpus = cpus
+        self.accel = accel
+        self.ssh_timeout = ssh_timeout
+        self.states = {spec.name: NodeState(spec) for spec in specs}
+        self.booted: dict[str, appliance.BootedAppliance] = {}
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> VmNodes:
+        try:
+            self._boot()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self._stack.close()
+
+    def _boot(self) -> None:
+        accel = self.accel or appliance.probe_accelerator(self.image)
+        started: list[tuple[NodeSpec, VirtualMachine, Any, Path]] = []
+        for spec in self.specs:  # the same steps as appliance.boot(), for all VMs before waiting for any
+            workdir = self.workdir / spec.name
+            workdir.mkdir(parents=True, exist_ok=True)
+            key_file = workdir / "id_ed25519"
+            key = new_key(key_file)
+            context = appliance_context(spec, self.superlink_address, self.tls, self.wrong_ca)
+            (workdir / "context.json").write_text(json.dumps(
+                {k: ("<ca>" if k.endswith("CA_CERT") and v else v) for k, v in context.items()}, indent=2))  # fmt: skip
+            variables = {**GUEST_NET, "SSH_PUBLIC_KEY": public_line(key), **context}
+            iso = context_iso(workdir / "context.iso", variables)
+            vm_spec = VmSpec(self.image, firmware=self.firmware, machine="q35", memory=self.memory, cpus=self.cpus,
+                             accel=accel, cdroms=(iso,))  # fmt: skip
+            vm = self._stack.enter_context(VirtualMachine(vm_spec, workdir / "vm"))
+            self.states[spec.name].started_at = vm.started_at
+            say(f"e2e: {spec.name} (partition {spec.partition_id}, TLS {spec.tls}) booting; console {vm.serial_log}")
+            started.append((spec, vm, key, key_file))
+        for spec, vm, key, key_file in started:
+            seconds = vm.wait_for_ssh(key, user="root", timeout=self.ssh_timeout)
+            self.states[spec.name].ssh_s = seconds
+            self.booted[spec.name] = appliance.BootedAppliance(vm, key, key_file, seconds, self.workdir / spec.name)
+            say(f"e2e: {spec.name} SSH login after {seconds:.0f} s")
+
+    def _check(self, name: str, command: str) -> str | None:
+        try:
+            code, out, _ = self.booted[name].run(command, timeout=60)
+        except Exception:
+            return None
+        return out.strip() if code == 0 else None
+
+    def wait_ready(self, timeout: float) -> None:
+        """Poll all VMs in turn: a healthy node is ready when its SuperNode container runs; a faulty one
+        when its boot sequence has finished (its status then says what is wrong)."""
+        deadline = time.monotonic() + timeout
+        pending = dict(self.booted)
+        while pending:
+            for name in list(pending):
+                state = self.states[name]
+                if state.spec.healthy:
+                    done = self._check(name, appliance.READY_CHECK) == "true"
+                else:
+                    done = self._check(name, CONFIGURE_DONE) in ("active", "failed")
+                if done:
+                    state.ready_s = time.monotonic() - pending[name].vm.started_at
+                    state.status = self.read_status(name)
+                    say(f"e2e: {name} ready after {state.ready_s:.0f} s")
+                    del pending[name]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                for name in pending:
+                    self.states[name].status = self.read_status(name)
+                    self.states[name].note = f"not ready within {timeout:.0f} s"
+                return
+            time.sleep(5)
+
+    def read_status(self, name: str) -> dict[str, Any] | None:
+        out = self._check(name, "cat /run/flower/status.json")
+        if not out:
+            return None
+        try:
+            doc = json.loads(out)
+        except json.JSONDecodeError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def supernode_log(self, name: str) -> str:
+        return self._check(name, "journalctl -b --no-pager -u flower-supernode.service") or ""
+
+    def collect(self, dest: Path) -> None:
+        for name, booted in self.booted.items():
+            target = dest / name
+            with contextlib.suppress(Exception):
+                booted.collect(target)
+            with contextlib.suppress(Exception):
+                (target / "supernode.log").write_text(self.supernode_log(name))
+
+
+class LocalNodes:
+    """flower-supernode processes on this host, one per spec (each in its own process group)."""
+
+    mode = "local"
+
+    def __init__(self, specs: list[NodeSpec], *, workdir: Path, superlink_address: str, tls: TlsMaterial,
+                 wrong_ca: Path | None = None) -> None:  # fmt: skip
+        self.specs = specs
+        self.workdir = workdir
+        self.superlink_address = superlink_address
+        self.tls = tls
+        self.wrong_ca = wrong_ca
+        self.states = {spec.name: NodeState(spec) for spec in specs}
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def argv(self, spec: NodeSpec) -> list[str] | None:
+        """The SuperNode command line; None when the appliance would not start one (TLS without a CA)."""
+        if spec.tls == TLS_EMPTY_CA:
+            return None
+        ca = self.tls.ca_cert if spec.tls == TLS_GOOD else self.wrong_ca
+        if ca is None:
+            raise ValueError("the wrong-ca fault needs an unrelated CA certificate")
+        return [flower_exe("flower-supernode"), "--superlink", self.superlink_address, "--root-certificates", str(ca),
+                "--isolation", "subprocess", "--node-config", spec.node_config,
+                "--port", str(free_port())]  # fmt: skip
+
+    def __enter__(self) -> LocalNodes:
+        try:
+            for spec in self.specs:
+                state = self.states[spec.name]
+                argv = self.argv(spec)
+                if argv is None:
+                    state.note = "not started: FL_TLS_ENABLED=YES with an empty CA (the appliance refuses this)"
+                    continue
+                home = self.workdir / spec.name / "flwr-home"
+                home.mkdir(parents=True, exist_ok=True)
+                log = self.workdir / spec.name / "supernode.log"
+                with log.open("ab") as out:
+                    out.write(f"$ {' '.join(argv)}\n".encode())
+                    out.flush()
+                    self.processes[spec.name] = subprocess.Popen(
+                        argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        env=flower_env(home), start_new_session=True,
+                    )  # fmt: skip
+                state.started_at = time.monotonic()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.stop()
+
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            kill_group(proc, grace=10)
+
+    def wait_ready(self, timeout: float) -> None:
+        time.sleep(2)
+        for name, state in self.states.items():
+            proc = self.processes.get(name)
+            if proc is not None and proc.poll() is None:
+                state.ready_s = time.monotonic() - state.started_at
+            elif proc is not None:
+                state.note = f"flower-supernode exited ({proc.returncode})"
+
+    def read_status(self, name: str) -> dict[str, Any] | None:
+        return None
+
+    def supernode_log(self, name: str) -> str:
+        path = self.workdir / name / "supernode.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def collect(self, dest: Path) -> None:
+        for name in self.states:
+            source = self.workdir / name / "supernode.log"
+            if source.exists() and dest != self.workdir:
+                (dest / name).mkdir(parents=True, exist_ok=True)
+                (dest / name / "supernode.log").write_text(source.read_text(errors="replace"))

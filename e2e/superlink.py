@@ -1,0 +1,121 @@
+"""The run's SuperLink: appliance_build.flower.superlink, plus what the e2e run needs.
+
+:class:`appliance_build.flower.superlink.SuperLink` starts ``flower-superlink``
+with a fixed argv. The e2e run also needs
+
+- ``--database``: a SuperLink restarted on the same state keeps the SuperNodes'
+  node ids, so they reconnect by themselves (without it the new SuperLink
+  answers 401 to the old ids and the SuperNode processes exit);
+- ``--disable-runtime-dependency-installation``: the ServerApp must not
+  ``uv sync`` the app's dependencies (no internet; flwr and numpy are there);
+- a private ``FLWR_HOME`` (installed FABs) and no telemetry / update check.
+
+So :class:`E2eSuperLink` keeps the base class's fields, addresses and
+``stop()`` (process-group kill by pid) and only builds its own argv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance_build.errors import BuildError
+from appliance_build.flower.superlink import SuperLink, TlsFiles
+from appliance_build.vm.launcher import free_port
+
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for every Flower process of the run."""
+    return {**os.environ, **QUIET_ENV, "FLWR_HOME": str(flwr_home)}
+
+
+def flower_exe(name: str) -> str:
+    """A Flower console script from this interpreter's environment (or PATH)."""
+    beside = Path(sys.executable).parent / name
+    exe = str(beside) if beside.exists() else shutil.which(name)
+    if exe is None:
+        raise BuildError(f"{name} is not installed in this environment (pip install flwr==1.41.0)")
+    return exe
+
+
+@dataclass
+class E2eSuperLink(SuperLink):
+    database: Path | None = None
+    flwr_home: Path = field(default_factory=lambda: Path("flwr-home"))
+    starts: int = 0
+
+    def argv(self) -> list[str]:
+        argv = [flower_exe("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+                "--disable-runtime-dependency-installation"]  # fmt: skip
+        if self.database is not None:
+            argv += ["--database", str(self.database)]
+        if self.tls is None:
+            argv.append("--insecure")
+        else:
+            argv += [
+                "--ssl-ca-certfile", str(self.tls.ca_cert),
+                "--ssl-certfile", str(self.tls.server_cert),
+                "--ssl-keyfile", str(self.tls.server_key),
+            ]  # fmt: skip
+        return argv
+
+    def start(self, timeout: float = 120) -> None:
+        argv = self.argv()
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        if self.database is not None:
+            self.database.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            out.write(f"\n$ {' '.join(argv)}\n".encode())
+            out.flush()
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=flower_env(self.flwr_home), start_new_session=True)  # fmt: skip
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BuildError(f"flower-superlink exited ({self.process.returncode}); log {self.log}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise BuildError(f"flower-superlink did not listen on port {self.port} within {timeout:.0f} s")
+
+    def restart(self, pause: float = 5.0) -> None:
+        """Stop it (by its pid), wait `pause` seconds, start it again on the same port and state."""
+        self.stop()
+        time.sleep(pause)
+        self.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+
+@contextlib.contextmanager
+def running(
+    log: Path, *, flwr_home: Path, tls: TlsFiles | None = None, database: Path | None = None,
+    port: int | None = None, start: bool = True,
+) -> Iterator[E2eSuperLink]:  # fmt: skip
+    """An E2eSuperLink, stopped on exit; `start=False` only reserves the port (start it later)."""
+    link = E2eSuperLink(port or free_port(), log, tls, database=database, flwr_home=flwr_home)
+    try:
+        if start:
+            link.start()
+        yield link
+    finally:
+        link.stop()

@@ -1,0 +1,26 @@
+"""Fixtures for the publishing tests (helpers live in publish_testlib)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from publish_testlib import FakeBuild
+
+
+@pytest.fixture
+def build_root(tmp_path: Path) -> Path:
+    return tmp_path / "build"
+
+
+@pytest.fixture
+def fake_build(build_root: Path) -> Callable[[str], FakeBuild]:
+    """fake_build("cpu") / fake_build("gpu"): a built (not yet tested) image in a tmp build root."""
+
+    def make(variant: str) -> FakeBuild:
+        build = FakeBuild(build_root, f"supernode-{variant}", variant)
+        build.make_image()
+        return build
+
+    return make

@@ -1,0 +1,168 @@
+"""A fake build tree for the publishing tests: a small real qcow2 (qemu-img create),
+its .sha256, a manifest shaped like appliance_build.build's, JUnit XML and boot times."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance_build.paths import REPO
+from appliance_build.publish import record_tested_image
+
+REFERENCE_DIR = REPO.parent / "shared" / "reference" / "marketplace"
+"""The published marketplace files, read from ../shared/reference/marketplace/ (never copied)."""
+REFERENCE_YAMLLINT = REFERENCE_DIR / ".yamllint.yml"
+VIRTUAL_BYTES = 64 * 1024 * 1024
+URL_PREFIX = "https://downloads.example.org/flower/nightly/"
+
+
+def need_reference() -> None:
+    if not REFERENCE_DIR.is_dir():
+        pytest.skip(f"{REFERENCE_DIR} is absent (the reference marketplace files live outside the repository)")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def junit_xml(tests: int = 6, failures: int = 0, errors: int = 0, skipped: int = 1) -> str:
+    cases = []
+    for i in range(tests):
+        if i < failures:
+            body = '<failure message="AssertionError: superlink not reached">trace</failure>'
+        elif i < failures + errors:
+            body = '<error message="fixture boot failed">trace</error>'
+        elif i < failures + errors + skipped:
+            body = '<skipped type="pytest.skip" message="no GPU passed through (--vfio)">skip</skipped>'
+        else:
+            body = ""
+        cases.append(f'<testcase classname="tests.image.test_boot" name="test_{i}" time="1.5">{body}</testcase>')
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><testsuites name="pytest tests">'
+        f'<testsuite name="pytest" errors="{errors}" failures="{failures}" skipped="{skipped}" tests="{tests}" '
+        f'time="{1.5 * tests:.1f}" timestamp="2026-07-22T03:30:00" hostname="ci">' + "".join(cases) + "</testsuite>"
+        "</testsuites>"
+    )
+
+
+@dataclass
+class FakeBuild:
+    root: Path  # the build root (build/)
+    name: str
+    variant: str
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def qcow2(self) -> Path:
+        return self.dir / f"{self.name}.qcow2"
+
+    @property
+    def sha_file(self) -> Path:
+        return self.dir / f"{self.name}.qcow2.sha256"
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "test-results"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "publish" / self.name
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.dir / "manifest.json").read_text())  # type: ignore[no-any-return]
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        (self.dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+    def make_image(self, virtual_bytes: int = VIRTUAL_BYTES) -> None:
+        """A (re)build: a new qcow2 with its .sha256 and manifest, as finalize/build write them."""
+        qemu_img = shutil.which("qemu-img")
+        if qemu_img is None:
+            pytest.skip("qemu-img is not installed (setup-host.sh installs qemu-utils)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.qcow2.unlink(missing_ok=True)
+        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(self.qcow2), str(virtual_bytes)], check=True)
+        digest = sha256(self.qcow2)
+        self.sha_file.write_text(f"{digest}  {self.qcow2.name}\n")
+        self.write_manifest(fake_manifest(self.name, self.variant, digest, self.qcow2.stat().st_size, virtual_bytes))
+
+    def write_tests(self, **counts: int) -> Path:
+        self.results.mkdir(parents=True, exist_ok=True)
+        junit = self.results / "junit.xml"
+        junit.write_text(junit_xml(**counts))
+        (self.results / "boot-to-ready.json").write_text(
+            json.dumps({"default-context": 41.2, "reboot": 35.0}, indent=2) + "\n"
+        )
+        return junit
+
+    def record(self) -> dict[str, Any]:
+        return record_tested_image(self.dir, self.results / "junit.xml")
+
+    def tested_and_recorded(self, **counts: int) -> FakeBuild:
+        self.write_tests(**counts)
+        self.record()
+        return self
+
+
+def fake_manifest(name: str, variant: str, digest: str, file_bytes: int, virtual_bytes: int) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
+        "image": name,
+        "variant": variant,
+        "description": f"Flower SuperNode appliance (federated-learning client), {variant.upper()}",
+        "built_at": "2026-07-22T03:04:05+00:00",
+        "builder": {
+            "host": "runner-1",
+            "packer": "Packer 1.6.6 (built-in qemu builder)",
+            "accelerator": {"name": "kvm", "cpu": "host", "reason": "a kernel booted under KVM"},
+            "firmware": "uefi" if variant == "gpu" else "bios",
+            "machine": "q35" if variant == "gpu" else "pc",
+        },
+        "base": {"provider": "debian-12", "key": "b" * 64, "cached": True},
+        "container": {"tag": "flwr-supernode:1.41.0", "key": "c" * 64, "cached": True},
+        "contents": {
+            "distribution": "Debian GNU/Linux 12 (bookworm)",
+            "kernel": "6.1.0-37-amd64",
+            "kernels_installed": ["6.1.0-37-amd64"],
+            "docker": "20.10.24+dfsg1",
+            "docker_images": ["flwr-supernode:1.41.0 0123456789ab 400MB"],
+            "flwr": "1.41.0",
+            "held_packages": [],
+            "packages": {"docker.io": "20.10.24+dfsg1-1+deb12u1", "jq": "1.6-2.1", "systemd": "252.38-1~deb12u1"},
+        },
+        "inputs": {},
+        "gpu": {},
+        "stages_s": {"base image": 0.4, "supernode container": 0.2, "packer build": 612.3, "compress": 41.0},
+        "total_s": 660.1,
+        "artifact": {
+            "file": f"{name}.qcow2",
+            "sha256": digest,
+            "file_bytes": file_bytes,
+            "virtual_bytes": virtual_bytes,
+            "format": "qcow2 (zlib-compressed)",
+        },
+    }
+    if variant == "gpu":
+        manifest["gpu"] = {
+            "driver_branch": "535",
+            "driver_install": "bootstrap",
+            "driver_version": "535.247.01",
+            "kernel": "6.1.0-37-amd64",
+            "toolkit": {"toolkit": "present", "version": "1.17.8-1", "source": "nvidia-repo", "detail": "ok"},
+            "toolkit_source": "nvidia-repo",
+            "toolkit_absent_reason": None,
+        }
+    return manifest

