@@ -39,8 +39,14 @@ QUIET_ENV = {
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for every Flower process of the run."""
-    return {**os.environ, **QUIET_ENV, "FLWR_HOME": str(flwr_home)}
+    """Environment for every Flower process of the run.
+
+    This interpreter's bin directory goes first on PATH: flower-superlink and
+    flower-supernode start ``flower-superexec`` (and it ``flwr-serverapp`` /
+    ``flwr-clientapp``) by name, also when the venv is not activated.
+    """
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
+    return {**os.environ, **QUIET_ENV, "FLWR_HOME": str(flwr_home), "PATH": path}
 
 
 def flower_exe(name: str) -> str:

@@ -2,7 +2,10 @@
 
 When FL_GPU_ENABLED=YES the GPU counts as available only if the ``nvidia``
 kernel module is loaded (``lsmod`` has a line starting with ``nvidia ``) AND
-``nvidia-smi`` exits 0. Then the container gets ``--gpus all`` (plus
+``nvidia-smi`` exits 0 (the seeds' two checks) AND Docker knows the ``nvidia``
+runtime (the Container Toolkit is installed and configured): without it
+``docker run --gpus all`` fails with "could not select device driver", so a
+missing toolkit must fall back to CPU like a missing GPU. Then the container gets ``--gpus all`` (plus
 ``-e CUDA_VISIBLE_DEVICES=<ids>`` unless FL_CUDA_VISIBLE_DEVICES is ``all``).
 Otherwise the SuperNode runs on CPU: this is a WARNING, not a failure, and
 FL_GPU_AVAILABLE=NO is recorded. When the checks fail and
@@ -62,6 +65,19 @@ def nvidia_smi_ok(runner: Runner = run_command) -> tuple[bool, str]:
     )
 
 
+DOCKER_TIMEOUT = 30.0
+
+
+def docker_nvidia_runtime(runner: Runner = run_command) -> tuple[bool, str]:
+    """``docker info`` lists the ``nvidia`` runtime (nvidia-ctk runtime configure ran)."""
+    result = runner(["docker", "info", "--format", "{{json .Runtimes}}"], DOCKER_TIMEOUT)
+    if not result.ok:
+        return False, f"docker info failed (exit {result.returncode})"
+    if '"nvidia"' in result.stdout:
+        return True, "docker has the nvidia runtime"
+    return False, "docker has no nvidia runtime (NVIDIA Container Toolkit missing or not configured)"
+
+
 def run_validate_script(script: Path, runner: Runner = run_command) -> str | None:
     """Run the diagnostics script if it exists; return its combined output."""
     if not script.is_file():
@@ -77,11 +93,10 @@ def detect_gpu(
     """The GPU detection step. Never raises for a missing GPU."""
     if not requested:
         return GpuResult(False, False, "GPU not requested (FL_GPU_ENABLED=NO)")
-    module_ok, module_reason = nvidia_module_loaded(runner)
-    smi_ok, smi_reason = nvidia_smi_ok(runner)
-    if module_ok and smi_ok:
-        return GpuResult(True, True, f"{module_reason}; {smi_reason}")
-    reasons = "; ".join(r for ok, r in ((module_ok, module_reason), (smi_ok, smi_reason)) if not ok)
+    checks = (nvidia_module_loaded(runner), nvidia_smi_ok(runner), docker_nvidia_runtime(runner))
+    if all(ok for ok, _ in checks):
+        return GpuResult(True, True, "; ".join(reason for _, reason in checks))
+    reasons = "; ".join(reason for ok, reason in checks if not ok)
     diagnostics = run_validate_script(validate_script, runner) if validate_script else None
     return GpuResult(True, False, reasons, diagnostics)
 

@@ -82,6 +82,11 @@ class FakeBin:
     def gpu_present(self) -> None:
         self.add_output("lsmod", LSMOD_WITH_NVIDIA)
         self.add_output("nvidia-smi", "| NVIDIA A100 |\n")
+        self.add_output("docker", '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}\n')
+
+    def gpu_toolkit_missing(self) -> None:
+        self.gpu_present()
+        self.add_output("docker", '{"io.containerd.runc.v2":{"path":"runc"},"runc":{"path":"runc"}}\n')
 
     def gpu_module_missing(self) -> None:
         self.add_output("lsmod", LSMOD_WITHOUT_NVIDIA)

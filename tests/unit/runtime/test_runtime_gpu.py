@@ -21,7 +21,14 @@ def test_gpu_present(fake_bin: FakeBin) -> None:
     result = detect_gpu(True)
     assert result.available
     assert result.fl_gpu_available == "YES"
-    assert fake_bin.calls() == ["lsmod ", "nvidia-smi "]
+    assert fake_bin.calls() == ["lsmod ", "nvidia-smi ", "docker info --format {{json .Runtimes}}"]
+
+
+def test_gpu_present_but_no_container_toolkit_falls_back(fake_bin: FakeBin) -> None:
+    fake_bin.gpu_toolkit_missing()
+    result = detect_gpu(True)
+    assert not result.available and result.fl_gpu_available == "NO"
+    assert "no nvidia runtime" in result.reason and "Container Toolkit" in result.reason
 
 
 def test_module_missing_only_nvidia_uvm_does_not_count(fake_bin: FakeBin) -> None:
