@@ -88,7 +88,7 @@ def lint(session: nox.Session) -> None:
     _install(session, "lint")
     session.run("ruff", "check", "appliance_build", "supernode_runtime", "tests", "noxfile.py")
     session.run("mypy", "appliance_build", "supernode_runtime")
-    scripts = sorted(glob.glob("provision/*.sh") + glob.glob("scripts/*.sh") + glob.glob(".ci/*"))
+    scripts = sorted(glob.glob("provision/*.sh") + glob.glob("scripts/*.sh") + glob.glob(".ci/*") + ["setup-host.sh"])
     session.run("shellcheck", "-x", *scripts, external=True)
 
 

@@ -260,11 +260,14 @@ def _facts(root: Path) -> dict[str, Any]:
         "kernel": kernel,
         "packages": packages,
     }
-    modules = sorted((root / "lib/modules" / kernel).rglob("nvidia.ko*"))
-    if modules:
-        version = subprocess.run(["modinfo", "-F", "version", str(modules[0])], capture_output=True, text=True,
-                                 check=False).stdout.strip()  # fmt: skip
-        facts["nvidia_module"] = {"path": "/" + str(modules[0].relative_to(root)), "version": version}
+    # Debian installs the module as nvidia-current.ko (module name "nvidia", aliased in modprobe.d)
+    def field(module: Path, name: str) -> str:
+        out = subprocess.run(["modinfo", "-F", name, str(module)], capture_output=True, text=True, check=False)
+        return out.stdout.strip()
+
+    for module in sorted((root / "lib/modules" / kernel).rglob("nvidia*.ko*")):
+        if field(module, "name") == "nvidia":
+            facts["nvidia_module"] = {"path": "/" + str(module.relative_to(root)), "version": field(module, "version")}
     return facts
 
 

@@ -61,7 +61,9 @@ def test_reachable_repo_fetches_key(repo: str, tmp_path: Path) -> None:
     plan = toolkit.resolve(gpu, timeout=5)
     assert plan.source == "nvidia-repo" and plan.version == gpu.toolkit_version and plan.repo == f"{repo}/deb"
     plan.stage_into(tmp_path / "upload")
-    assert b"BEGIN PGP PUBLIC KEY BLOCK" in (tmp_path / "upload" / "toolkit" / "nvidia-container-toolkit.asc").read_bytes()
+    assert (
+        b"BEGIN PGP PUBLIC KEY BLOCK" in (tmp_path / "upload" / "toolkit" / "nvidia-container-toolkit.asc").read_bytes()
+    )
 
 
 def test_mirror_route(repo: str) -> None:
@@ -88,7 +90,7 @@ def test_local_directory_missing_a_package(tmp_path: Path) -> None:
 
 
 def test_local_directory_empty(tmp_path: Path) -> None:
-    with pytest.raises(BuildError, match="no .deb files"):
+    with pytest.raises(BuildError, match=r"no \.deb files"):
         toolkit.resolve(GpuConfig(toolkit_source="local", toolkit_path=str(tmp_path)))
 
 
