@@ -7,6 +7,8 @@
     nox -s test_cpu / test_gpu    boot the built image under QEMU and test inside it
     nox -s lint                   ruff, mypy, shellcheck
     nox -s check_context -- PATH  validate an OpenNebula context.sh like the appliance does
+    nox -s publish -- IMAGE --url-prefix URL   marketplace bundle into build/publish/IMAGE/
+    nox -s check_marketplace -- FILE...        JSON Schema + yamllint of marketplace YAML
 
 Arguments after `--` go to the command, e.g. `nox -s build_cpu -- --packer-target 1.11.2`.
 """
@@ -90,6 +92,24 @@ def lint(session: nox.Session) -> None:
     session.run("mypy", "appliance_build", "supernode_runtime")
     scripts = sorted(glob.glob("provision/*.sh") + glob.glob("scripts/*.sh") + glob.glob(".ci/*") + ["setup-host.sh"])
     session.run("shellcheck", "-x", *scripts, external=True)
+
+
+@nox.session(python=PYTHON)
+def publish(session: nox.Session) -> None:
+    """Bundle a built and tested image: nox -s publish -- IMAGE --url-prefix URL."""
+    if not session.posargs:
+        session.error("usage: nox -s publish -- IMAGE --url-prefix URL [--gpu-pci-address e1:00.0]")
+    _install(session)
+    session.run("python", "-m", "appliance_build.publish", "publish", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def check_marketplace(session: nox.Session) -> None:
+    """Validate marketplace appliance YAML (yamllint + JSON Schema): exit 0 valid, 2 invalid."""
+    if not session.posargs:
+        session.error("usage: nox -s check_marketplace -- FILE.yaml...")
+    _install(session)
+    session.run("python", "-m", "appliance_build.publish", "check", *session.posargs)
 
 
 @nox.session(python=PYTHON)
