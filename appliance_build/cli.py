@@ -14,6 +14,7 @@ from dataclasses import asdict
 
 from . import cache, config
 from .errors import BuildError
+from .opennebula_templates import render_vm_template
 from .paths import build_root
 from .stages import base as base_stage
 from .stages import packer, render
@@ -43,7 +44,12 @@ def cmd_render(args: argparse.Namespace) -> int:
                 image, out, target=target, accel=accel, base_disk=base_disk, base_checksum="none",
                 upload_dir=out / "flower-build", ssh_public_key=key_pair.public, firmware=firmware,
             )  # fmt: skip
-        print(f"{name}: {target.label}\n  {rendered.hcl}\n  {rendered.user_data}\n  {rendered.meta_data}")
+        vm_template = out / "opennebula" / f"{name}.tmpl"
+        vm_template.parent.mkdir(parents=True, exist_ok=True)
+        vm_template.write_text(render_vm_template(image.variant, name))
+        print(
+            f"{name}: {target.label}\n  {rendered.hcl}\n  {rendered.user_data}\n  {rendered.meta_data}\n  {vm_template}"
+        )
     return 0
 
 
