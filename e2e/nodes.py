@@ -119,13 +119,15 @@ class VmNodes:
     mode = "vm"
 
     def __init__(
-        self, specs: list[NodeSpec], *, image: Path, firmware: str, workdir: Path, superlink_address: str,
+        self, specs: list[NodeSpec], *, image: Path, firmware: str, machine: str = "q35", workdir: Path,
+        superlink_address: str,
         tls: TlsMaterial, wrong_ca: Path | None = None, memory: int = 1536, cpus: int = 1,
         accel: Accelerator | None = None, ssh_timeout: float = 900,
     ) -> None:  # fmt: skip
         self.specs = specs
         self.image = image
         self.firmware = firmware
+        self.machine = machine
         self.workdir = workdir
         self.superlink_address = superlink_address
         self.tls = tls
@@ -163,8 +165,8 @@ class VmNodes:
                 {k: ("<ca>" if k.endswith("CA_CERT") and v else v) for k, v in context.items()}, indent=2))  # fmt: skip
             variables = {**GUEST_NET, "SSH_PUBLIC_KEY": public_line(key), **context}
             iso = context_iso(workdir / "context.iso", variables)
-            vm_spec = VmSpec(self.image, firmware=self.firmware, machine="q35", memory=self.memory, cpus=self.cpus,
-                             accel=accel, cdroms=(iso,))  # fmt: skip
+            vm_spec = VmSpec(self.image, firmware=self.firmware, machine=self.machine, memory=self.memory,
+                             cpus=self.cpus, accel=accel, cdroms=(iso,))  # fmt: skip
             vm = self._stack.enter_context(VirtualMachine(vm_spec, workdir / "vm"))
             self.states[spec.name].started_at = vm.started_at
             say(f"e2e: {spec.name} (partition {spec.partition_id}, TLS {spec.tls}) booting; console {vm.serial_log}")

@@ -7,6 +7,7 @@ its own process group and stopped by that pid; its log is kept.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -62,8 +63,10 @@ class SuperLink:
         out = self.log.open("ab")
         out.write(f"\n$ {' '.join(argv)}\n".encode())
         out.flush()
+        # the SuperLink starts flower-superexec by name: its own bin directory must be on PATH
+        env = dict(os.environ, PATH=f"{Path(exe).parent}{os.pathsep}{os.environ.get('PATH', '')}")
         self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)  # fmt: skip
+                                        env=env, start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

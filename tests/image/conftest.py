@@ -88,7 +88,7 @@ def superlink(results_dir: Path) -> Iterator[Any]:
         yield link
 
 
-def testinfra_host(booted: appliance.BootedAppliance) -> Any:
+def infra_host(booted: appliance.BootedAppliance) -> Any:
     import testinfra
 
     return testinfra.get_host(f"paramiko://root@127.0.0.1:{booted.vm.ssh_port}", ssh_identity_file=str(booted.key_file))

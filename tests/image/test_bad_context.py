@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import status, testinfra_host
+from conftest import infra_host, status
 
 from appliance_build.vm import appliance
 
@@ -42,7 +42,7 @@ def booted(image_file: Path, manifest: dict[str, Any], accel: Any, results_dir: 
 
 @pytest.fixture(scope="module")
 def host(booted: appliance.BootedAppliance) -> Any:
-    return testinfra_host(booted)
+    return infra_host(booted)
 
 
 def test_supernode_not_started(host: Any) -> None:

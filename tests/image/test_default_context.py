@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import docker_args, status, testinfra_host
+from conftest import docker_args, infra_host, status
 
 from appliance_build.stages.render import BUILD_USER
 from appliance_build.vm import appliance
@@ -36,7 +36,7 @@ def booted(image_file: Path, manifest: dict[str, Any], accel: Any, superlink: An
 
 @pytest.fixture(scope="module")
 def host(booted: appliance.BootedAppliance) -> Any:
-    return testinfra_host(booted)
+    return infra_host(booted)
 
 
 def test_boot_sequence_completed(host: Any) -> None:
@@ -132,7 +132,7 @@ def test_reboot_comes_back_the_same(booted: appliance.BootedAppliance, host: Any
     ready = booted.wait_until_ready()
     timings["reboot"] = {"ready_after_reboot_s": round(time.monotonic() - start, 1)}
     assert ready is not None
-    after_host = testinfra_host(booted)
+    after_host = infra_host(booted)
     assert docker_args(after_host) == before
     assert status(after_host)["errors"] == []
     assert after_host.file("/proc/sys/kernel/random/boot_id").content_string != boot_id

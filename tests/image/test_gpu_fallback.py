@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import docker_args, status, testinfra_host
+from conftest import docker_args, infra_host, status
 
 from appliance_build.vm import appliance
 
@@ -42,7 +42,7 @@ def booted(image_file: Path, manifest: dict[str, Any], accel: Any, superlink: An
 
 @pytest.fixture(scope="module")
 def host(booted: appliance.BootedAppliance) -> Any:
-    return testinfra_host(booted)
+    return infra_host(booted)
 
 
 @pytest.fixture
