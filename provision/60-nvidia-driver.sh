@@ -16,7 +16,19 @@ branch="$FLOWER_NVIDIA_BRANCH"
 kernel="$(uname -r)"   # the build VM runs the image's own kernel
 os_id="$(sed -n 's/^ID=//p' /etc/os-release | tr -d '"')"
 
-has_module() { modinfo -k "$kernel" -F filename nvidia >/dev/null 2>&1; }
+# The file of the module named "nvidia" for the image's kernel. Debian installs it as
+# nvidia-current.ko (an alias modinfo does not resolve), Ubuntu as nvidia.ko.
+find_module() {
+    local f
+    while IFS= read -r -d '' f; do
+        if [ "$(modinfo -F name "$f" 2>/dev/null)" = "nvidia" ]; then
+            printf '%s\n' "$f"
+            return 0
+        fi
+    done < <(find "/lib/modules/${kernel}" -name 'nvidia*.ko*' -print0 2>/dev/null)
+    return 1
+}
+has_module() { find_module >/dev/null; }
 
 if has_module; then
     route="bootstrap"
@@ -37,9 +49,8 @@ else
 fi
 
 echo "== build-time check"
-module_path="$(modinfo -k "$kernel" -F filename nvidia)"
-module_version="$(modinfo -k "$kernel" -F version nvidia)"
-[ -f "$module_path" ] || { echo "FAIL: nvidia module file $module_path missing for $kernel" >&2; exit 1; }
+module_path="$(find_module)" || { echo "FAIL: no nvidia module file for kernel $kernel" >&2; exit 1; }
+module_version="$(modinfo -F version "$module_path")"
 case "$module_version" in
     "$branch".*) echo "PASS: $module_path is version $module_version (branch $branch)" ;;
     *) echo "FAIL: nvidia module version $module_version is not branch $branch" >&2; exit 1 ;;

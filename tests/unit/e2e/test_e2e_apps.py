@@ -12,8 +12,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from e2e_app import client_app, server_app, task
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.common import Metadata
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
 
 def context(node_config: dict[str, Any], run_config: dict[str, Any] | None = None) -> Context:
@@ -22,9 +21,10 @@ def context(node_config: dict[str, Any], run_config: dict[str, Any] | None = Non
 
 def train_message(params: list[Any]) -> Message:
     content = RecordDict({"arrays": ArrayRecord(params), "config": ConfigRecord({"local-steps": 5})})
+    # what a SuperNode hands to the ClientApp: a message with full metadata (not the public constructor)
     meta = Metadata(run_id=1, message_id="m1", src_node_id=1, dst_node_id=7, reply_to_message_id="",
                     group_id="1", created_at=0.0, ttl=3600.0, message_type="train")  # fmt: skip
-    return Message(metadata=meta, content=content)
+    return Message(metadata=meta, content=content)  # type: ignore[call-overload,no-any-return]
 
 
 def test_partition_of_node_config() -> None:
@@ -45,8 +45,7 @@ def test_device_info_without_and_with_the_image_helper(monkeypatch: pytest.Monke
 
 def test_train_reply_has_arrays_metrics_and_client_info() -> None:
     msg = train_message(task.initial_parameters())
-    reply = client_app.train.__wrapped__(msg, context({"partition-id": 1, "num-partitions": 2})) \
-        if hasattr(client_app.train, "__wrapped__") else client_app.train(msg, context({"partition-id": 1, "num-partitions": 2}))  # fmt: skip
+    reply = client_app.train(msg, context({"partition-id": 1, "num-partitions": 2}))  # the decorator returns fn
     content = reply.content
     assert len(content.array_records) == 1 and len(content.metric_records) == 1
     metrics = content.metric_records["metrics"]
@@ -70,13 +69,22 @@ class FakeGrid:
         return list(range(count))
 
 
+def test_evaluate_reply_has_the_test_loss() -> None:
+    msg = train_message(task.initial_parameters())
+    reply = client_app.evaluate(msg, context({"partition-id": 0, "num-partitions": 2}))
+    metrics = reply.content.metric_records["metrics"]
+    part = task.load_partition(0, 2)
+    assert metrics["num-examples"] == len(part.y_test)
+    assert float(metrics["eval-loss"]) == pytest.approx(task.mse(task.initial_parameters(), part.x_test, part.y_test))
+
+
 def test_wait_for_nodes_returns_once_enough_are_connected() -> None:
-    assert server_app.wait_for_nodes(FakeGrid([0, 1, 2]), 2, timeout=5, poll=0.01) == [0, 1]  # type: ignore[arg-type]
+    assert server_app.wait_for_nodes(FakeGrid([0, 1, 2]), 2, timeout=5, poll=0.01) == [0, 1]
 
 
 def test_wait_for_nodes_gives_up_with_a_clear_message() -> None:
     with pytest.raises(server_app.NotEnoughNodes, match="only 1 of the 2 required SuperNodes connected within"):
-        server_app.wait_for_nodes(FakeGrid([1]), 2, timeout=0.05, poll=0.01)  # type: ignore[arg-type]
+        server_app.wait_for_nodes(FakeGrid([1]), 2, timeout=0.05, poll=0.01)
 
 
 def test_run_settings_defaults_and_overrides() -> None:
