@@ -47,6 +47,21 @@ class BootedAppliance:
             time.sleep(5)
         return None
 
+    def reboot(self, timeout: float = 900) -> float:
+        """Reboot the guest; return once it is back on SSH with a new boot id (seconds taken)."""
+        _, old, _ = self.run("cat /proc/sys/kernel/random/boot_id")
+        started = time.monotonic()
+        with contextlib.suppress(Exception):  # the connection may drop as the guest goes down
+            self.run("systemctl reboot", timeout=30)
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                _, new, _ = self.vm.run(self.key, "cat /proc/sys/kernel/random/boot_id", timeout=30)
+                if new.strip() and new.strip() != old.strip():
+                    return time.monotonic() - started
+            time.sleep(5)
+        raise BuildError(f"the guest did not come back from a reboot within {timeout:.0f} s")
+
     def wait_for_boot_sequence(self, timeout: float = 900) -> None:
         """Until flower-appliance-configure.service has finished (either way)."""
         deadline = time.monotonic() + timeout
