@@ -56,14 +56,16 @@ case "$module_version" in
     *) echo "FAIL: nvidia module version $module_version is not branch $branch" >&2; exit 1 ;;
 esac
 
-# Every installed package built from the NVIDIA driver source must carry the module's version.
+# Every installed package built from the NVIDIA driver source (Debian: nvidia-graphics-drivers,
+# Ubuntu: nvidia-graphics-drivers-<branch>-server) must carry the module's version. Helpers from
+# other sources (nvidia-support, nvidia-modprobe, nvidia-persistenced) have their own versions.
 mapfile -t nvidia_packages < <(dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${source:Package}\n' \
-    | awk '$1 == "ii" && ($3 ~ /^nvidia-graphics-drivers/ || $3 ~ /^linux-restricted-modules/ || $3 ~ /^nvidia-/) {print $2}')
+    | awk '$1 == "ii" && $3 ~ /^nvidia-graphics-drivers/ {print $2}')
+[ ${#nvidia_packages[@]} -gt 0 ] || { echo "FAIL: no packages from the NVIDIA driver source installed" >&2; exit 1; }
 mismatches=0
 for pkg in "${nvidia_packages[@]}"; do
     version="$(dpkg-query -W -f '${Version}' "$pkg")"
     upstream="${version#*:}"; upstream="${upstream%%-*}"
-    case "$pkg" in linux-modules-nvidia-*|nvidia-modprobe|nvidia-persistenced) continue ;; esac
     if [ "$upstream" != "$module_version" ]; then
         echo "FAIL: $pkg $version does not match the module $module_version" >&2
         mismatches=$((mismatches + 1))
