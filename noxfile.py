@@ -53,7 +53,7 @@ def build_gpu(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Unit and integration tests, JUnit XML in build/test-results/."""
-    _install(session, "test")
+    _install(session, "test", "flower")
     session.run("pytest", "-ra", "--junitxml=build/test-results/tests.xml", *session.posargs)
 
 

@@ -93,6 +93,15 @@ def run_status(doc: dict[str, Any], run_id: int) -> str:
     raise FlwrError(f"run {run_id} is not listed by the SuperLink")
 
 
+def results_finished(path: Path) -> bool:
+    """True when the ServerApp's results file says it is done (completed or failed)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict) and doc.get("status") in ("completed", "failed")
+
+
 @dataclass
 class RunHandle:
     """A submitted run and its ``flwr run --stream`` process (log streaming)."""
@@ -154,7 +163,7 @@ class FlwrCli:
     def online_nodes(self) -> list[str]:
         return online_node_ids(self.json_call("supernode", "list", self.name))
 
-    def wait_for_nodes(self, count: int, timeout: float, poll: float = 5.0,
+    def wait_for_nodes(self, count: int, timeout: float, poll: float = 10.0,
                        on_change: Any = None) -> tuple[float, list[str]]:  # fmt: skip
         """Seconds until at least `count` SuperNodes are online, and their ids; FlwrError on timeout."""
         start = time.monotonic()
@@ -209,21 +218,36 @@ class FlwrCli:
     def status(self, run_id: int) -> str:
         return run_status(self.json_call("ls", self.name, "--run-id", str(run_id)), run_id)
 
-    def wait_for_run(self, handle: RunHandle, timeout: float, poll: float = 5.0) -> str:
-        """The final status of the run ("finished:completed", ...); on timeout the run is stopped."""
+    def wait_for_run(self, handle: RunHandle, timeout: float, results: Path | None = None,
+                     safety_poll: float = 60.0) -> str:  # fmt: skip
+        """The final status of the run ("finished:completed", ...); on timeout the run is stopped.
+
+        Each ``flwr ls`` is a Python start on a host that may be busy emulating VMs, so the
+        SuperLink is asked only when the log stream ended, the results file says the
+        ServerApp is done, or every `safety_poll` seconds.
+        """
         deadline = handle.submitted_at + timeout
         status = ""
+        next_ask = time.monotonic() + safety_poll
+        stream_ended = False
         while time.monotonic() < deadline:
-            try:
-                status = self.status(handle.run_id)
-            except FlwrError as exc:
-                status = f"unknown ({exc})"
-            if status.startswith(FINISHED):
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    handle.process.wait(timeout=30)  # the log stream ends with the run
-                handle.close()
-                return status
-            time.sleep(poll)
+            hint = False
+            if not stream_ended and handle.process.poll() is not None:
+                stream_ended = hint = True
+            if results is not None and results_finished(results):
+                hint = True
+            if hint or time.monotonic() >= next_ask:
+                try:
+                    status = self.status(handle.run_id)
+                except FlwrError as exc:
+                    status = f"unknown ({exc})"
+                if status.startswith(FINISHED):
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        handle.process.wait(timeout=30)  # the log stream ends with the run
+                    handle.close()
+                    return status
+                next_ask = time.monotonic() + (10.0 if hint else safety_poll)
+            time.sleep(2)
         self.stop(handle.run_id)
         handle.close()
         raise FlwrError(f"run {handle.run_id} not finished after {timeout:.0f} s (last status {status}); stopped it")

@@ -39,6 +39,11 @@ TLS_EMPTY_CA = "empty-ca"  # FL_TLS_ENABLED=YES without a CA: the appliance must
 TLS_WRONG_CA = "wrong-ca"  # a valid CA that did not sign the SuperLink's certificate: the handshake fails
 TLS_MODES = (TLS_GOOD, TLS_EMPTY_CA, TLS_WRONG_CA)
 CONFIGURE_DONE = "systemctl show -p ActiveState --value flower-appliance-configure.service"
+PROCESSES = "ps -eo pid,ppid,etime,time,pcpu,rss,args --sort=pid"
+# flwr 1.41: a ClientApp process must pull its task within HEARTBEAT_DEFAULT_INTERVAL (30 s, not configurable)
+# of the SuperExec claiming it; otherwise the claim expires and the SuperExec starts another flwr-clientapp.
+CLAIM_WINDOW_S = 30
+STUCK_CLIENTAPPS = 3
 
 
 @dataclass(frozen=True)
@@ -223,9 +228,35 @@ class VmNodes:
     def supernode_log(self, name: str) -> str:
         return self._check(name, "journalctl -b --no-pager -u flower-supernode.service") or ""
 
-    def collect(self, dest: Path) -> None:
+    def diagnose(self, name: str) -> None:
+        """Record the guest's flwr processes; many flwr-clientapp at once mean ClientApps missed their claim window."""
+        out = self._check(name, PROCESSES)
+        if out is None:
+            return
+        (self.workdir / name).mkdir(parents=True, exist_ok=True)
+        (self.workdir / name / "processes.txt").write_text(out + "\n")
+        clientapps = sum(1 for line in out.splitlines() if "flwr-clientapp" in line)
+        load = self._check(name, "cat /proc/loadavg") or ""
+        state = self.states[name]
+        state.extra.update(clientapp_processes=clientapps, loadavg=load)
+        if clientapps >= STUCK_CLIENTAPPS:
+            state.note = (
+                f"{clientapps} flwr-clientapp processes at once (load {load.split(' ')[0] if load else '?'}): "
+                f"ClientApps start slower than flwr's {CLAIM_WINDOW_S} s task-claim window, so the SuperExec keeps "
+                "starting new ones (guest too slow, e.g. TCG on a busy host)"
+            )
+
+    def collect(self, dest: Path, quick: bool = False) -> None:
+        """Serial console always; with SSH (not `quick`): journal, status, SuperNode log, processes."""
         for name, booted in self.booted.items():
             target = dest / name
+            if quick:
+                with contextlib.suppress(Exception):
+                    target.mkdir(parents=True, exist_ok=True)
+                    (target / "serial.log").write_bytes(booted.vm.serial_log.read_bytes())
+                continue
+            with contextlib.suppress(Exception):
+                self.diagnose(name)
             with contextlib.suppress(Exception):
                 booted.collect(target)
             with contextlib.suppress(Exception):
@@ -306,7 +337,7 @@ class LocalNodes:
         path = self.workdir / name / "supernode.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def collect(self, dest: Path) -> None:
+    def collect(self, dest: Path, quick: bool = False) -> None:
         for name in self.states:
             source = self.workdir / name / "supernode.log"
             if source.exists() and dest != self.workdir:

@@ -82,10 +82,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="seconds for a VM to boot until its SuperNode container runs (default 900)")
     parser.add_argument("--connect-timeout", type=positive_float, default=300.0,
                         help="seconds for the SuperNodes to show up at the SuperLink (default 300)")
-    parser.add_argument("--run-timeout", type=positive_float, default=1200.0,
-                        help="seconds for one `flwr run` to finish (default 1200)")
-    parser.add_argument("--round-timeout", type=positive_float, default=300.0,
-                        help="seconds the ServerApp waits for the replies of one round (default 300)")
+    parser.add_argument("--run-timeout", type=positive_float, default=2400.0,
+                        help="seconds for one `flwr run` to finish (default 2400)")
+    parser.add_argument("--round-timeout", type=positive_float, default=600.0,
+                        help="seconds the ServerApp waits for the replies of one round phase; fewer replies than "
+                        "needed stop the run (default 600)")
     parser.add_argument("--bad-tls", choices=(TLS_EMPTY_CA, TLS_WRONG_CA), default=TLS_EMPTY_CA,
                         help="the bad-tls fault: TLS on with an empty CA (default) or with an unrelated CA")
     parser.add_argument("--no-superlink-db", action="store_true",
@@ -164,15 +165,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = Scenarios(options, material, wrong_ca)
     interrupted = False
     try:
+        summary.scenarios = scenarios.reports  # filled as the scenarios start, so an interrupted one is listed too
         wanted = selected_scenarios(args)
         if BASELINE in wanted:
-            summary.scenarios += scenarios.baseline(with_restart=RESTART in wanted)
+            scenarios.baseline(with_restart=RESTART in wanted)
             sm.write(summary, out)
         if LATE in wanted:
-            summary.scenarios.append(scenarios.superlink_late())
+            scenarios.superlink_late()
             sm.write(summary, out)
         if BAD_TLS in wanted:
-            summary.scenarios.append(scenarios.bad_tls())
+            scenarios.bad_tls()
     except KeyboardInterrupt:
         interrupted = True
         say("e2e: interrupted; everything started was stopped")

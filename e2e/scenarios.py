@@ -62,6 +62,7 @@ class Scenarios:
         self.o = options
         self.tls = tls
         self.wrong_ca = wrong_ca
+        self.reports: list[sm.ScenarioReport] = []  # every scenario started, also when interrupted
 
     # -- building blocks -------------------------------------------------------------------
     def tls_files(self) -> TlsFiles:
@@ -113,7 +114,7 @@ class Scenarios:
         try:
             handle = cli.submit(APP_DIR, run_config, directory / label)
             report.run_id = handle.run_id
-            report.status = cli.wait_for_run(handle, self.o.run_timeout)
+            report.status = cli.wait_for_run(handle, self.o.run_timeout, results=results)
         except FlwrError as exc:
             report.problems.append(str(exc))
         report.seconds = round(time.monotonic() - started, 1)
@@ -146,14 +147,25 @@ class Scenarios:
         report.timings[f"{prefix}first_node_s"] = first
         report.timings[f"{prefix}all_nodes_s"] = nth
 
-    def finish_nodes(self, report: sm.ScenarioReport, nodes: Nodes, directory: Path) -> None:
-        with contextlib.suppress(Exception):
-            nodes.collect(directory)
-        report.nodes = {name: state.report() for name, state in nodes.states.items()}
-        report.artifacts = str(directory)
+    @contextlib.contextmanager
+    def collecting(self, report: sm.ScenarioReport, nodes: Nodes, directory: Path) -> Iterator[None]:
+        """Keep the nodes' logs whatever happens (only the serial consoles when interrupted)."""
+        quick = False
+        try:
+            yield
+        except KeyboardInterrupt:
+            quick = True
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                nodes.collect(directory, quick=quick)
+            report.nodes = {name: state.report() for name, state in nodes.states.items()}
+            report.artifacts = str(directory)
 
     def guarded(self, report: sm.ScenarioReport, body: Any) -> sm.ScenarioReport:
         started = time.monotonic()
+        if report not in self.reports:
+            self.reports.append(report)
         say(f"e2e: == scenario {report.name}: {report.description}")
         try:
             body(report)
@@ -181,28 +193,26 @@ class Scenarios:
             "superlink-restart", "Fault (b): the SuperLink is stopped and started again (same port and state) "
             "between two runs; the SuperNodes reconnect by themselves and the second run completes.")  # fmt: skip
         reports = [base]
+        self.reports.append(base)
+        if with_restart:
+            self.reports.append(restart)
         directory = self.o.out / "baseline"
         partitions = list(range(NUM_NODES))
-        state: dict[str, Any] = {}
 
         def body(report: sm.ScenarioReport) -> None:
             since = time.time()
-            with self.superlink(directory) as (link, cli):
-                state["link"], state["cli"] = link, cli
-                with self.nodes(node_specs(NUM_NODES), directory, link) as nodes:
-                    try:
-                        nodes.wait_ready(self.o.ready_timeout)
-                        if self.wait_nodes(cli, report, NUM_NODES):
-                            self.connect_timings(report, link, since, NUM_NODES)
-                            run, doc = self.run_app(cli, directory, "run-1", partitions=partitions,
-                                                    min_nodes=NUM_NODES)  # fmt: skip
-                            self.check_run(run, doc, partitions)
-                            report.runs.append(run)
-                            report.finish()
-                            if with_restart:
-                                self.guarded(restart, lambda r: self._restart(r, link, cli, directory, partitions))
-                    finally:
-                        self.finish_nodes(report, nodes, directory)
+            with self.superlink(directory) as (link, cli), \
+                    self.nodes(node_specs(NUM_NODES), directory, link) as nodes, \
+                    self.collecting(report, nodes, directory):  # fmt: skip
+                nodes.wait_ready(self.o.ready_timeout)
+                if self.wait_nodes(cli, report, NUM_NODES):
+                    self.connect_timings(report, link, since, NUM_NODES)
+                    run, doc = self.run_app(cli, directory, "run-1", partitions=partitions, min_nodes=NUM_NODES)
+                    self.check_run(run, doc, partitions)
+                    report.runs.append(run)
+                    report.finish()
+                    if with_restart:
+                        self.guarded(restart, lambda r: self._restart(r, link, cli, directory, partitions))
 
         self.guarded(base, body)
         if restart.timings.get("total_s") and base.timings.get("total_s"):
@@ -247,20 +257,18 @@ class Scenarios:
 
         def body(report: sm.ScenarioReport) -> None:
             with self.superlink(directory, start=False) as (link, cli), \
-                    self.nodes(node_specs(NUM_NODES), directory, link) as nodes:  # fmt: skip
-                try:
-                    nodes.wait_ready(self.o.ready_timeout)
-                    report.notes.append("SuperNodes ready (containers running, retrying) before the SuperLink started")
-                    since = time.time()
-                    link.start()
-                    if self.wait_nodes(cli, report, NUM_NODES):
-                        self.connect_timings(report, link, since, NUM_NODES)
-                        report.notes.append("first_node_s/all_nodes_s count from the SuperLink's start")
-                        run, doc = self.run_app(cli, directory, "run-1", partitions=partitions, min_nodes=NUM_NODES)
-                        self.check_run(run, doc, partitions)
-                        report.runs.append(run)
-                finally:
-                    self.finish_nodes(report, nodes, directory)
+                    self.nodes(node_specs(NUM_NODES), directory, link) as nodes, \
+                    self.collecting(report, nodes, directory):  # fmt: skip
+                nodes.wait_ready(self.o.ready_timeout)
+                report.notes.append("SuperNodes ready (containers running, retrying) before the SuperLink started")
+                since = time.time()
+                link.start()
+                if self.wait_nodes(cli, report, NUM_NODES):
+                    self.connect_timings(report, link, since, NUM_NODES)
+                    report.notes.append("first_node_s/all_nodes_s count from the SuperLink's start")
+                    run, doc = self.run_app(cli, directory, "run-1", partitions=partitions, min_nodes=NUM_NODES)
+                    self.check_run(run, doc, partitions)
+                    report.runs.append(run)
 
         return self.guarded(report, body)
 
@@ -276,28 +284,26 @@ class Scenarios:
 
         def body(report: sm.ScenarioReport) -> None:
             since = time.time()
-            with self.superlink(directory) as (link, cli), self.nodes(specs, directory, link) as nodes:
-                try:
-                    nodes.wait_ready(self.o.ready_timeout)
-                    for spec in bad:
-                        self._check_bad_node_status(report, nodes, spec)
-                    if not self.wait_nodes(cli, report, len(good)):
-                        return
-                    self.connect_timings(report, link, since, len(good))
-                    run, doc = self.run_app(cli, directory, "run-1-min-nodes-1", partitions=good, min_nodes=1)
-                    self.check_run(run, doc, good)
-                    report.runs.append(run)
-                    online = cli.online_nodes()
-                    if len(online) != len(good):
-                        report.fail(f"{len(online)} SuperNodes online, expected only the {len(good)} good one(s)")
-                    strict, strict_doc = self.run_app(cli, directory, "run-2-min-nodes-2", partitions=good,
-                                                      min_nodes=NUM_NODES, wait_nodes_timeout=60.0)  # fmt: skip
-                    self._check_clear_failure(strict, strict_doc)
-                    report.runs.append(strict)
-                    for spec in bad:
-                        self._check_bad_node_log(report, nodes, spec)
-                finally:
-                    self.finish_nodes(report, nodes, directory)
+            with self.superlink(directory) as (link, cli), self.nodes(specs, directory, link) as nodes, \
+                    self.collecting(report, nodes, directory):  # fmt: skip
+                nodes.wait_ready(self.o.ready_timeout)
+                for spec in bad:
+                    self._check_bad_node_status(report, nodes, spec)
+                if not self.wait_nodes(cli, report, len(good)):
+                    return
+                self.connect_timings(report, link, since, len(good))
+                run, doc = self.run_app(cli, directory, "run-1-min-nodes-1", partitions=good, min_nodes=1)
+                self.check_run(run, doc, good)
+                report.runs.append(run)
+                online = cli.online_nodes()
+                if len(online) != len(good):
+                    report.fail(f"{len(online)} SuperNodes online, expected only the {len(good)} good one(s)")
+                strict, strict_doc = self.run_app(cli, directory, "run-2-min-nodes-2", partitions=good,
+                                                  min_nodes=NUM_NODES, wait_nodes_timeout=60.0)  # fmt: skip
+                self._check_clear_failure(strict, strict_doc)
+                report.runs.append(strict)
+                for spec in bad:
+                    self._check_bad_node_log(report, nodes, spec)
 
         return self.guarded(report, body)
 

@@ -86,8 +86,8 @@ mapfile -t held < <(dpkg-query -W -f '${db:Status-Abbrev} ${Package}\n' \
 apt-mark hold "${held[@]}" >/dev/null
 echo "held: ${held[*]}"
 
-# nouveau must never claim the GPU (the nvidia packages normally ship this blacklist)
-if ! grep -rqs '^blacklist nouveau' /etc/modprobe.d /lib/modprobe.d /usr/lib/modprobe.d; then
+# nouveau must never claim the GPU (Debian ships this blacklist through an alternatives symlink: -R)
+if ! grep -Rqs '^blacklist nouveau' /etc/modprobe.d /lib/modprobe.d /usr/lib/modprobe.d; then
     printf 'blacklist nouveau\noptions nouveau modeset=0\n' > /etc/modprobe.d/flower-blacklist-nouveau.conf
     update-initramfs -u -k "$kernel"
 fi

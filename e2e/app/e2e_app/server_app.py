@@ -40,6 +40,10 @@ class NotEnoughNodes(RuntimeError):
     """Fewer SuperNodes than ``min-nodes`` connected within the timeout."""
 
 
+class RoundIncomplete(RuntimeError):
+    """Fewer than ``min-nodes`` replies in a round: the run stops instead of going on without them."""
+
+
 def wait_for_nodes(grid: Grid, count: int, timeout: float, poll: float = 1.0) -> list[int]:
     """Connected node ids once at least `count` are connected; NotEnoughNodes after `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -117,6 +121,7 @@ class RecordingFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:  # fmt: skip
+        self.recorder.round(server_round)
         wait_for_nodes(grid, self.min_nodes, self.wait_timeout)
         return super().configure_train(server_round, arrays, config, grid)
 
@@ -137,6 +142,7 @@ class RecordingFedAvg(FedAvg):
         self.recorder.write()
         LOG.info("e2e-app: round %d train loss %s from %d node(s)", server_round, entry["train_loss"],
                  entry["train_nodes"])  # fmt: skip
+        self._require_replies(server_round, "train", entry["train_nodes"])
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -150,7 +156,15 @@ class RecordingFedAvg(FedAvg):
         self.recorder.write()
         LOG.info("e2e-app: round %d eval loss %s from %d node(s)", server_round, entry["eval_loss"],
                  entry["eval_nodes"])  # fmt: skip
+        self._require_replies(server_round, "evaluate", entry["eval_nodes"])
         return metrics
+
+    def _require_replies(self, server_round: int, phase: str, replies: int) -> None:
+        if replies < self.min_nodes:
+            raise RoundIncomplete(
+                f"round {server_round} {phase}: {replies} of the {self.min_nodes} required SuperNodes replied "
+                f"within the round timeout; stopping the run"
+            )
 
 
 def run_settings(run_config: Any) -> dict[str, Any]:

@@ -115,3 +115,11 @@ def test_app_pyproject_is_a_valid_flower_app() -> None:
     }  # fmt: skip
     assert "federations" not in config["tool"]["flwr"]  # flwr 1.41 would migrate and comment it out
     assert set(config["project"]["dependencies"]) == {"flwr>=1.41.0,<2.0", "numpy>=1.26"}
+
+
+def test_a_round_without_enough_replies_stops_the_run(tmp_path: Path) -> None:
+    recorder = server_app.Recorder(str(tmp_path / "r.json"), {})
+    strategy = server_app.RecordingFedAvg(recorder, min_nodes=2, wait_timeout=1.0)
+    strategy._require_replies(1, "train", 2)
+    with pytest.raises(server_app.RoundIncomplete, match="round 3 evaluate: 1 of the 2 required SuperNodes replied"):
+        strategy._require_replies(3, "evaluate", 1)

@@ -149,3 +149,13 @@ def test_local_node_argv(tmp_path: Path) -> None:
     assert argv[argv.index("--node-config") + 1] == "partition-id=0 num-partitions=2"
     assert "--insecure" not in argv
     assert group.argv(group.specs[1]) is None  # the appliance would not start it either
+
+
+def test_results_finished(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    assert not flwr_cli.results_finished(path)
+    path.write_text('{"status": "running"')
+    assert not flwr_cli.results_finished(path)
+    for status, done in (("running", False), ("completed", True), ("failed", True)):
+        path.write_text(json.dumps({"status": status}))
+        assert flwr_cli.results_finished(path) is done
