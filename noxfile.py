@@ -59,17 +59,14 @@ def tests(session: nox.Session) -> None:
 
 def _test_image(session: nox.Session, image: str) -> None:
     _install(session, "test", "flower")
-    results = f"build/{image}/test-results"
+    results = Path("build", image, "test-results")
+    (results / "tested-image.json").unlink(missing_ok=True)
     session.run(
-        "pytest",
-        "-ra",
-        "-p",
-        "no:cacheprovider",
-        "tests/image",
-        f"--image={image}",
-        f"--junitxml={results}/junit.xml",
-        *session.posargs,
-    )
+        "pytest", "-ra", "-p", "no:cacheprovider", "tests/image", f"--image={image}",
+        f"--junitxml={results}/junit.xml", *session.posargs, success_codes=[0, 1],
+    )  # fmt: skip
+    # records which file was tested and whether it passed (publish checks it); exits 1 on failures
+    session.run("python", "-m", "appliance_build.publish", "record-tested", image)
 
 
 @nox.session(python=PYTHON)

@@ -89,6 +89,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "needed stop the run (default 600)")
     parser.add_argument("--bad-tls", choices=(TLS_EMPTY_CA, TLS_WRONG_CA), default=TLS_EMPTY_CA,
                         help="the bad-tls fault: TLS on with an empty CA (default) or with an unrelated CA")
+    parser.add_argument("--connect-only", action="store_true",
+                        help="no `flwr run`: check only that the nodes connect (TLS), reconnect, join late and that "
+                        "a bad TLS node stays out (for guests too slow to start a ClientApp in flwr's 30 s window)")
     parser.add_argument("--no-superlink-db", action="store_true",
                         help="run the SuperLink with in-memory state (a restart then forgets the nodes)")
     args = parser.parse_args(argv)
@@ -152,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rounds=args.rounds, faults=faults, memory=args.vm_memory, cpus=args.vm_cpus,
         ready_timeout=args.ready_timeout, connect_timeout=args.connect_timeout, run_timeout=args.run_timeout,
         round_timeout=args.round_timeout, bad_tls=args.bad_tls, superlink_db=not args.no_superlink_db,
+        connect_only=args.connect_only,
     )  # fmt: skip
     summary = sm.Summary(
         image=args.image if args.nodes == "vm" else "(local SuperNodes)", nodes_mode=args.nodes, rounds=args.rounds,

@@ -9,6 +9,7 @@ summary and the next scenario still runs.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import traceback
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ COMPLETED = "finished:completed"
 FAILED = "finished:failed"
 DEVICE_HELPER = "flower_device"
 NOT_ENOUGH_NODES = "SuperNodes connected within"
+RECONNECTED = re.compile(r"Connection successful after ([0-9.]+) seconds")
+CONNECT_ONLY_NOTE = "connect-only: no `flwr run` (nodes, TLS and reconnection checked only)"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Options:
     round_timeout: float
     bad_tls: str
     superlink_db: bool
+    connect_only: bool = False
 
 
 Nodes = VmNodes | LocalNodes
@@ -207,12 +211,15 @@ class Scenarios:
                 nodes.wait_ready(self.o.ready_timeout)
                 if self.wait_nodes(cli, report, NUM_NODES):
                     self.connect_timings(report, link, since, NUM_NODES)
-                    run, doc = self.run_app(cli, directory, "run-1", partitions=partitions, min_nodes=NUM_NODES)
-                    self.check_run(run, doc, partitions)
-                    report.runs.append(run)
+                    if self.o.connect_only:
+                        report.notes.append(CONNECT_ONLY_NOTE)
+                    else:
+                        run, doc = self.run_app(cli, directory, "run-1", partitions=partitions, min_nodes=NUM_NODES)
+                        self.check_run(run, doc, partitions)
+                        report.runs.append(run)
                     report.finish()
                     if with_restart:
-                        self.guarded(restart, lambda r: self._restart(r, link, cli, directory, partitions))
+                        self.guarded(restart, lambda r: self._restart(r, link, cli, nodes, directory, partitions))
 
         self.guarded(base, body)
         if restart.timings.get("total_s") and base.timings.get("total_s"):
@@ -227,12 +234,13 @@ class Scenarios:
             reports.append(restart)
         return reports
 
-    def _restart(self, report: sm.ScenarioReport, link: E2eSuperLink, cli: FlwrCli, directory: Path,
-                 partitions: list[int]) -> None:  # fmt: skip
+    def _restart(self, report: sm.ScenarioReport, link: E2eSuperLink, cli: FlwrCli, nodes: Nodes,
+                 directory: Path, partitions: list[int]) -> None:  # fmt: skip
         report.notes.append("same VMs as the baseline scenario (logs in its directory)")
         if link.database is None:
             report.notes.append("SuperLink without a state DB: the SuperNodes get 401 for their old node ids, "
                                 "exit, and come back through the appliance's 15 s restart loop")  # fmt: skip
+        before = {name: len(nodes.supernode_log(name)) for name in nodes.states}
         old_pid = link.pid
         link.restart(pause=5.0)
         since = time.time()
@@ -240,13 +248,33 @@ class Scenarios:
         time.sleep(5)
         if not self.wait_nodes(cli, report, NUM_NODES):
             return
-        run, doc = self.run_app(cli, directory, "run-2-after-restart", partitions=partitions, min_nodes=NUM_NODES)
-        self.check_run(run, doc, partitions)
-        report.runs.append(run)
+        self._check_reconnected(report, nodes, before)
+        if self.o.connect_only:
+            report.notes.append(CONNECT_ONLY_NOTE)
+        else:
+            run, doc = self.run_app(cli, directory, "run-2-after-restart", partitions=partitions,
+                                    min_nodes=NUM_NODES)  # fmt: skip
+            self.check_run(run, doc, partitions)
+            report.runs.append(run)
         self.connect_timings(report, link, since, NUM_NODES)
         if report.timings.get("first_node_s") is None:
             report.notes.append("no new node activation after the restart: the SuperNodes kept their node ids "
                                 "(state DB) and resumed")  # fmt: skip
+
+    def _check_reconnected(self, report: sm.ScenarioReport, nodes: Nodes, before: dict[str, int]) -> None:
+        """Each SuperNode's own log must say it reconnected after the restart (the DB keeps them "online")."""
+        deadline = time.monotonic() + self.o.connect_timeout
+        pending = set(before)
+        while pending and time.monotonic() < deadline:
+            for name in sorted(pending):
+                found = RECONNECTED.findall(nodes.supernode_log(name)[before[name]:])
+                if found:
+                    report.timings[f"{name}_reconnect_s"] = float(found[-1])
+                    pending.discard(name)
+            if pending:
+                time.sleep(10)
+        for name in sorted(pending):
+            report.fail(f"{name}: its SuperNode log shows no reconnection after the SuperLink restart")
 
     def superlink_late(self) -> sm.ScenarioReport:
         report = sm.ScenarioReport(
@@ -266,6 +294,9 @@ class Scenarios:
                 if self.wait_nodes(cli, report, NUM_NODES):
                     self.connect_timings(report, link, since, NUM_NODES)
                     report.notes.append("first_node_s/all_nodes_s count from the SuperLink's start")
+                    if self.o.connect_only:
+                        report.notes.append(CONNECT_ONLY_NOTE)
+                        return
                     run, doc = self.run_app(cli, directory, "run-1", partitions=partitions, min_nodes=NUM_NODES)
                     self.check_run(run, doc, partitions)
                     report.runs.append(run)
@@ -292,6 +323,15 @@ class Scenarios:
                 if not self.wait_nodes(cli, report, len(good)):
                     return
                 self.connect_timings(report, link, since, len(good))
+                if self.o.connect_only:
+                    report.notes.append(CONNECT_ONLY_NOTE)
+                    time.sleep(60)  # give the bad node time to (wrongly) show up
+                    online = cli.online_nodes()
+                    if len(online) != len(good):
+                        report.fail(f"{len(online)} SuperNodes online, expected only the {len(good)} good one(s)")
+                    for spec in bad:
+                        self._check_bad_node_log(report, nodes, spec)
+                    return
                 run, doc = self.run_app(cli, directory, "run-1-min-nodes-1", partitions=good, min_nodes=1)
                 self.check_run(run, doc, good)
                 report.runs.append(run)

@@ -126,6 +126,7 @@ def test_reboot_comes_back_the_same(booted: appliance.BootedAppliance, host: Any
     ready = booted.wait_until_ready()
     timings["reboot"] = {"ssh_back_after_s": round(back, 1)}
     assert ready is not None, "the SuperNode container did not come back after the reboot"
+    booted.vm.wait_for_ssh(booted.key, timeout=300)  # a guest still finishing its boot may reset SSH
     after_host = infra_host(booted)
     assert docker_args(after_host) == before
     after_status = status(after_host)

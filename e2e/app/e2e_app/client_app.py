@@ -39,11 +39,19 @@ def partition_of(node_config: Any) -> tuple[int, int]:
     return partition_id, num_partitions
 
 
+def _setting(msg: Message, context: Context, key: str, default: float) -> float:
+    """A number from the message's config record, else the run config, else `default`."""
+    records = msg.content.config_records
+    value: Any = records["config"].get(key) if "config" in records else None
+    if value is None:
+        value = context.run_config.get(key, default)
+    return float(value)
+
+
 def _settings(msg: Message, context: Context) -> tuple[int, float, int]:
-    config = msg.content["config"] if "config" in msg.content else ConfigRecord()
-    steps = int(config.get("local-steps", context.run_config.get("local-steps", 10)))  # type: ignore[arg-type]
-    learning_rate = float(config.get("learning-rate", context.run_config.get("learning-rate", 0.05)))  # type: ignore[arg-type]
-    seed = int(context.run_config.get("data-seed", 42))
+    steps = int(_setting(msg, context, "local-steps", 10))
+    learning_rate = _setting(msg, context, "learning-rate", 0.05)
+    seed = int(_setting(msg, context, "data-seed", 42))
     return steps, learning_rate, seed
 
 

@@ -72,11 +72,12 @@ class Recorder:
         self.write()
 
     def round(self, number: int) -> dict[str, Any]:
-        for entry in self.doc["rounds"]:
+        rounds: list[dict[str, Any]] = self.doc["rounds"]
+        for entry in rounds:
             if entry["round"] == number:
-                return entry  # type: ignore[no-any-return]
+                return entry
         entry = {"round": number, "started_s": round(time.time() - self.started, 3)}
-        self.doc["rounds"].append(entry)
+        rounds.append(entry)
         return entry
 
     def finish(self, status: str, error: str | None = None, **extra: Any) -> None:
@@ -90,6 +91,14 @@ class Recorder:
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.doc, indent=2) + "\n")
         os.replace(tmp, self.path)
+
+
+def metric(metrics: MetricRecord | None, key: str) -> float | None:
+    """One aggregated metric as a float (None when missing)."""
+    if metrics is None or key not in metrics:
+        return None
+    value: Any = metrics[key]
+    return float(value)
 
 
 def _client_infos(replies: list[Message]) -> list[dict[str, Any]]:
@@ -137,7 +146,7 @@ class RecordingFedAvg(FedAvg):
         entry = self.recorder.round(server_round)
         entry["train_nodes"] = sum(1 for m in replies if not m.has_error())
         entry["train_failures"] = sum(1 for m in replies if m.has_error())
-        entry["train_loss"] = float(metrics["train-loss"]) if metrics and "train-loss" in metrics else None  # type: ignore[arg-type]
+        entry["train_loss"] = metric(metrics, "train-loss")
         entry["train_clients"] = _client_infos(replies)
         self.recorder.write()
         LOG.info("e2e-app: round %d train loss %s from %d node(s)", server_round, entry["train_loss"],
@@ -151,7 +160,7 @@ class RecordingFedAvg(FedAvg):
         entry = self.recorder.round(server_round)
         entry["eval_nodes"] = sum(1 for m in replies if not m.has_error())
         entry["eval_failures"] = sum(1 for m in replies if m.has_error())
-        entry["eval_loss"] = float(metrics["eval-loss"]) if metrics and "eval-loss" in metrics else None  # type: ignore[arg-type]
+        entry["eval_loss"] = metric(metrics, "eval-loss")
         entry["eval_clients"] = _client_infos(replies)
         self.recorder.write()
         LOG.info("e2e-app: round %d eval loss %s from %d node(s)", server_round, entry["eval_loss"],

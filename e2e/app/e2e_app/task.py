@@ -92,8 +92,11 @@ def fedavg(updates: list[tuple[list[Array], int]]) -> list[Array]:
     total = sum(n for _, n in updates)
     if total <= 0:
         raise ValueError("no examples to average over")
-    layers = len(updates[0][0])
-    return [sum(params[i] * (n / total) for params, n in updates) for i in range(layers)]  # type: ignore[misc]
+    merged = [np.zeros_like(layer, dtype=np.float64) for layer in updates[0][0]]
+    for params, n in updates:
+        for index, layer in enumerate(params):
+            merged[index] += layer * (n / total)
+    return merged
 
 
 def simulate(num_partitions: int, rounds: int, *, steps: int, learning_rate: float, seed: int = 42) -> list[float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -24,7 +24,8 @@ def train_message(params: list[Any]) -> Message:
     # what a SuperNode hands to the ClientApp: a message with full metadata (not the public constructor)
     meta = Metadata(run_id=1, message_id="m1", src_node_id=1, dst_node_id=7, reply_to_message_id="",
                     group_id="1", created_at=0.0, ttl=3600.0, message_type="train")  # fmt: skip
-    return Message(metadata=meta, content=content)  # type: ignore[call-overload,no-any-return]
+    message: Message = cast(Any, Message)(metadata=meta, content=content)
+    return message
 
 
 def test_partition_of_node_config() -> None:
