@@ -16,6 +16,7 @@ Arguments after `--` go to the command, e.g. `nox -s build_cpu -- --packer-targe
 from __future__ import annotations
 
 import glob
+from pathlib import Path
 
 import nox
 

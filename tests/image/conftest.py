@@ -91,7 +91,9 @@ def superlink(results_dir: Path) -> Iterator[Any]:
 def infra_host(booted: appliance.BootedAppliance) -> Any:
     import testinfra
 
-    return testinfra.get_host(f"paramiko://root@127.0.0.1:{booted.vm.ssh_port}", ssh_identity_file=str(booted.key_file))
+    return testinfra.get_host(
+        f"paramiko://root@127.0.0.1:{booted.vm.ssh_port}", ssh_identity_file=str(booted.key_file), timeout=60
+    )
 
 
 def docker_args(host: Any) -> list[str]:
