@@ -11,6 +11,7 @@ journal and boot-to-ready time under build/<image>/test-results/<scenario>/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,35 @@ def timings(results_dir: Path) -> Iterator[dict[str, Any]]:
     previous = json.loads(target.read_text()) if target.exists() else {}
     previous.update(record)
     target.write_text(json.dumps(previous, indent=2) + "\n")
+
+
+@pytest.fixture(scope="session")
+def boot_scenario(
+    image_file: Path, manifest: dict[str, Any], accel: Any, results_dir: Path, timings: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Any:  # fmt: skip
+    """boot_scenario(name, context, wait="ready"|"configured", **boot_kwargs): a context manager
+    that boots the image with that CONTEXT, records its timings under `name`, and keeps its
+    serial log, journal and status in test-results/<name>/ whatever the tests did."""
+
+    @contextlib.contextmanager
+    def boot(name: str, context: dict[str, str], wait: str = "ready", **kwargs: Any) -> Iterator[Any]:
+        kwargs.setdefault("firmware", manifest["builder"]["firmware"])
+        kwargs.setdefault("accel", accel)
+        with appliance.boot(image_file, tmp_path_factory.mktemp(name), context, **kwargs) as vm:
+            record: dict[str, Any] = {"ssh_login_s": round(vm.ssh_seconds, 1)}
+            if wait == "ready":
+                ready = vm.wait_until_ready()
+                record["boot_to_ready_s"] = round(ready, 1) if ready else None
+            else:
+                vm.wait_for_boot_sequence()
+            timings[name] = record
+            try:
+                yield vm
+            finally:
+                vm.collect(results_dir / name)
+
+    return boot
 
 
 @pytest.fixture(scope="session")

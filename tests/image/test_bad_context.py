@@ -7,7 +7,6 @@ the VM must stay reachable, and none of the injected commands may ever run.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,16 +27,9 @@ BAD = {
 
 
 @pytest.fixture(scope="module")
-def booted(image_file: Path, manifest: dict[str, Any], accel: Any, results_dir: Path, timings: dict[str, Any],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
-    workdir = tmp_path_factory.mktemp("bad-context")
-    with appliance.boot(image_file, workdir, BAD, firmware=manifest["builder"]["firmware"], accel=accel) as vm:
-        vm.wait_for_boot_sequence()
-        timings["bad-context"] = {"ssh_login_s": round(vm.ssh_seconds, 1)}
-        try:
-            yield vm
-        finally:
-            vm.collect(results_dir / "bad-context")
+def booted(boot_scenario: Any) -> Iterator[appliance.BootedAppliance]:
+    with boot_scenario("bad-context", BAD, wait="configured") as vm:
+        yield vm
 
 
 @pytest.fixture(scope="module")

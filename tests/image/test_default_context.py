@@ -5,7 +5,6 @@ the reboot test comes last in this file)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,19 +18,10 @@ NODE_CONFIG = 'partition-id=0 num-partitions=2 label="default scenario"'
 
 
 @pytest.fixture(scope="module")
-def booted(image_file: Path, manifest: dict[str, Any], accel: Any, superlink: Any, results_dir: Path,
-           timings: dict[str, Any],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
+def booted(boot_scenario: Any, superlink: Any) -> Iterator[appliance.BootedAppliance]:
     context = {"ONEAPP_FL_SUPERLINK_ADDRESS": superlink.guest_address, "ONEAPP_FL_NODE_CONFIG": NODE_CONFIG}
-    workdir = tmp_path_factory.mktemp("default")
-    with appliance.boot(image_file, workdir, context, firmware=manifest["builder"]["firmware"], accel=accel) as vm:
-        ready = vm.wait_until_ready()
-        timings["default"] = {"ssh_login_s": round(vm.ssh_seconds, 1),
-                              "boot_to_ready_s": round(ready, 1) if ready else None}  # fmt: skip
-        try:
-            yield vm
-        finally:
-            vm.collect(results_dir / "default")
+    with boot_scenario("default", context) as vm:
+        yield vm
 
 
 @pytest.fixture(scope="module")

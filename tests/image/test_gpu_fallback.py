@@ -9,7 +9,6 @@ FAIL with its error count.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,22 +21,13 @@ WARNING = "WARNING: GPU requested but not available, falling back to CPU"
 
 
 @pytest.fixture(scope="module")
-def booted(image_file: Path, manifest: dict[str, Any], accel: Any, superlink: Any, results_dir: Path,
-           timings: dict[str, Any], vfio: tuple[str, ...],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
+def booted(boot_scenario: Any, superlink: Any, vfio: tuple[str, ...]) -> Iterator[appliance.BootedAppliance]:
     if vfio:
         pytest.skip("a GPU is passed through (--vfio): the no-GPU fallback cannot be observed")
     context = {"ONEAPP_FL_SUPERLINK_ADDRESS": superlink.guest_address, "FL_GPU_ENABLED": "yes",
                "FL_CUDA_VISIBLE_DEVICES": "0"}  # fmt: skip
-    workdir = tmp_path_factory.mktemp("gpu-fallback")
-    with appliance.boot(image_file, workdir, context, firmware=manifest["builder"]["firmware"], accel=accel) as vm:
-        ready = vm.wait_until_ready()
-        timings["gpu-requested-absent"] = {"ssh_login_s": round(vm.ssh_seconds, 1),
-                                           "boot_to_ready_s": round(ready, 1) if ready else None}  # fmt: skip
-        try:
-            yield vm
-        finally:
-            vm.collect(results_dir / "gpu-requested-absent")
+    with boot_scenario("gpu-requested-absent", context) as vm:
+        yield vm
 
 
 @pytest.fixture(scope="module")

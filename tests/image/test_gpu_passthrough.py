@@ -7,7 +7,6 @@ test here is skipped, saying so.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,22 +18,15 @@ pytestmark = [pytest.mark.vm, pytest.mark.gpu]
 
 
 @pytest.fixture(scope="module")
-def booted(image_file: Path, manifest: dict[str, Any], superlink: Any, results_dir: Path, timings: dict[str, Any],
-           vfio: tuple[str, ...],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
+def booted(boot_scenario: Any, manifest: dict[str, Any], superlink: Any,
+           vfio: tuple[str, ...]) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
     if not vfio:
         pytest.skip("no GPU was passed through: run with --vfio <PCI address> on a KVM host with a vfio-bound GPU")
     if manifest["variant"] != "gpu":
         pytest.skip("GPU passthrough is tested on the GPU image")
     context = {"ONEAPP_FL_SUPERLINK_ADDRESS": superlink.guest_address, "ONEAPP_FL_GPU_ENABLED": "YES"}
-    workdir = tmp_path_factory.mktemp("gpu-passthrough")
-    with appliance.boot(image_file, workdir, context, firmware="uefi", vfio=vfio, memory=8192) as vm:
-        ready = vm.wait_until_ready()
-        timings["gpu-passthrough"] = {"boot_to_ready_s": round(ready, 1) if ready else None}
-        try:
-            yield vm
-        finally:
-            vm.collect(results_dir / "gpu-passthrough")
+    with boot_scenario("gpu-passthrough", context, firmware="uefi", vfio=vfio, memory=8192) as vm:
+        yield vm
 
 
 @pytest.fixture(scope="module")
