@@ -16,6 +16,7 @@ def test_defaults() -> None:
     args = runner.parse_args([])
     assert (args.image, args.faults, args.rounds, args.nodes) == ("supernode-cpu", False, 3, "vm")
     assert (args.vm_memory, args.vm_cpus, args.bad_tls) == (1536, 1, "empty-ca")
+    assert not args.connect_only and not args.no_superlink_db
     assert runner.selected_scenarios(args) == ["baseline"]
 
 
@@ -159,3 +160,11 @@ def test_results_finished(tmp_path: Path) -> None:
     for status, done in (("running", False), ("completed", True), ("failed", True)):
         path.write_text(json.dumps({"status": status}))
         assert flwr_cli.results_finished(path) is done
+
+
+def test_reconnection_line_of_a_supernode_log() -> None:
+    from e2e.scenarios import RECONNECTED
+
+    log = "WARNING :   Connection attempt failed, retrying in 0.42 seconds\n" \
+          "INFO :      Connection successful after 13.85 seconds and 6 tries.\n"  # fmt: skip
+    assert RECONNECTED.findall(log) == ["13.85"]
