@@ -119,11 +119,17 @@ def superlink(results_dir: Path) -> Iterator[Any]:
 
 
 def infra_host(booted: appliance.BootedAppliance) -> Any:
-    import testinfra
+    """A testinfra host over paramiko, always on a new connection: testinfra's get_host()
+    caches hosts by spec, and a cached one keeps its dead connection after a guest reboot."""
+    import testinfra.backend
+    import testinfra.host
 
-    return testinfra.get_host(
+    backend = testinfra.backend.get_backend(
         f"paramiko://root@127.0.0.1:{booted.vm.ssh_port}", ssh_identity_file=str(booted.key_file), timeout=60
     )
+    host = testinfra.host.Host(backend)
+    backend.set_host(host)
+    return host
 
 
 def docker_args(host: Any) -> list[str]:
