@@ -7,6 +7,7 @@
     nox -s test_cpu / test_gpu    boot the built image under QEMU and test inside it
     nox -s lint                   ruff, mypy, shellcheck
     nox -s check_context -- PATH  validate an OpenNebula context.sh like the appliance does
+    nox -s e2e [-- --faults]      SuperLink on the host + two appliance VMs + flwr run, into build/e2e/
     nox -s publish -- IMAGE --url-prefix URL   marketplace bundle into build/publish/IMAGE/
     nox -s check_marketplace -- FILE...        JSON Schema + yamllint of marketplace YAML
 
@@ -85,11 +86,18 @@ def test_gpu(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff, mypy --strict on the pipeline package, shellcheck on every shell script."""
-    _install(session, "lint")
+    _install(session, "lint", "flower")  # mypy reads flwr's types for e2e/
     session.run("ruff", "check", "appliance_build", "supernode_runtime", "e2e", "tests", "noxfile.py")
     session.run("mypy", "appliance_build", "supernode_runtime", "e2e")
     scripts = sorted(glob.glob("provision/*.sh") + glob.glob("scripts/*.sh") + glob.glob(".ci/*") + ["setup-host.sh"])
     session.run("shellcheck", "-x", *scripts, external=True)
+
+
+@nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """End-to-end: real SuperLink (TLS) + two appliance VMs + `flwr run`; `-- --faults`, `-- --connect-only`."""
+    _install(session, "flower")
+    session.run("python", "-m", "e2e.runner", *session.posargs)
 
 
 @nox.session(python=PYTHON)

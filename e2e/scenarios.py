@@ -170,6 +170,8 @@ class Scenarios:
         started = time.monotonic()
         if report not in self.reports:
             self.reports.append(report)
+        if self.o.connect_only and not report.description.startswith("[connect-only"):
+            report.description = "[connect-only: no flwr run] " + report.description
         say(f"e2e: == scenario {report.name}: {report.description}")
         try:
             body(report)
