@@ -10,8 +10,8 @@ with a fixed argv. The e2e run also needs
   ``uv sync`` the app's dependencies (no internet; flwr and numpy are there);
 - a private ``FLWR_HOME`` (installed FABs) and no telemetry / update check.
 
-So :class:`E2eSuperLink` keeps the base class's fields, addresses and
-``stop()`` (process-group kill by pid) and only builds its own argv.
+So :class:`E2eSuperLink` keeps the base class's start/stop (process-group kill by pid)
+and only adds arguments and its environment.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -65,41 +63,22 @@ class E2eSuperLink(SuperLink):
     starts: int = 0
 
     def argv(self) -> list[str]:
-        argv = [flower_exe("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
-                "--disable-runtime-dependency-installation"]  # fmt: skip
+        base = super().argv()
+        base[0] = flower_exe("flower-superlink")
+        extra = ["--disable-runtime-dependency-installation"]
         if self.database is not None:
-            argv += ["--database", str(self.database)]
-        if self.tls is None:
-            argv.append("--insecure")
-        else:
-            argv += [
-                "--ssl-ca-certfile", str(self.tls.ca_cert),
-                "--ssl-certfile", str(self.tls.server_cert),
-                "--ssl-keyfile", str(self.tls.server_key),
-            ]  # fmt: skip
-        return argv
+            extra += ["--database", str(self.database)]
+        return [*base[:5], *extra, *base[5:]]
+
+    def environment(self) -> dict[str, str]:
+        return flower_env(self.flwr_home)
 
     def start(self, timeout: float = 120) -> None:
-        argv = self.argv()
-        self.log.parent.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         if self.database is not None:
             self.database.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            out.write(f"\n$ {' '.join(argv)}\n".encode())
-            out.flush()
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=flower_env(self.flwr_home), start_new_session=True)  # fmt: skip
+        super().start(timeout)
         self.starts += 1
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BuildError(f"flower-superlink exited ({self.process.returncode}); log {self.log}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return
-            time.sleep(0.5)
-        self.stop()
-        raise BuildError(f"flower-superlink did not listen on port {self.port} within {timeout:.0f} s")
 
     def restart(self, pause: float = 5.0) -> None:
         """Stop it (by its pid), wait `pause` seconds, start it again on the same port and state."""

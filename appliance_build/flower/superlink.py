@@ -46,27 +46,34 @@ class SuperLink:
     def host_address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120) -> None:
+    def argv(self) -> list[str]:
+        """The flower-superlink command line (subclasses add arguments)."""
         exe = shutil.which("flower-superlink") or str(Path(sys.executable).parent / "flower-superlink")
         if not Path(exe).exists():
             raise BuildError("flower-superlink is not installed in this environment (pip install flwr==1.41.0)")
         argv = [exe, "--host", "127.0.0.1", "--port", str(self.port)]
         if self.tls is None:
-            argv.append("--insecure")
-        else:
-            argv += [
-                "--ssl-ca-certfile", str(self.tls.ca_cert),
-                "--ssl-certfile", str(self.tls.server_cert),
-                "--ssl-keyfile", str(self.tls.server_key),
-            ]  # fmt: skip
+            return [*argv, "--insecure"]
+        return [
+            *argv,
+            "--ssl-ca-certfile", str(self.tls.ca_cert),
+            "--ssl-certfile", str(self.tls.server_cert),
+            "--ssl-keyfile", str(self.tls.server_key),
+        ]  # fmt: skip
+
+    def environment(self) -> dict[str, str]:
+        """The SuperLink starts flower-superexec by name: its own bin directory must be on PATH."""
+        exe_dir = Path(self.argv()[0]).parent
+        return dict(os.environ, PATH=f"{exe_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+
+    def start(self, timeout: float = 120) -> None:
+        argv = self.argv()
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        out = self.log.open("ab")
-        out.write(f"\n$ {' '.join(argv)}\n".encode())
-        out.flush()
-        # the SuperLink starts flower-superexec by name: its own bin directory must be on PATH
-        env = dict(os.environ, PATH=f"{Path(exe).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-        self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env, start_new_session=True)  # fmt: skip
+        with self.log.open("ab") as out:
+            out.write(f"\n$ {' '.join(argv)}\n".encode())
+            out.flush()
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=self.environment(), start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -74,6 +81,7 @@ class SuperLink:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return
             time.sleep(0.5)
+        self.stop()
         raise BuildError(f"flower-superlink did not listen on port {self.port} within {timeout:.0f} s")
 
     def stop(self) -> None:
