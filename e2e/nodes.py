@@ -4,9 +4,9 @@
 image, each with an OpenNebula CONTEXT CD that points it at the run's SuperLink
 (10.0.2.2:<port> from inside QEMU user networking), turns TLS on with the run's
 CA and gives it its own partition. All VMs are started before any is waited
-for, so they boot side by side; each is a
-:class:`appliance_build.vm.launcher.VirtualMachine` context manager (QEMU in its
-own process group, stopped by its pid) inside one ExitStack.
+for, so they boot side by side; each is an
+:func:`appliance_build.vm.appliance.start` context manager (QEMU in its own
+process group, stopped by its pid) inside one ExitStack.
 
 :class:`LocalNodes` runs ``flower-supernode`` processes on this host instead
 (``--nodes local``): the same scenarios without VMs, to check the app, the TLS
@@ -28,8 +28,7 @@ from typing import Any
 from appliance_build.progress import kill_group, say
 from appliance_build.vm import appliance
 from appliance_build.vm.accel import Accelerator
-from appliance_build.vm.isos import context_iso
-from appliance_build.vm.launcher import GUEST_NET, VirtualMachine, VmSpec, free_port, new_key, public_line
+from appliance_build.vm.launcher import free_port
 
 from .superlink import flower_env, flower_exe
 from .tls import TlsMaterial
@@ -159,28 +158,24 @@ class VmNodes:
 
     def _boot(self) -> None:
         accel = self.accel or appliance.probe_accelerator(self.image)
-        started: list[tuple[NodeSpec, VirtualMachine, Any, Path]] = []
-        for spec in self.specs:  # the same steps as appliance.boot(), for all VMs before waiting for any
+        started: dict[str, appliance.StartedAppliance] = {}
+        for spec in self.specs:  # start every VM before waiting for any, so they boot side by side
             workdir = self.workdir / spec.name
-            workdir.mkdir(parents=True, exist_ok=True)
-            key_file = workdir / "id_ed25519"
-            key = new_key(key_file)
             context = appliance_context(spec, self.superlink_address, self.tls, self.wrong_ca)
+            workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "context.json").write_text(json.dumps(
                 {k: ("<ca>" if k.endswith("CA_CERT") and v else v) for k, v in context.items()}, indent=2))  # fmt: skip
-            variables = {**GUEST_NET, "SSH_PUBLIC_KEY": public_line(key), **context}
-            iso = context_iso(workdir / "context.iso", variables)
-            vm_spec = VmSpec(self.image, firmware=self.firmware, machine=self.machine, memory=self.memory,
-                             cpus=self.cpus, accel=accel, cdroms=(iso,))  # fmt: skip
-            vm = self._stack.enter_context(VirtualMachine(vm_spec, workdir / "vm"))
-            self.states[spec.name].started_at = vm.started_at
-            say(f"e2e: {spec.name} (partition {spec.partition_id}, TLS {spec.tls}) booting; console {vm.serial_log}")
-            started.append((spec, vm, key, key_file))
-        for spec, vm, key, key_file in started:
-            seconds = vm.wait_for_ssh(key, user="root", timeout=self.ssh_timeout)
-            self.states[spec.name].ssh_s = seconds
-            self.booted[spec.name] = appliance.BootedAppliance(vm, key, key_file, seconds, self.workdir / spec.name)
-            say(f"e2e: {spec.name} SSH login after {seconds:.0f} s")
+            vm = self._stack.enter_context(appliance.start(
+                self.image, workdir, context, firmware=self.firmware, machine=self.machine,
+                memory=self.memory, cpus=self.cpus, accel=accel))  # fmt: skip
+            self.states[spec.name].started_at = vm.vm.started_at
+            say(f"e2e: {spec.name} (partition {spec.partition_id}, TLS {spec.tls}) booting; console {vm.vm.serial_log}")
+            started[spec.name] = vm
+        for name, vm in started.items():
+            booted = vm.wait_for_ssh(self.ssh_timeout)
+            self.states[name].ssh_s = booted.ssh_seconds
+            self.booted[name] = booted
+            say(f"e2e: {name} SSH login after {booted.ssh_seconds:.0f} s")
 
     def _check(self, name: str, command: str) -> str | None:
         try:

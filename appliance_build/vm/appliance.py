@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,15 @@ class BootedAppliance:
 
     def run(self, command: str, timeout: float = 300) -> tuple[int, str, str]:
         return self.vm.run(self.key, command, timeout=timeout)
+
+    def put(self, files: list[Path], remote_dir: str) -> None:
+        """Copy local files into `remote_dir` on the guest (created if missing) over SFTP."""
+        code, _, err = self.run(f"install -d -m 0755 {shlex.quote(remote_dir)}")
+        if code != 0:
+            raise BuildError(f"cannot create {remote_dir} on the guest: {err.strip()}")
+        with self.vm.ssh(self.key) as client, client.open_sftp() as sftp:
+            for path in files:
+                sftp.put(str(path), f"{remote_dir.rstrip('/')}/{path.name}")
 
     def wait_until_ready(self, timeout: float = 900) -> float | None:
         """Seconds from QEMU start until the SuperNode container runs (None: never)."""
@@ -95,13 +105,28 @@ def probe_accelerator(image: Path) -> accel_probe.Accelerator:
     return accel_probe.choose(kernel)
 
 
+@dataclass
+class StartedAppliance:
+    """A VM that has been started with its CONTEXT CD but not yet waited for."""
+
+    vm: VirtualMachine
+    key: paramiko.PKey
+    key_file: Path
+    workdir: Path
+
+    def wait_for_ssh(self, timeout: float = 900) -> BootedAppliance:
+        seconds = self.vm.wait_for_ssh(self.key, user="root", timeout=timeout)
+        return BootedAppliance(self.vm, self.key, self.key_file, seconds, self.workdir)
+
+
 @contextlib.contextmanager
-def boot(
+def start(
     image: Path, workdir: Path, context: dict[str, str], *, firmware: str, machine: str = "q35",
     memory: int = 2048, cpus: int = 2, vfio: tuple[str, ...] = (), token: str = "",
-    accel: accel_probe.Accelerator | None = None, ssh_timeout: float = 900,
-) -> Iterator[BootedAppliance]:  # fmt: skip
-    """Boot `image` with a CONTEXT CD; yield once root can log in over SSH."""
+    accel: accel_probe.Accelerator | None = None,
+) -> Iterator[StartedAppliance]:  # fmt: skip
+    """Start `image` with a CONTEXT CD (the context, the GUEST_NET network and a fresh SSH key for root)
+    and yield at once, so that several VMs can boot side by side; the VM stops when the block ends."""
     workdir.mkdir(parents=True, exist_ok=True)
     key_file = workdir / "id_ed25519"
     key = new_key(key_file)
@@ -112,5 +137,16 @@ def boot(
         accel=accel or probe_accelerator(image), cdroms=(iso,), vfio=vfio,
     )  # fmt: skip
     with VirtualMachine(spec, workdir / "vm") as vm:
-        seconds = vm.wait_for_ssh(key, user="root", timeout=ssh_timeout)
-        yield BootedAppliance(vm, key, key_file, seconds, workdir)
+        yield StartedAppliance(vm, key, key_file, workdir)
+
+
+@contextlib.contextmanager
+def boot(
+    image: Path, workdir: Path, context: dict[str, str], *, firmware: str, machine: str = "q35",
+    memory: int = 2048, cpus: int = 2, vfio: tuple[str, ...] = (), token: str = "",
+    accel: accel_probe.Accelerator | None = None, ssh_timeout: float = 900,
+) -> Iterator[BootedAppliance]:  # fmt: skip
+    """Boot `image` with a CONTEXT CD; yield once root can log in over SSH."""
+    with start(image, workdir, context, firmware=firmware, machine=machine, memory=memory, cpus=cpus,
+               vfio=vfio, token=token, accel=accel) as started:  # fmt: skip
+        yield started.wait_for_ssh(ssh_timeout)
