@@ -8,7 +8,7 @@
 #   bootstrap           debian-12 base: already installed in the bootstrap chroot (DKMS built there)
 #   guest-dkms          Debian without it: nvidia-kernel-dkms etc. installed here (slow under TCG)
 #   ubuntu-precompiled  Ubuntu: Canonical's signed precompiled modules, no DKMS
-#                       (linux-modules-nvidia-<branch>-server-<flavour> + nvidia-utils-<branch>-server)
+#                       (linux-modules-nvidia-<branch>-server-<kernel> + nvidia-utils-<branch>-server)
 set -euo pipefail
 : "${FLOWER_NVIDIA_BRANCH:?}"
 export DEBIAN_FRONTEND=noninteractive
@@ -35,11 +35,14 @@ if has_module; then
     echo "== nvidia module already built for $kernel (installed in the bootstrap chroot)"
 elif [ "$os_id" = "ubuntu" ]; then
     route="ubuntu-precompiled"
-    flavour="${kernel##*-}"
-    echo "== installing Canonical's precompiled NVIDIA $branch modules for the $flavour kernel"
+    # The modules built for exactly this kernel (linux-modules-nvidia-<branch>-server-<abi>-<flavour>),
+    # not the -<flavour> metapackage: that one follows the newest kernel in the archive and would
+    # pull a newer kernel than the one booted, checked and held here. Names checked against
+    # noble-updates/restricted (2026-11): 535, 570 and 580 server branches, 17 ABIs for 580.
+    echo "== installing Canonical's precompiled, signed NVIDIA $branch modules for kernel $kernel"
     apt-get update -q
     apt-get install -y -q --no-install-recommends \
-        "linux-modules-nvidia-${branch}-server-${flavour}" "nvidia-utils-${branch}-server"
+        "linux-modules-nvidia-${branch}-server-${kernel}" "nvidia-utils-${branch}-server"
 else
     route="guest-dkms"
     echo "== installing NVIDIA $branch with DKMS inside the build VM (slow under TCG)"
