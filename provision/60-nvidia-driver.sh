@@ -95,15 +95,18 @@ if ! grep -Rqs '^blacklist nouveau' /etc/modprobe.d /lib/modprobe.d /usr/lib/mod
     update-initramfs -u -k "$kernel"
 fi
 
-# The driver packages ask systemd-modules-load to load nvidia at every boot. On a VM without a GPU
-# (the image also runs on plain VMs and falls back to CPU) that fails ("NVRM: No NVIDIA GPU found")
-# and leaves systemd-modules-load.service FAILED. udev loads the module by PCI modalias when a GPU
-# is there, so mask those entries: /etc/modules-load.d/<name> -> /dev/null overrides /usr/lib's.
+# The driver packages ask systemd-modules-load to load nvidia, nvidia-modeset and nvidia-drm at
+# every boot (Debian: /etc/modules-load.d/nvidia.conf, a symlink through the alternatives system
+# to /etc/nvidia/current/nvidia-load.conf). On a VM without a GPU (the image also runs on plain
+# VMs and falls back to CPU) that fails ("NVRM: No NVIDIA GPU found") and leaves
+# systemd-modules-load.service FAILED. udev loads the module by PCI modalias when a GPU is there,
+# so mask those entries: /etc/modules-load.d/<name> -> /dev/null also overrides /usr/lib's.
 install -d -m 0755 /etc/modules-load.d
 shopt -s nullglob
 for entry in /usr/lib/modules-load.d/*.conf /lib/modules-load.d/*.conf /etc/modules-load.d/*.conf; do
-    if [ ! -L "$entry" ] && grep -Eqs '^[[:space:]]*nvidia' "$entry"; then
-        echo "masking $entry (udev loads nvidia when a GPU is present)"
+    [ "$(readlink -f "$entry")" != /dev/null ] || continue   # already masked
+    if grep -Eqs '^[[:space:]]*nvidia' "$entry"; then       # grep reads through symlinks
+        echo "masking $entry -> $(readlink -f "$entry") (udev loads nvidia when a GPU is present)"
         ln -sfn /dev/null "/etc/modules-load.d/$(basename "$entry")"
     fi
 done

@@ -9,7 +9,9 @@ userdel --force --remove "$BUILD_USER" 2>/dev/null || userdel --force "$BUILD_US
 rm -rf "/home/${BUILD_USER:?}"
 rm -f /etc/sudoers.d/90-cloud-init-users
 
-echo "== per-instance identity: host keys, machine-id, cloud-init state"
+echo "== per-instance identity: host keys, machine-id, hostname, cloud-init state"
+# the build VM's name (<image>-build) until OpenNebula's context sets the VM's own
+echo localhost > /etc/hostname
 rm -f /etc/ssh/ssh_host_*
 truncate -s 0 /etc/machine-id
 rm -f /var/lib/dbus/machine-id

@@ -32,7 +32,7 @@ from supernode_runtime.commands import Runner, run_command
 from supernode_runtime.config import EffectiveConfig, Resolution, VariableError, resolve
 from supernode_runtime.context import Context, ContextError, load_context
 from supernode_runtime.fsutil import atomic_write, remove_file
-from supernode_runtime.gpu import FALLBACK_WARNING, GpuResult, detect_gpu, docker_gpu_flags
+from supernode_runtime.gpu import FALLBACK_WARNING, GpuResult, detect_gpu, docker_gpu_flags, start_persistence_daemon
 from supernode_runtime.launch import (
     LaunchError,
     docker_run_argv,
@@ -261,7 +261,9 @@ class BootSequence:
             self._step(5, "skipped", gpu.reason)
         elif gpu.available:
             flags = " ".join(docker_gpu_flags(True, cfg.cuda_visible_devices))
-            self._step(5, "ok", f"GPU available ({gpu.reason}); docker flags: {flags}")
+            persistence = start_persistence_daemon(self.opt.runner)
+            self.report.gpu["persistence_daemon"] = persistence
+            self._step(5, "ok", f"GPU available ({gpu.reason}); docker flags: {flags}; {persistence}")
         else:
             self._log(FALLBACK_WARNING)
             self.report.warnings.append(f"{FALLBACK_WARNING[len('WARNING: ') :]} ({gpu.reason})")

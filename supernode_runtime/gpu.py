@@ -101,6 +101,20 @@ def detect_gpu(
     return GpuResult(True, False, reasons, diagnostics)
 
 
+PERSISTENCED_UNIT = "nvidia-persistenced.service"
+SYSTEMCTL_TIMEOUT = 30.0
+
+
+def start_persistence_daemon(runner: Runner = run_command) -> str:
+    """Start nvidia-persistenced once a GPU is known to be there (it is not enabled at boot:
+    on the many VMs without a GPU it would fail). Never fails the step; returns what happened."""
+    result = runner(["systemctl", "start", "--no-block", PERSISTENCED_UNIT], SYSTEMCTL_TIMEOUT)
+    if result.ok:
+        return f"{PERSISTENCED_UNIT} started"
+    detail = (result.stderr or result.stdout).strip().splitlines()
+    return f"{PERSISTENCED_UNIT} not started (exit {result.returncode}" + (f": {detail[0]})" if detail else ")")
+
+
 def docker_gpu_flags(gpu_available: bool, cuda_visible_devices: str) -> list[str]:
     """``DOCKER_GPU_FLAGS`` of the seeds, as argv items (empty without a GPU)."""
     if not gpu_available:

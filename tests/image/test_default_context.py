@@ -100,6 +100,13 @@ def test_no_cloud_init_leftovers_from_the_build(host: Any) -> None:
     assert host.run("grep -r flbuild /var/lib/cloud /etc/cloud 2>/dev/null").rc == 1
 
 
+def test_no_build_hostname(host: Any, image_name: str) -> None:
+    # every hostname this VM has had, including before cloud-init applied the context's
+    names = host.check_output("journalctl -F _HOSTNAME").split()
+    assert names and f"{image_name}-build" not in names
+    assert "-build" not in host.check_output("hostname")
+
+
 def test_docker_not_listening_on_tcp(host: Any) -> None:
     listening = host.run("ss -Hltnp").stdout
     assert "dockerd" not in listening

@@ -76,3 +76,16 @@ def test_validate_gpu_reports_failures(host: Any) -> None:
     assert result.rc == 1
     assert "[FAIL]" in result.stdout
     assert "GPU validation FAILED:" in result.stdout and "error(s) detected" in result.stdout
+
+
+@pytest.mark.usefixtures("gpu_image")
+def test_nvidia_units_do_not_fail_without_a_gpu(host: Any) -> None:
+    # the driver's modules-load.d entry is masked (udev loads nvidia when a GPU is there)
+    assert host.service("systemd-modules-load").is_valid
+    assert host.run("systemctl is-failed systemd-modules-load").stdout.strip() != "failed"
+    # nvidia-persistenced: not enabled at boot, and a start without a GPU is a skip, not a failure
+    assert host.run("systemctl is-enabled nvidia-persistenced").stdout.strip() == "disabled"
+    host.run("systemctl start nvidia-persistenced")
+    assert host.check_output("systemctl show -p ConditionResult --value nvidia-persistenced") == "no"
+    assert host.run("systemctl is-failed nvidia-persistenced").stdout.strip() != "failed"
+    assert host.run("systemctl list-units --failed --no-legend --plain").stdout.strip() == ""

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from runtime_testlib import FakeBin, FakeRoot
 
-from supernode_runtime.gpu import FALLBACK_WARNING, detect_gpu, docker_gpu_flags
+from supernode_runtime.gpu import FALLBACK_WARNING, detect_gpu, docker_gpu_flags, start_persistence_daemon
 
 GPU_CONTEXT = {"ONEAPP_FL_SUPERLINK_ADDRESS": "10.0.0.5", "ONEAPP_FL_GPU_ENABLED": "YES"}
 
@@ -109,12 +109,34 @@ def test_boot_gpu_present_adds_gpu_flags(fake_root: FakeRoot, fake_bin: FakeBin)
     assert "[step 5/7] gpu-detection: ok" in fake_root.log()
 
 
+def test_boot_gpu_present_starts_persistence_daemon(fake_root: FakeRoot, fake_bin: FakeBin) -> None:
+    fake_bin.gpu_present()
+    fake_bin.add("systemctl", "exit 0")
+    fake_root.write_context(GPU_CONTEXT)
+    assert fake_root.boot().ok
+    assert "systemctl start --no-block nvidia-persistenced.service" in fake_bin.calls()
+    assert fake_root.status()["gpu"]["persistence_daemon"] == "nvidia-persistenced.service started"
+
+
+def test_persistence_daemon_failure_is_reported_not_fatal(fake_root: FakeRoot, fake_bin: FakeBin) -> None:
+    fake_bin.gpu_present()
+    fake_bin.add("systemctl", '/bin/echo "Unit nvidia-persistenced.service not found." >&2\nexit 5')
+    assert start_persistence_daemon() == (
+        "nvidia-persistenced.service not started (exit 5: Unit nvidia-persistenced.service not found.)"
+    )
+    fake_root.write_context(GPU_CONTEXT)
+    assert fake_root.boot().ok
+    assert fake_root.status()["gpu"]["FL_GPU_AVAILABLE"] == "YES"
+    assert "not started (exit 5" in fake_root.status()["gpu"]["persistence_daemon"]
+
+
 @pytest.mark.parametrize("setup", ["gpu_module_missing", "gpu_smi_failing"])
 def test_boot_gpu_missing_falls_back_to_cpu_with_warning(
     fake_root: FakeRoot, fake_bin: FakeBin, setup: str
 ) -> None:
     getattr(fake_bin, setup)()
     fake_bin.add("docker", "exit 0")
+    fake_bin.add("systemctl", "exit 0")
     validate = fake_root.paths.validate_gpu_script
     validate.parent.mkdir(parents=True)
     validate.write_text("#!/bin/sh\ndocker run --rm --gpus all nvidia/cuda nvidia-smi\nexit 1\n")
@@ -135,6 +157,7 @@ def test_boot_gpu_missing_falls_back_to_cpu_with_warning(
     assert any("falling back to CPU" in w for w in status["warnings"])
     assert "validate-gpu.sh exited 1" in status["gpu"]["diagnostics"]
     assert "docker run --rm --gpus all nvidia/cuda nvidia-smi" in fake_bin.calls()
+    assert not any(call.startswith("systemctl") for call in fake_bin.calls())
 
 
 def test_boot_gpu_not_requested_is_skipped(fake_root: FakeRoot, fake_bin: FakeBin) -> None:
