@@ -11,7 +11,6 @@ SuperNode comes back. The fixtures never reach the built file (the overlay is di
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 from conftest import infra_host
 
+from appliance_build.cache import file_sha256
 from appliance_build.vm import appliance
 from tests.fixtures import toolkit_debs
 
@@ -94,12 +94,5 @@ def test_local_route_without_debs_fails_clearly(host: Any) -> None:
 def test_built_image_unchanged(image_file: Path, booted: appliance.BootedAppliance) -> None:
     # the VM ran on an overlay: the built file's checksum is still the one the build wrote
     sha_file = image_file.with_name(image_file.name + ".sha256")
-    assert sha_file.read_text().split()[0] == _sha256(image_file)
+    assert sha_file.read_text().split()[0] == file_sha256(image_file)
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
