@@ -2,6 +2,7 @@
 
     nox -s build_cpu              build build/supernode-cpu/supernode-cpu.qcow2
     nox -s build_gpu              build build/supernode-gpu/supernode-gpu.qcow2
+    nox -s measure_dkms           time DKMS inside the TCG build VM (build/measurements/)
     nox -s render                 only render Packer HCL + cloud-init for every image
     nox -s tests                  unit + integration tests (what CI runs)
     nox -s test_cpu / test_gpu    boot the built image under QEMU and test inside it
@@ -50,6 +51,13 @@ def build_gpu(session: nox.Session) -> None:
     """Build the GPU SuperNode appliance image."""
     _install(session)
     session.run("python", "-m", "appliance_build", "build", "supernode-gpu", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def measure_dkms(session: nox.Session) -> None:
+    """Time the NVIDIA DKMS install inside a TCG guest (the route the GPU build avoids)."""
+    _install(session)
+    session.run("python", "-m", "appliance_build.measure_dkms", *session.posargs)
 
 
 @nox.session(python=PYTHON)
