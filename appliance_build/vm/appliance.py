@@ -19,10 +19,15 @@ import paramiko
 
 from ..build import find_probe_kernel
 from ..errors import BuildError
+from ..progress import say
 from . import accel as accel_probe
 from .isos import context_iso
-from .launcher import GUEST_NET, VirtualMachine, VmSpec, new_key, public_line
+from .launcher import GUEST_NET, BootStalled, VirtualMachine, VmSpec, new_key, public_line
 
+# A TCG guest has been seen to hang silently in early kernel boot (the kernel's console stopped
+# at 1.0 s and printed nothing for 10 minutes); a normal boot, even under TCG beside other
+# guests, never leaves the console silent this long before SSH is up.
+STALL_TIMEOUT = 240.0
 READY_CHECK = "docker inspect -f '{{.State.Running}}' flower-supernode 2>/dev/null"
 
 
@@ -85,8 +90,9 @@ class BootedAppliance:
     def collect(self, dest: Path) -> None:
         """Keep the serial console, the guest journal and the appliance status."""
         dest.mkdir(parents=True, exist_ok=True)
-        if self.vm.serial_log.exists():
-            (dest / "serial.log").write_bytes(self.vm.serial_log.read_bytes())
+        for console in (self.vm.serial_log, *sorted(self.vm.workdir.glob("serial-attempt-*.log"))):
+            if console.exists():
+                (dest / console.name).write_bytes(console.read_bytes())
         for name, command in (
             ("journal.txt", "journalctl -b --no-pager -o short-monotonic"),
             ("status.json", "cat /run/flower/status.json"),
@@ -114,8 +120,16 @@ class StartedAppliance:
     key_file: Path
     workdir: Path
 
-    def wait_for_ssh(self, timeout: float = 900) -> BootedAppliance:
-        seconds = self.vm.wait_for_ssh(self.key, user="root", timeout=timeout)
+    def wait_for_ssh(self, timeout: float = 900, stall_timeout: float = STALL_TIMEOUT) -> BootedAppliance:
+        """Until root can log in. A boot whose console goes silent for `stall_timeout` s before
+        SSH is up is started once more from a fresh overlay (vm.attempts says so); the stalled
+        console is kept as serial-attempt-1.log."""
+        try:
+            seconds = self.vm.wait_for_ssh(self.key, user="root", timeout=timeout, stall_timeout=stall_timeout)
+        except BootStalled as exc:
+            say(f"boot stalled: {exc}; starting the VM once more")
+            self.vm.restart()
+            seconds = self.vm.wait_for_ssh(self.key, user="root", timeout=timeout, stall_timeout=stall_timeout)
         return BootedAppliance(self.vm, self.key, self.key_file, seconds, self.workdir)
 
 

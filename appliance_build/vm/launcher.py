@@ -116,6 +116,7 @@ class VirtualMachine:
         self.ssh_port = free_port()
         self.forwards = {guest: free_port() for guest in spec.host_forwards}
         self.events: list[dict[str, Any]] = []
+        self.attempts = 0  # how many times QEMU was started (see restart())
         self.started_at = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self._qmp: QEMUMonitorProtocol | None = None
@@ -160,6 +161,7 @@ class VirtualMachine:
         say(f"starting VM ({self.spec.firmware}, {self.spec.machine}, {self.spec.accel.name}); "
             f"ssh 127.0.0.1:{self.ssh_port}; console {self.serial_log}")  # fmt: skip
         self.started_at = time.monotonic()
+        self.attempts += 1
         stderr = (self.workdir / "qemu-stderr.log").open("wb")
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
                                       start_new_session=True)  # fmt: skip
@@ -186,6 +188,15 @@ class VirtualMachine:
             kill_group(self._proc, grace=grace)
             self._proc = None
 
+    def restart(self) -> None:
+        """Stop, then start again from a fresh overlay; the previous console is kept as
+        serial-attempt-<n>.log beside serial.log."""
+        self.stop()
+        if self.serial_log.exists():
+            self.serial_log.rename(self.workdir / f"serial-attempt-{self.attempts}.log")
+        self.events.clear()
+        self.start()
+
     # -- QMP -----------------------------------------------------------------------------
     def _collect_events(self) -> None:
         if self._qmp is None:
@@ -209,11 +220,22 @@ class VirtualMachine:
         return self._qmp.cmd(command, **args)
 
     # -- SSH -------------------------------------------------------------------------------
-    def wait_for_ssh(self, key: paramiko.PKey, user: str = "root", timeout: float = 600) -> float:
-        """Seconds from QEMU start until an SSH login with `key` succeeded."""
+    def wait_for_ssh(
+        self, key: paramiko.PKey, user: str = "root", timeout: float = 600, stall_timeout: float | None = None
+    ) -> float:
+        """Seconds from QEMU start until an SSH login with `key` succeeded.
+
+        With `stall_timeout`, raise BootStalled once the serial console has printed nothing
+        for that long while SSH is still down (a guest hung in early boot, seen under TCG)."""
         deadline = time.monotonic() + timeout
         last_error = "no attempt"
+        console = ConsoleWatch(self.serial_log)
         while time.monotonic() < deadline:
+            if stall_timeout is not None and console.silent_for() > stall_timeout:
+                raise BootStalled(
+                    f"the console printed nothing for {console.silent_for():.0f} s and SSH is not up "
+                    f"(last line: {console.last_line()!r}); console {self.serial_log}"
+                )
             if not self.running():
                 raise BuildError(
                     f"the VM stopped before SSH came up (events {self.event_names()}); console {self.serial_log}"
@@ -251,6 +273,29 @@ class VirtualMachine:
                 stdout.read().decode(errors="replace"),
                 stderr.read().decode(errors="replace"),
             )
+
+
+class BootStalled(BuildError):
+    """The guest stopped making progress before SSH came up."""
+
+
+class ConsoleWatch:
+    """How long a serial console log has not grown."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = -1
+        self.changed_at = time.monotonic()
+
+    def silent_for(self) -> float:
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size != self.size:
+            self.size, self.changed_at = size, time.monotonic()
+        return time.monotonic() - self.changed_at
+
+    def last_line(self) -> str:
+        lines = self.path.read_text(errors="replace").splitlines() if self.path.exists() else []
+        return lines[-1].strip() if lines else ""
 
 
 def new_key(path: Path | None = None) -> paramiko.Ed25519Key:

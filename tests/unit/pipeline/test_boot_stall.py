@@ -1,0 +1,77 @@
+"""A guest that hangs in early boot: detected by its silent console, restarted once."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance_build.vm import appliance
+from appliance_build.vm.accel import Accelerator
+from appliance_build.vm.launcher import BootStalled, ConsoleWatch, VirtualMachine, VmSpec, new_key
+
+HUNG_CONSOLE = "[    1.006055] IP idents hash table entries: 32768 (order: 6, 262144 bytes, linear)\n"
+
+
+def test_console_watch_resets_when_the_log_grows(tmp_path: Path) -> None:
+    log = tmp_path / "serial.log"
+    watch = ConsoleWatch(log)
+    assert watch.silent_for() < 1 and watch.last_line() == ""
+    log.write_text(HUNG_CONSOLE)
+    watch.changed_at -= 100  # pretend time passed since the last look
+    assert watch.silent_for() < 1, "growth since the last look restarts the clock"
+    watch.changed_at -= 100
+    assert watch.silent_for() >= 100
+    assert watch.last_line().startswith("[    1.006055] IP idents")
+
+
+def test_wait_for_ssh_reports_a_silent_console(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vm = VirtualMachine(VmSpec(Path("img.qcow2"), firmware="bios", accel=Accelerator("tcg", "max", "t")), tmp_path)
+    vm.serial_log.write_text(HUNG_CONSOLE)
+    monkeypatch.setattr(vm, "running", lambda: True)
+
+    @contextlib.contextmanager
+    def refused(*args: Any, **kwargs: Any) -> Iterator[None]:
+        raise ConnectionRefusedError("port 22 closed")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(vm, "ssh", refused)
+    with pytest.raises(BootStalled, match=r"printed nothing for \d+ s .*IP idents hash table"):
+        vm.wait_for_ssh(new_key(), timeout=60, stall_timeout=1)
+
+
+class FakeVm:
+    """Stalls `stalls` times, then comes up on SSH after 42 s."""
+
+    def __init__(self, stalls: int) -> None:
+        self.stalls = stalls
+        self.restarts = 0
+
+    def wait_for_ssh(self, key: Any, user: str, timeout: float, stall_timeout: float) -> float:
+        if self.stalls:
+            self.stalls -= 1
+            raise BootStalled("silent console")
+        return 42.0
+
+    def restart(self) -> None:
+        self.restarts += 1
+
+
+def started(vm: FakeVm, tmp_path: Path) -> appliance.StartedAppliance:
+    return appliance.StartedAppliance(vm, key=None, key_file=tmp_path / "k", workdir=tmp_path)  # type: ignore[arg-type]
+
+
+def test_a_stalled_boot_is_restarted_once(tmp_path: Path) -> None:
+    vm = FakeVm(stalls=1)
+    booted = started(vm, tmp_path).wait_for_ssh(timeout=900)
+    assert vm.restarts == 1 and booted.ssh_seconds == 42.0
+
+
+def test_a_second_stall_is_an_error(tmp_path: Path) -> None:
+    vm = FakeVm(stalls=2)
+    with pytest.raises(BootStalled):
+        started(vm, tmp_path).wait_for_ssh(timeout=900)
+    assert vm.restarts == 1
