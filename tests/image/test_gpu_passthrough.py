@@ -48,3 +48,8 @@ def test_container_started_with_gpus_and_sees_the_gpu(host: Any) -> None:
     requests = host.check_output("docker inspect -f '{{json .HostConfig.DeviceRequests}}' flower-supernode")
     assert '"Count":-1' in requests and "gpu" in requests
     assert "GPU 0:" in host.check_output("docker exec flower-supernode nvidia-smi -L")
+
+
+def test_persistence_daemon_started_with_the_gpu(host: Any) -> None:
+    assert status(host)["gpu"]["persistence_daemon"] == "nvidia-persistenced.service started"
+    assert host.service("nvidia-persistenced").is_running
