@@ -25,7 +25,7 @@ import paramiko
 
 from . import cache, config
 from .paths import build_root
-from .progress import say
+from .progress import exit_on_sigterm, say
 from .stages import base as base_stage
 from .vm import appliance, isos
 from .vm.launcher import VirtualMachine, VmSpec, new_key, public_line
@@ -47,7 +47,8 @@ def install_command(packages: tuple[str, ...]) -> str:
         f"{{ apt-get update -q && apt-get install -y -q --no-install-recommends {names}; }} > {LOG} 2>&1; "
         f"echo $? > {RC}"
     )
-    return f"nohup sh -c {shlex.quote(script)} >/dev/null 2>&1 &"
+    # no fd of the SSH channel may stay open in the background job, or the call would wait for it
+    return f"nohup sh -c {shlex.quote(script)} </dev/null >/dev/null 2>&1 &"
 
 
 def chroot_route() -> dict[str, Any] | None:
@@ -74,10 +75,9 @@ def run_settled(vm: VirtualMachine, key: paramiko.PKey, command: str, attempts: 
     raise AssertionError("unreachable")
 
 
-def poll(vm: VirtualMachine, key: paramiko.PKey, limit_s: float) -> tuple[float, str | None]:
-    """Seconds until RC appears (or the limit), and its content (None: still running at the limit)."""
-    started = time.monotonic()
-    last_report = started
+def poll(vm: VirtualMachine, key: paramiko.PKey, started: float, limit_s: float) -> tuple[float, str | None]:
+    """Seconds from `started` until RC appears (or the limit), and its content (None: still running)."""
+    last_report = time.monotonic()
     while True:
         elapsed = time.monotonic() - started
         _, rc, _ = vm.run(key, f"cat {RC} 2>/dev/null", timeout=60)
@@ -93,6 +93,7 @@ def poll(vm: VirtualMachine, key: paramiko.PKey, limit_s: float) -> tuple[float,
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(prog="python -m appliance_build.measure_dkms", description=__doc__.split("\n")[0])
     parser.add_argument("--limit-minutes", type=float, default=90.0, help="stop and record a lower bound after this")
     args = parser.parse_args(argv)
@@ -114,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         run_settled(vm, key, "cloud-init status --wait >/dev/null 2>&1; true")
         run_settled(vm, key, f"sed -i 's/ main$/ {components}/' /etc/apt/sources.list")
         say(f"{' '.join(gpu.base.extra_packages)}: apt install inside the {spec.accel.name} guest (timed) ...")
-        vm.run(key, install_command(gpu.base.extra_packages))
-        seconds, rc = poll(vm, key, args.limit_minutes * 60)
+        started = time.monotonic()
+        vm.run(key, install_command(gpu.base.extra_packages), timeout=60)
+        seconds, rc = poll(vm, key, started, args.limit_minutes * 60)
         _, module, _ = vm.run(key, FIND_MODULE, timeout=120)
         _, tail, _ = vm.run(key, f"tail -n 8 {LOG}", timeout=60)
         (out / "dkms-in-guest.log").write_text(vm.run(key, f"cat {LOG}", timeout=120)[1])

@@ -26,6 +26,16 @@ def say(message: str) -> None:
     print(f"[flower-build] {message}", flush=True)
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (a CI job cancelled, `kill`) into SystemExit, so that the context managers
+    holding VMs, Packer and temp dirs clean up as they do on Ctrl-C."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 class StageTimer:
     """Records the duration of each named stage (seconds), for the manifest."""
 

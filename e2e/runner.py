@@ -39,7 +39,7 @@ from types import FrameType
 
 from appliance_build.errors import BuildError
 from appliance_build.paths import build_root
-from appliance_build.progress import say
+from appliance_build.progress import exit_on_sigterm, say
 
 from . import summary as sm
 from . import tls
@@ -136,6 +136,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    exit_on_sigterm()
     args = parse_args(argv)
     out = (args.out or build_root() / "e2e").resolve()
     image_file, firmware, machine = None, "bios", "q35"

@@ -142,3 +142,10 @@ def docker_args(host: Any) -> list[str]:
 
 def status(host: Any) -> dict[str, Any]:
     return json.loads(host.file("/run/flower/status.json").content_string)  # type: ignore[no-any-return]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # a cancelled job's SIGTERM unwinds the VM context managers instead of orphaning QEMU
+    from appliance_build.progress import exit_on_sigterm
+
+    exit_on_sigterm()
