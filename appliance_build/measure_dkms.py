@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     target.write_text(json.dumps(result, indent=2) + "\n")
     verdict = f"{seconds:.0f} s" if rc is not None else f"not finished after {seconds:.0f} s (stopped)"
     say(f"DKMS inside the {spec.accel.name} guest: {verdict}, ok={result['ok']}; {target}")
-    return 0 if result["ok"] else 1
+    # a run stopped at the limit is a measurement too (a lower bound); only a failed install is an error
+    return 0 if result["ok"] or rc is None else 1
 
 
 if __name__ == "__main__":
