@@ -16,7 +16,7 @@ from . import cache, config
 from .errors import BuildError
 from .opennebula_templates import render_vm_template
 from .paths import build_root
-from .progress import exit_on_sigterm
+from .progress import interrupt_on_sigterm
 from .stages import base as base_stage
 from .stages import packer, render
 from .vm import accel as accel_probe
@@ -69,7 +69,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    exit_on_sigterm()
+    interrupt_on_sigterm()
     parser = argparse.ArgumentParser(prog="appliance_build", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)

@@ -25,7 +25,7 @@ import paramiko
 
 from . import cache, config
 from .paths import build_root
-from .progress import exit_on_sigterm, say
+from .progress import interrupt_on_sigterm, say
 from .stages import base as base_stage
 from .vm import appliance, isos
 from .vm.launcher import VirtualMachine, VmSpec, new_key, public_line
@@ -93,7 +93,7 @@ def poll(vm: VirtualMachine, key: paramiko.PKey, started: float, limit_s: float)
 
 
 def main(argv: list[str] | None = None) -> int:
-    exit_on_sigterm()
+    interrupt_on_sigterm()
     parser = argparse.ArgumentParser(prog="python -m appliance_build.measure_dkms", description=__doc__.split("\n")[0])
     parser.add_argument("--limit-minutes", type=float, default=90.0, help="stop and record a lower bound after this")
     args = parser.parse_args(argv)

@@ -26,12 +26,12 @@ def say(message: str) -> None:
     print(f"[flower-build] {message}", flush=True)
 
 
-def exit_on_sigterm() -> None:
-    """Turn SIGTERM (a CI job cancelled, `kill`) into SystemExit, so that the context managers
-    holding VMs, Packer and temp dirs clean up as they do on Ctrl-C."""
+def interrupt_on_sigterm() -> None:
+    """Treat SIGTERM (a cancelled CI job, `kill`) exactly like Ctrl-C: KeyboardInterrupt, so the
+    context managers holding VMs, Packer and temp dirs clean up and the interrupt handlers run."""
 
     def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
 

@@ -30,16 +30,14 @@ import datetime as dt
 import json
 import logging
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from appliance_build.errors import BuildError
 from appliance_build.paths import build_root
-from appliance_build.progress import exit_on_sigterm, say
+from appliance_build.progress import interrupt_on_sigterm, say
 
 from . import summary as sm
 from . import tls
@@ -131,12 +129,8 @@ def prepare_out(out: Path) -> None:
     out.mkdir(parents=True)
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    exit_on_sigterm()
+    interrupt_on_sigterm()
     args = parse_args(argv)
     out = (args.out or build_root() / "e2e").resolve()
     image_file, firmware, machine = None, "bios", "q35"
@@ -146,7 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BuildError as exc:
             print(f"e2e: {exc}", file=sys.stderr)
             return 2
-    signal.signal(signal.SIGTERM, _terminate)
     # paramiko logs every refused SSH attempt of a booting VM with a traceback; the wait loops handle them
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     prepare_out(out)

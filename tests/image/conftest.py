@@ -146,6 +146,6 @@ def status(host: Any) -> dict[str, Any]:
 
 def pytest_configure(config: pytest.Config) -> None:
     # a cancelled job's SIGTERM unwinds the VM context managers instead of orphaning QEMU
-    from appliance_build.progress import exit_on_sigterm
+    from appliance_build.progress import interrupt_on_sigterm
 
-    exit_on_sigterm()
+    interrupt_on_sigterm()
