@@ -12,7 +12,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from . import cache, config
+from . import config
 from .errors import BuildError
 from .opennebula_templates import render_vm_template
 from .paths import build_root
@@ -35,8 +35,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     target = render.PackerTarget.parse(args.packer_target) if args.packer_target else render.detect_packer()
     for name in _image_names(args.images):
         image = config.load(name)
-        key = cache.inputs_hash(base_stage.inputs(image.base))
-        base_disk = cache.entry_dir("base", image.base.provider, key) / "disk.qcow2"
+        base_disk = base_stage.cache_entry(image.base)[1] / "disk.qcow2"
         accel = accel_probe.Accelerator("tcg", "max", "render only: the build probes")
         out = build_root() / name
         firmware = find_uefi() if image.disk.firmware == "uefi" else None

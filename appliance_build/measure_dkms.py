@@ -23,7 +23,7 @@ from typing import Any
 
 import paramiko
 
-from . import cache, config
+from . import config
 from .paths import build_root
 from .progress import interrupt_on_sigterm, say
 from .stages import base as base_stage
@@ -54,7 +54,7 @@ def install_command(packages: tuple[str, ...]) -> str:
 def chroot_route() -> dict[str, Any] | None:
     """The chroot route's own timing, from the cached GPU base (None if that base is not built)."""
     gpu = config.load("supernode-gpu")
-    entry = cache.entry_dir("base", gpu.base.provider, cache.inputs_hash(base_stage.inputs(gpu.base)))
+    entry = base_stage.cache_entry(gpu.base)[1]
     facts_file = entry / "base.json"
     if not facts_file.is_file():
         return None

@@ -33,10 +33,15 @@ def inputs(base: BaseConfig) -> dict[str, Any]:
     return ubuntu.inputs(base)
 
 
+def cache_entry(base: BaseConfig) -> tuple[str, Path]:
+    """The inputs hash of this base and its cache directory (which may not exist yet)."""
+    key = cache.inputs_hash(inputs(base))
+    return key, cache.entry_dir("base", base.provider, key)
+
+
 def ensure(base: BaseConfig, logs: Path) -> BaseImage:
     """The cached base for these inputs, built (or downloaded) first if missing."""
-    key = cache.inputs_hash(inputs(base))
-    entry = cache.entry_dir("base", base.provider, key)
+    key, entry = cache_entry(base)
     disk = entry / "disk.qcow2"
     if disk.is_file() and (entry / "base.json").is_file():
         say(f"base {base.provider}: cached {entry}")
