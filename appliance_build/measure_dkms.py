@@ -62,19 +62,6 @@ def chroot_route() -> dict[str, Any] | None:
     return {"extra_packages_in_chroot_s": timings.get("extra_packages_in_chroot"), "base": str(entry)}
 
 
-def run_settled(vm: VirtualMachine, key: paramiko.PKey, command: str, attempts: int = 20) -> str:
-    """Run `command`, retrying while SSH drops (cloud-init restarts sshd early in the first boot)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return vm.run(key, command, timeout=900)[1]
-        except (paramiko.SSHException, OSError) as exc:
-            if attempt == attempts:
-                raise
-            say(f"   ssh: {exc}; retrying")
-            time.sleep(10)
-    raise AssertionError("unreachable")
-
-
 def poll(vm: VirtualMachine, key: paramiko.PKey, started: float, limit_s: float) -> tuple[float, str | None]:
     """Seconds from `started` until RC appears (or the limit), and its content (None: still running)."""
     last_report = time.monotonic()
@@ -112,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     components = " ".join(gpu.base.components)
     with VirtualMachine(spec, out / "dkms-vm") as vm:
         vm.wait_for_ssh(key, timeout=900)
-        run_settled(vm, key, "cloud-init status --wait >/dev/null 2>&1; true")
-        run_settled(vm, key, f"sed -i 's/ main$/ {components}/' /etc/apt/sources.list")
+        vm.run(key, "cloud-init status --wait >/dev/null 2>&1; true", timeout=900)
+        vm.run(key, f"sed -i 's/ main$/ {components}/' /etc/apt/sources.list")
         say(f"{' '.join(gpu.base.extra_packages)}: apt install inside the {spec.accel.name} guest (timed) ...")
         started = time.monotonic()
         vm.run(key, install_command(gpu.base.extra_packages), timeout=60)

@@ -253,19 +253,32 @@ class VirtualMachine:
         raise BuildError(f"no SSH login within {timeout:.0f} s ({last_error}); console tail:\n  " + "\n  ".join(tail))
 
     @contextlib.contextmanager
-    def ssh(self, key: paramiko.PKey, user: str = "root", timeout: float = 30):  # type: ignore[no-untyped-def]
+    def ssh(self, key: paramiko.PKey, user: str = "root", timeout: float = 30,  # type: ignore[no-untyped-def]
+            connect_attempts: int = 1):  # fmt: skip
+        """An SSH client logged in as `user`. A guest early in its first boot may drop connections
+        (cloud-init restarts sshd after SSH first answers): with `connect_attempts` > 1 a failed
+        connect is retried every 5 s. Only the connect: a command is never sent twice."""
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         try:
-            client.connect("127.0.0.1", port=self.ssh_port, username=user, pkey=key, timeout=timeout,
-                           banner_timeout=timeout, auth_timeout=timeout, allow_agent=False,
-                           look_for_keys=False)  # fmt: skip
+            for attempt in range(1, connect_attempts + 1):
+                try:
+                    client.connect("127.0.0.1", port=self.ssh_port, username=user, pkey=key, timeout=timeout,
+                                   banner_timeout=timeout, auth_timeout=timeout, allow_agent=False,
+                                   look_for_keys=False)  # fmt: skip
+                    break
+                except (paramiko.SSHException, OSError):
+                    if attempt == connect_attempts:
+                        raise
+                    client.close()
+                    time.sleep(5)
             yield client
         finally:
             client.close()
 
     def run(self, key: paramiko.PKey, command: str, user: str = "root", timeout: float = 300) -> tuple[int, str, str]:
-        with self.ssh(key, user) as client:
+        """Run `command` over SSH (connect retried for up to ~30 s); its exit code and output."""
+        with self.ssh(key, user, connect_attempts=6) as client:
             _, stdout, stderr = client.exec_command(command, timeout=timeout)
             code = stdout.channel.recv_exit_status()
             return (

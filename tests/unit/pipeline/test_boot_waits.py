@@ -1,4 +1,4 @@
-"""A guest that hangs in early boot: detected by its silent console, restarted once."""
+"""Waiting for a booting guest: a silent console means a stalled boot (restarted once); SSH connects retried."""
 
 from __future__ import annotations
 
@@ -75,3 +75,41 @@ def test_a_second_stall_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(BootStalled):
         started(vm, tmp_path).wait_for_ssh(timeout=900)
     assert vm.restarts == 1
+
+
+class FlakyClient:
+    """An SSHClient whose first `failures` connects are reset, as while cloud-init restarts sshd."""
+
+    failures = 0
+    connects = 0
+
+    def set_missing_host_key_policy(self, policy: Any) -> None:
+        pass
+
+    def connect(self, *args: Any, **kwargs: Any) -> None:
+        FlakyClient.connects += 1
+        if FlakyClient.connects <= FlakyClient.failures:
+            raise ConnectionResetError("Connection reset by peer")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("failures", "attempts", "connected"), [(2, 3, True), (3, 3, False), (1, 1, False)])
+def test_ssh_connect_is_retried_only_as_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failures: int, attempts: int, connected: bool
+) -> None:
+    import appliance_build.vm.launcher as launcher
+
+    monkeypatch.setattr(launcher.paramiko, "SSHClient", FlakyClient)
+    monkeypatch.setattr(launcher.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(FlakyClient, "failures", failures)
+    monkeypatch.setattr(FlakyClient, "connects", 0)
+    vm = VirtualMachine(VmSpec(Path("img.qcow2"), firmware="bios", accel=Accelerator("tcg", "max", "t")), tmp_path)
+    if connected:
+        with vm.ssh(new_key(), connect_attempts=attempts) as client:
+            assert isinstance(client, FlakyClient)
+    else:
+        with pytest.raises(ConnectionResetError), vm.ssh(new_key(), connect_attempts=attempts):
+            pass
+    assert FlakyClient.connects == min(failures + 1, attempts)
