@@ -63,12 +63,11 @@ class E2eSuperLink(SuperLink):
     starts: int = 0
 
     def argv(self) -> list[str]:
-        base = super().argv()
-        base[0] = flower_exe("flower-superlink")
+        _, *args = super().argv()
         extra = ["--disable-runtime-dependency-installation"]
         if self.database is not None:
             extra += ["--database", str(self.database)]
-        return [*base[:5], *extra, *base[5:]]
+        return [flower_exe("flower-superlink"), *args, *extra]
 
     def environment(self) -> dict[str, str]:
         return flower_env(self.flwr_home)
