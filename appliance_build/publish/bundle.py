@@ -14,7 +14,10 @@
 Refusals (exit code 2, nothing left in build/publish/<image>):
   - the qcow2's sha256 differs from its .sha256 file or from manifest.json;
   - a GPU image whose manifest says the NVIDIA Container Toolkit is absent;
-  - no passing test run recorded for this very file (test-results/tested-image.json).
+  - no passing test run recorded for this very file (test-results/tested-image.json): a
+    failure or error, or a required scenario of the variant that was skipped or did not run;
+  - a GPU image whose GPU passthrough tests did not run, unless allow_unverified_gpu
+    (--allow-unverified-gpu); the release notes and marketplace description then say so.
 """
 
 from __future__ import annotations
@@ -34,7 +37,16 @@ from ..paths import SCRIPTS_DIR
 from . import marketplace, release_notes
 from .digests import Digests, checksum_line, digests, qcow2_virtual_size, read_checksum_file, sha256_of
 from .errors import PublishError, Refused
-from .tested import RESULTS_DIR, TESTED_FILE, JunitCounts, read_boot_times, read_junit, read_tested_record
+from .tested import (
+    RESULTS_DIR,
+    TESTED_FILE,
+    JunitCounts,
+    Verdict,
+    evaluate,
+    read_boot_times,
+    read_junit,
+    read_tested_record,
+)
 
 URL_PREFIX_RE = re.compile(r"^https?://[^\s]+$")
 HOST_CHECK_SCRIPT = SCRIPTS_DIR / "validate-host-gpu.sh"
@@ -97,7 +109,9 @@ def _check_gpu(manifest: dict[str, Any], image_name: str) -> None:
         )
 
 
-def _check_tested(image_dir: Path, variant: str, sha256: str) -> tuple[JunitCounts, dict[str, Any]]:
+def _check_tested(
+    image_dir: Path, variant: str, sha256: str, *, allow_unverified_gpu: bool
+) -> tuple[JunitCounts, Verdict, dict[str, Any]]:
     tested_path = image_dir / RESULTS_DIR / TESTED_FILE
     record = read_tested_record(image_dir)
     again = f"run {_test_command(variant)}"
@@ -114,14 +128,30 @@ def _check_tested(image_dir: Path, variant: str, sha256: str) -> tuple[JunitCoun
         detail = ""
         if junit_path.is_file():
             with contextlib.suppress(PublishError):  # the refusal stands; the counts are a courtesy
-                detail = f" ({read_junit(junit_path).summary()})"
-        raise Refused(f"the tests did not pass for this image{detail}: {tested_path} says passed = false; {again}")
+                counts = read_junit(junit_path)
+                detail = f" ({counts.summary()})"
+                reasons = evaluate(counts, variant).reasons
+                if reasons:
+                    detail += ": " + "; ".join(reasons)
+        raise Refused(f"the tests did not pass for this image{detail}. {tested_path} says passed = false; {again}")
     if not junit_ref:
         raise Refused(f"{tested_path} names no JUnit XML; {again}")
+    # judged again from the JUnit XML itself: a record written by an older, laxer rule, or a
+    # JUnit file replaced after recording, does not count
     counts = read_junit(junit_path)
-    if not counts.ok:
-        raise Refused(f"the tests did not pass for this image: {junit_path} now reports {counts.summary()}; {again}")
-    return counts, record
+    verdict = evaluate(counts, variant)
+    if not counts.ok or not verdict.passed:
+        raise Refused(
+            f"the tests did not pass for this image: {junit_path} now reports {counts.summary()}: "
+            f"{'; '.join(verdict.reasons)}; {again}"
+        )
+    if verdict.gpu_passthrough_verified is False and not allow_unverified_gpu:
+        raise Refused(
+            f"GPU passthrough not verified for this build ({verdict.gpu_unverified_reason}). Test it on a host "
+            f"with a vfio-bound GPU ({_test_command(variant)} -- --vfio <PCI address>), or publish it as "
+            "unverified with --allow-unverified-gpu (the release notes and the marketplace description then say so)"
+        )
+    return counts, verdict, record
 
 
 def _place_image(source: Path, target: Path) -> None:
@@ -148,6 +178,7 @@ def _write_bundle(
     actual: Digests,
     virtual_bytes: int,
     junit: JunitCounts,
+    verdict: Verdict,
     tested: dict[str, Any],
     *,
     url_prefix: str,
@@ -166,15 +197,16 @@ def _write_bundle(
         md5=actual.md5,
     )
     document = marketplace.appliance_document(
-        manifest, facts, version=version, publisher=publisher, opennebula_version=opennebula_version
-    )
+        manifest, facts, version=version, publisher=publisher, opennebula_version=opennebula_version,
+        gpu_passthrough_verified=verdict.gpu_passthrough_verified is not False,
+    )  # fmt: skip
     appliance_yaml = marketplace.dump(document)
     problems = marketplace.check_text(appliance_yaml)
     if problems:
         raise PublishError("the generated marketplace YAML is invalid:\n  " + "\n  ".join(problems))
     boot_times = read_boot_times(manifest_path.parent)
     notes = release_notes.render(
-        manifest, facts, version=str(document["version"]), junit=junit, boot_times=boot_times,
+        manifest, facts, version=str(document["version"]), junit=junit, verdict=verdict, boot_times=boot_times,
         tested_sha256=str(tested["sha256"]),
     )  # fmt: skip
     artifact = {
@@ -187,7 +219,7 @@ def _write_bundle(
         "virtual_bytes": virtual_bytes,
         "sha256": actual.sha256,
         "md5": actual.md5,
-        "tested": {**tested, "summary": junit.summary()},
+        "tested": {**tested, "summary": junit.summary(), "gpu_passthrough_verified": verdict.gpu_passthrough_verified},
     }
     files = {
         f"{file_name}.sha256": checksum_line(actual.sha256, file_name),
@@ -218,8 +250,12 @@ def publish(
     version: str | None = None,
     publisher: str = marketplace.DEFAULT_PUBLISHER,
     opennebula_version: str = marketplace.OPENNEBULA_VERSIONS,
+    allow_unverified_gpu: bool = False,
 ) -> Path:
-    """Write build_root/publish/<image_name>/ for build_root/<image_name>/; return its path."""
+    """Write build_root/publish/<image_name>/ for build_root/<image_name>/; return its path.
+
+    allow_unverified_gpu: publish a GPU image whose passthrough tests did not run (no GPU on
+    the test host), saying so in its release notes and marketplace description."""
     if not NAME_RE.match(image_name):
         raise PublishError(f"image name {image_name!r}: use lower-case letters, digits and '-'")
     if not URL_PREFIX_RE.match(url_prefix):
@@ -259,8 +295,10 @@ def publish(
         actual = digests(bundled)
         _check_checksums(qcow2, sha_file, manifest, actual)
         virtual_bytes = qcow2_virtual_size(bundled)
-        junit, tested = _check_tested(image_dir, variant, actual.sha256)
-        _write_bundle(partial, image_name, variant, manifest, manifest_path, actual, virtual_bytes, junit, tested,
+        junit, verdict, tested = _check_tested(image_dir, variant, actual.sha256,
+                                               allow_unverified_gpu=allow_unverified_gpu)  # fmt: skip
+        _write_bundle(partial, image_name, variant, manifest, manifest_path, actual, virtual_bytes, junit, verdict,
+                      tested,
                       url_prefix=url_prefix, gpu_pci_address=gpu_pci_address, version=version,
                       publisher=publisher, opennebula_version=opennebula_version)  # fmt: skip
         partial.chmod(0o755)

@@ -1,12 +1,13 @@
 """Command line of the publishing step; the nox sessions `publish` and `check_marketplace` call it.
 
-python -m appliance_build.publish publish IMAGE --url-prefix URL [--gpu-pci-address e1:00.0]
+python -m appliance_build.publish publish IMAGE --url-prefix URL [--gpu-pci-address e1:00.0] [--allow-unverified-gpu]
 python -m appliance_build.publish check FILE...
 python -m appliance_build.publish record-tested IMAGE [--junit PATH]
 python -m appliance_build.publish vm-template cpu|gpu IMAGE [--gpu-pci-address e1:00.0]
 
 Exit codes: 0 done / valid; 2 refused, invalid or an error (the reason is printed);
-record-tested: 1 when the recorded run did not pass.
+record-tested: 1 when the recorded run did not pass (a failure or error, or a required
+scenario skipped or missing); 130 interrupted (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from ..errors import BuildError
 from ..opennebula_templates import GPU_PCI_PLACEHOLDER, render_vm_template
 from ..paths import build_root
+from ..progress import interrupt_on_sigterm
 from . import marketplace
 from .bundle import publish
 from .tested import JUNIT_FILE, RESULTS_DIR, read_junit, record_tested_image
@@ -28,6 +30,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     final = publish(
         args.image, args.url_prefix, root, gpu_pci_address=args.gpu_pci_address, version=args.version,
         publisher=args.publisher, opennebula_version=args.opennebula_version,
+        allow_unverified_gpu=args.allow_unverified_gpu,
     )  # fmt: skip
     print(f"published {args.image}: {final}")
     for path in sorted(final.iterdir()):
@@ -55,6 +58,10 @@ def cmd_record_tested(args: argparse.Namespace) -> int:
     record = record_tested_image(image_dir, junit)
     verdict = "passed" if record["passed"] else "NOT passed"
     print(f"{args.image}: {read_junit(junit).summary()}; {verdict} for sha256 {record['sha256']}")
+    for reason in record["reasons"]:
+        print(f"  not passed: {reason}")
+    if record.get("gpu_passthrough_verified") is False:
+        print("  GPU passthrough not verified (publishing needs --allow-unverified-gpu)")
     return 0 if record["passed"] else 1
 
 
@@ -64,6 +71,7 @@ def cmd_vm_template(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    interrupt_on_sigterm()  # a cancelled job's SIGTERM leaves no partial bundle, as Ctrl-C does
     parser = argparse.ArgumentParser(prog="python -m appliance_build.publish", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         "--opennebula-version",
         default=marketplace.OPENNEBULA_VERSIONS,
         help=f"OpenNebula versions the appliance supports (default: {marketplace.OPENNEBULA_VERSIONS})",
+    )
+    p.add_argument(
+        "--allow-unverified-gpu",
+        action="store_true",
+        help="GPU image: publish although its GPU passthrough tests did not run (no GPU on the test host); "
+        "the release notes and the marketplace description say so",
     )
     p.add_argument("--build-root", help="default: build/ (or $FLOWER_BUILD_DIR)")
     p.set_defaults(func=cmd_publish)

@@ -106,7 +106,10 @@ def toolkit_version(gpu: dict[str, Any]) -> str:
     return str(toolkit or "unknown")
 
 
-def _description(manifest: dict[str, Any], variant: str) -> str:
+GPU_UNVERIFIED = "GPU passthrough not verified for this build"
+
+
+def _description(manifest: dict[str, Any], variant: str, *, gpu_passthrough_verified: bool = True) -> str:
     contents = manifest.get("contents") or {}
     distribution = contents.get("distribution") or "Debian GNU/Linux"
     docker = contents.get("docker") or "(unknown)"
@@ -129,6 +132,13 @@ def _description(manifest: dict[str, Any], variant: str) -> str:
             '(`PCI = [ SHORT_ADDRESS = "e1:00.0" ]`, the card bound to vfio-pci on the host) and set '
             "`ONEAPP_FL_GPU_ENABLED` to YES. Without a usable GPU the SuperNode runs on the CPU and says so."
         )
+        if not gpu_passthrough_verified:
+            paragraphs.append(
+                f"**{GPU_UNVERIFIED}**: the GPU passthrough checks of its in-image tests did not run "
+                "(no GPU on the test host); what was tested is the image without a GPU (driver present, "
+                "fallback to the CPU). Run "
+                "`/opt/flower/scripts/validate-gpu.sh` in the first VM with a GPU attached."
+            )
     paragraphs.append(
         "There is no password for the root account. To access the Virtual Machine, add an SSH public "
         "key to your user or the template and ssh to the root account."
@@ -143,8 +153,11 @@ def appliance_document(
     version: str | None = None,
     publisher: str = DEFAULT_PUBLISHER,
     opennebula_version: str = OPENNEBULA_VERSIONS,
+    gpu_passthrough_verified: bool = True,
 ) -> dict[str, Any]:
-    """The marketplace appliance as a dict, in the marketplace files' key order."""
+    """The marketplace appliance as a dict, in the marketplace files' key order.
+
+    gpu_passthrough_verified=False (GPU image): the description states GPU_UNVERIFIED."""
     variant = str(manifest.get("variant"))
     if variant not in SIZING:
         raise PublishError(f"manifest.json: variant {variant!r} is neither cpu nor gpu")
@@ -172,7 +185,7 @@ def appliance_document(
         "name": f"Flower SuperNode ({kind})",
         "version": version or default_version(manifest),
         "publisher": publisher,
-        "description": _description(manifest, variant),
+        "description": _description(manifest, variant, gpu_passthrough_verified=gpu_passthrough_verified),
         "short_description": f"Flower SuperNode federated-learning client on {os_id} {os_release}, {kind}",
         "tags": tags,
         "format": "qcow2",

@@ -6,8 +6,8 @@ from typing import Any
 
 from supernode_runtime.variable_docs import markdown_table
 
-from .marketplace import ImageFacts, toolkit_version
-from .tested import JunitCounts
+from .marketplace import GPU_UNVERIFIED, ImageFacts, toolkit_version
+from .tested import REQUIRED_SCENARIOS, JunitCounts, Verdict
 
 
 def _size(n: int | float) -> str:
@@ -39,6 +39,7 @@ def render(
     *,
     version: str,
     junit: JunitCounts,
+    verdict: Verdict,
     boot_times: dict[str, Any],
     tested_sha256: str,
 ) -> str:
@@ -125,6 +126,19 @@ def render(
         f"{junit.time_s:.1f} s |"
     )
     add("")
+    if verdict.gpu_passthrough_verified is False:
+        add(f"**{GPU_UNVERIFIED}**: {verdict.gpu_unverified_reason}. The GPU passthrough checks need a GPU on the "
+            "test host; what was tested is the image without a GPU. Run `/opt/flower/scripts/validate-gpu.sh` "
+            "in the first VM with a GPU attached.")  # fmt: skip
+        add("")
+    if junit.scenarios:
+        required = REQUIRED_SCENARIOS.get(variant, ())
+        add("| scenario | required | tests | passed | failed | errors | skipped |")
+        add("| --- | --- | --- | --- | --- | --- | --- |")
+        for scenario, s in junit.scenarios.items():
+            add(f"| {_cell(scenario)} | {'yes' if scenario in required else 'no'} | {s.tests} | {s.passed} | "
+                f"{s.failed} | {s.errors} | {s.skipped} |")  # fmt: skip
+        add("")
     skipped = [c for c in junit.not_passed if c.outcome == "skipped"]
     if skipped:
         add("Skipped (not run, so not claimed):")

@@ -1,10 +1,21 @@
-"""Which file the in-image tests passed for: test-results/tested-image.json.
+"""Which file the in-image tests passed for, and which scenarios ran: test-results/tested-image.json.
 
-    {"sha256": "<sha256 of the qcow2 the tests booted>", "junit": "junit.xml", "passed": true}
+    {"sha256": "<sha256 of the qcow2 the tests booted>", "junit": "junit.xml", "variant": "gpu",
+     "passed": true, "reasons": [], "gpu_passthrough_verified": false,
+     "totals": {"tests": 31, "passed": 24, "failed": 0, "errors": 0, "skipped": 7},
+     "scenarios": {"default": {"tests": 12, "passed": 12, "failed": 0, "errors": 0, "skipped": 0}, ...}}
 
 `nox -s test_cpu` / `test_gpu` call :func:`record_tested_image` after pytest (also when
 tests failed: then `passed` is false). Publishing compares `sha256` with the qcow2 it
 is about to publish, so an image rebuilt after its tests is never published as tested.
+
+A scenario is one booted configuration of the image (tests/image/conftest.py records it
+as the JUnit property `scenario` of every test case, skipped ones included). `passed`
+means: nothing failed or errored, and every scenario in :data:`REQUIRED_SCENARIOS` of the
+image's variant has at least one test that passed; skipped tests prove nothing, so an
+all-skipped run or scenario is never "passed". GPU passthrough needs a GPU on the test
+host: it is reported apart, as `gpu_passthrough_verified`, and publishing an image where it
+is false needs --allow-unverified-gpu.
 """
 
 from __future__ import annotations
@@ -24,6 +35,19 @@ RESULTS_DIR = "test-results"
 TESTED_FILE = "tested-image.json"
 JUNIT_FILE = "junit.xml"
 BOOT_TIMES_FILE = "boot-to-ready.json"
+SCENARIO_PROPERTY = "scenario"
+
+GPU_PASSTHROUGH = "gpu-passthrough"
+GPU_FALLBACK = "gpu-requested-absent"
+_COMMON_SCENARIOS = ("boot-bios", "boot-uefi", "default", "bad-context", GPU_FALLBACK)
+REQUIRED_SCENARIOS: dict[str, tuple[str, ...]] = {
+    "cpu": _COMMON_SCENARIOS,
+    "gpu": (*_COMMON_SCENARIOS, GPU_PASSTHROUGH),
+}
+"""The scenarios (tests/image/conftest.py SCENARIOS) whose tests must have run and passed
+before an image of each variant is published. On the GPU image, GPU_PASSTHROUGH is judged
+apart (it needs a GPU on the test host, see :class:`Verdict`), and a run that verified it
+need not have run GPU_FALLBACK: with a GPU passed through, no-GPU cannot be observed."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +55,30 @@ class CaseResult:
     name: str
     outcome: str  # failure | error | skipped
     message: str
+    scenario: str = ""
+
+
+@dataclass(frozen=True)
+class ScenarioCounts:
+    tests: int = 0
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+
+    @property
+    def ran_and_passed(self) -> bool:
+        """At least one test passed, none failed or errored (skips alone prove nothing)."""
+        return self.passed > 0 and self.failed == 0 and self.errors == 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"tests": self.tests, "passed": self.passed, "failed": self.failed, "errors": self.errors,
+                "skipped": self.skipped}  # fmt: skip
+
+    def summary(self) -> str:
+        parts = [f"{n} {what}" for n, what in ((self.passed, "passed"), (self.failed, "failed"),
+                                               (self.errors, "errors"), (self.skipped, "skipped")) if n]  # fmt: skip
+        return ", ".join(parts) or "no tests"
 
 
 @dataclass(frozen=True)
@@ -41,6 +89,7 @@ class JunitCounts:
     skipped: int
     time_s: float
     not_passed: tuple[CaseResult, ...] = field(default=())
+    scenarios: dict[str, ScenarioCounts] = field(default_factory=dict)
 
     @property
     def passed(self) -> int:
@@ -48,14 +97,22 @@ class JunitCounts:
 
     @property
     def ok(self) -> bool:
-        """What counts as "the tests passed": something ran, nothing failed or errored."""
-        return self.failures == 0 and self.errors == 0 and self.tests > 0
+        """Nothing failed or errored, and at least one test passed (an all-skipped run is not ok)."""
+        return self.failures == 0 and self.errors == 0 and self.passed > 0
 
     def summary(self) -> str:
         return (
             f"{self.tests} tests: {self.passed} passed, {self.failures} failures, "
             f"{self.errors} errors, {self.skipped} skipped"
         )
+
+    def totals(self) -> dict[str, int]:
+        return {"tests": self.tests, "passed": self.passed, "failed": self.failures, "errors": self.errors,
+                "skipped": self.skipped}  # fmt: skip
+
+    def skip_reason(self, scenario: str) -> str:
+        """The first skip message of a scenario ("" if none)."""
+        return next((c.message for c in self.not_passed if c.scenario == scenario and c.outcome == "skipped"), "")
 
 
 def _int(element: ET.Element, name: str, path: Path) -> int:
@@ -89,15 +146,95 @@ def read_junit(path: Path) -> JunitCounts:
         with contextlib.suppress(ValueError):
             time_s += float(suite.get("time", "0"))
     cases: list[CaseResult] = []
+    per_scenario: dict[str, dict[str, int]] = {}
     for case in root.iter("testcase"):
-        for outcome in ("failure", "error", "skipped"):
+        scenario = _scenario_of(case)
+        tally = per_scenario.setdefault(scenario, dict.fromkeys(("tests", "passed", "failed", "errors", "skipped"), 0))
+        tally["tests"] += 1
+        for outcome, key in (("failure", "failed"), ("error", "errors"), ("skipped", "skipped")):
             child = case.find(outcome)
             if child is not None:
                 name = ".".join(p for p in (case.get("classname", ""), case.get("name", "")) if p)
                 message = (child.get("message") or child.text or "").strip().splitlines()
-                cases.append(CaseResult(name, outcome, message[0] if message else ""))
+                cases.append(CaseResult(name, outcome, message[0] if message else "", scenario))
+                tally[key] += 1
                 break
-    return JunitCounts(tests, failures, errors, skipped, round(time_s, 1), tuple(cases))
+        else:
+            tally["passed"] += 1
+    scenarios = {name: ScenarioCounts(**tally) for name, tally in sorted(per_scenario.items())}
+    return JunitCounts(tests, failures, errors, skipped, round(time_s, 1), tuple(cases), scenarios)
+
+
+def _scenario_of(case: ET.Element) -> str:
+    """The test case's `scenario` property; without one, its test module (e.g. test_boot), which
+    names where it came from but never stands in for a required scenario."""
+    for prop in case.iterfind("properties/property"):
+        if prop.get("name") == SCENARIO_PROPERTY and prop.get("value"):
+            return str(prop.get("value"))
+    classname = case.get("classname") or case.get("name") or "unknown"
+    return classname.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a JUnit run proves about an image of one variant."""
+
+    variant: str
+    passed: bool
+    reasons: tuple[str, ...]  # why not passed, each naming its scenarios
+    gpu_passthrough_verified: bool | None  # None: not a GPU image
+    gpu_unverified_reason: str = ""  # why not verified, naming the scenario and its skip message
+
+
+def _names(items: list[str]) -> str:
+    return ", ".join(items)
+
+
+def evaluate(counts: JunitCounts, variant: str) -> Verdict:
+    """Judge a run against :data:`REQUIRED_SCENARIOS` of `variant`."""
+    if variant not in REQUIRED_SCENARIOS:
+        raise PublishError(f"variant {variant!r} is neither cpu nor gpu")
+    scenarios = counts.scenarios
+    reasons: list[str] = []
+    broken = [f"{name} ({s.summary()})" for name, s in scenarios.items() if s.failed or s.errors]
+    if broken:
+        reasons.append(f"failures or errors in: {_names(broken)}")
+    elif counts.failures or counts.errors:  # counted by the testsuite but in no test case
+        reasons.append(f"the JUnit XML reports {counts.failures} failures and {counts.errors} errors")
+    if counts.tests and counts.passed == 0:
+        reasons.append(f"no test passed: all {counts.tests} were skipped")
+    elif counts.tests == 0:
+        reasons.append("the JUnit XML has no tests")
+
+    gpu_verified: bool | None = None
+    gpu_reason = ""
+    if variant == "gpu":
+        passthrough = scenarios.get(GPU_PASSTHROUGH, ScenarioCounts())
+        # every passthrough test, not just one: a partly skipped passthrough check verifies only part of it
+        gpu_verified = passthrough.ran_and_passed and passthrough.passed == passthrough.tests
+        if not gpu_verified:
+            if passthrough.tests == 0:
+                gpu_reason = f"scenario {GPU_PASSTHROUGH} did not run"
+            else:
+                skip = counts.skip_reason(GPU_PASSTHROUGH)
+                gpu_reason = f"scenario {GPU_PASSTHROUGH}: {passthrough.summary()}" + (f" ({skip})" if skip else "")
+
+    skipped: list[str] = []
+    missing: list[str] = []
+    for name in REQUIRED_SCENARIOS[variant]:
+        if name == GPU_PASSTHROUGH or (name == GPU_FALLBACK and gpu_verified):
+            continue
+        s = scenarios.get(name)
+        if s is None:
+            missing.append(name)
+        elif s.passed == 0 and not (s.failed or s.errors):
+            skip = counts.skip_reason(name)
+            skipped.append(f"{name} ({s.skipped} skipped" + (f": {skip})" if skip else ")"))
+    if skipped:
+        reasons.append(f"required scenarios skipped, so not tested: {_names(skipped)}")
+    if missing:
+        reasons.append(f"required scenarios missing from the run: {_names(missing)}")
+    return Verdict(variant, not reasons, tuple(reasons), gpu_verified, gpu_reason)
 
 
 def qcow2_path(image_dir: Path) -> Path:
@@ -110,25 +247,54 @@ def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
+def image_variant(image_dir: Path) -> str:
+    """cpu or gpu: manifest.json's variant, else the image name's suffix (supernode-gpu)."""
+    manifest_path = image_dir / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise PublishError(f"{manifest_path}: not valid JSON: {exc}") from None
+        variant = manifest.get("variant") if isinstance(manifest, dict) else None
+        if variant in REQUIRED_SCENARIOS:
+            return str(variant)
+        raise PublishError(f"{manifest_path}: variant {variant!r} is neither cpu nor gpu")
+    suffix = image_dir.name.rsplit("-", 1)[-1]
+    if suffix in REQUIRED_SCENARIOS:
+        return suffix
+    raise PublishError(f"{image_dir}: no manifest.json and the name does not end in -cpu or -gpu")
+
+
 def record_tested_image(image_dir: Path, junit_path: Path) -> dict[str, Any]:
     """Write <image_dir>/test-results/tested-image.json for the qcow2 in `image_dir`.
 
-    `passed` is true when the JUnit XML has at least one test and no failure or error.
-    Returns what was written.
+    `passed` is the :func:`evaluate` verdict for the image's variant. Returns what was written.
     """
     image_dir = Path(image_dir)
     junit_path = Path(junit_path)
     qcow2 = qcow2_path(image_dir)
     if not qcow2.is_file():
         raise PublishError(f"no image {qcow2}: nothing was tested")
+    variant = image_variant(image_dir)
     counts = read_junit(junit_path)
+    verdict = evaluate(counts, variant)
     results = image_dir / RESULTS_DIR
     results.mkdir(parents=True, exist_ok=True)
     try:
         junit_ref = str(junit_path.resolve().relative_to(results.resolve()))
     except ValueError:
         junit_ref = str(junit_path.resolve())
-    record = {"sha256": sha256_of(qcow2), "junit": junit_ref, "passed": counts.ok}
+    record: dict[str, Any] = {
+        "sha256": sha256_of(qcow2),
+        "junit": junit_ref,
+        "variant": variant,
+        "passed": verdict.passed,
+        "reasons": list(verdict.reasons),
+    }
+    if verdict.gpu_passthrough_verified is not None:
+        record["gpu_passthrough_verified"] = verdict.gpu_passthrough_verified
+    record["totals"] = counts.totals()
+    record["scenarios"] = {name: s.as_dict() for name, s in counts.scenarios.items()}
     _write_json_atomically(results / TESTED_FILE, record)
     return record
 

@@ -15,6 +15,7 @@ import pytest
 
 from appliance_build.paths import REPO
 from appliance_build.publish import record_tested_image
+from appliance_build.publish.tested import GPU_PASSTHROUGH, REQUIRED_SCENARIOS
 
 REFERENCE_DIR = REPO.parent / "shared" / "reference" / "marketplace"
 """The published marketplace files, read from ../shared/reference/marketplace/ (never copied)."""
@@ -36,23 +37,61 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
-def junit_xml(tests: int = 6, failures: int = 0, errors: int = 0, skipped: int = 1) -> str:
-    cases = []
-    for i in range(tests):
-        if i < failures:
-            body = '<failure message="AssertionError: superlink not reached">trace</failure>'
-        elif i < failures + errors:
-            body = '<error message="fixture boot failed">trace</error>'
-        elif i < failures + errors + skipped:
-            body = '<skipped type="pytest.skip" message="no GPU passed through (--vfio)">skip</skipped>'
-        else:
-            body = ""
-        cases.append(f'<testcase classname="tests.image.test_boot" name="test_{i}" time="1.5">{body}</testcase>')
+Case = tuple[str, str]
+"""(scenario, outcome): outcome is passed, failure, error or skipped."""
+
+MESSAGES = {
+    "failure": "AssertionError: superlink not reached",
+    "error": "fixture boot failed",
+    "skipped": "skipped on this image",
+}
+SKIP_MESSAGES = {
+    GPU_PASSTHROUGH: "no GPU was passed through: run with --vfio <PCI address> on a KVM host with a vfio-bound GPU",
+    "toolkit-local-fixture": "this image already carries a Container Toolkit; the fixture route would replace it",
+}
+EXTRA_SCENARIO = "toolkit-local-fixture"  # a scenario no variant requires
+
+
+def full_run(variant: str, *, gpu: bool = True) -> list[Case]:
+    """Two passing tests in every required scenario of the variant; gpu=False: the GPU
+    passthrough tests skipped, as on a test host without a GPU (no --vfio)."""
+    cases: list[Case] = []
+    for scenario in REQUIRED_SCENARIOS[variant]:
+        outcome = "skipped" if scenario == GPU_PASSTHROUGH and not gpu else "passed"
+        cases += [(scenario, outcome), (scenario, outcome)]
+    return cases
+
+
+def counted_run(variant: str, *, failures: int = 0, errors: int = 0, skipped: int = 0, gpu: bool = True) -> list[Case]:
+    """full_run with its first passing tests turned into `failures`, then `errors`, and
+    `skipped` more tests, skipped, in a scenario no variant requires."""
+    cases = full_run(variant, gpu=gpu)
+    turn = ["failure"] * failures + ["error"] * errors
+    for i, (scenario, outcome) in enumerate(cases):
+        if turn and outcome == "passed":
+            cases[i] = (scenario, turn.pop(0))
+    return cases + [(EXTRA_SCENARIO, "skipped")] * skipped
+
+
+def junit_xml(cases: list[Case], *, properties: bool = True) -> str:
+    """pytest-style JUnit XML; properties=False leaves out the `scenario` property."""
+    body = []
+    for i, (scenario, outcome) in enumerate(cases):
+        inner = ""
+        if properties:
+            inner += f'<properties><property name="scenario" value="{scenario}" /></properties>'
+        if outcome != "passed":
+            message = SKIP_MESSAGES.get(scenario, MESSAGES[outcome]) if outcome == "skipped" else MESSAGES[outcome]
+            kind = ' type="pytest.skip"' if outcome == "skipped" else ""
+            inner += f'<{outcome}{kind} message="{message}">trace</{outcome}>'
+        classname = f"tests.image.test_{scenario.replace('-', '_')}"
+        body.append(f'<testcase classname="{classname}" name="test_{i}" time="1.5">{inner}</testcase>')
+    count = {o: sum(1 for _, c in cases if c == o) for o in ("failure", "error", "skipped")}
     return (
         '<?xml version="1.0" encoding="utf-8"?><testsuites name="pytest tests">'
-        f'<testsuite name="pytest" errors="{errors}" failures="{failures}" skipped="{skipped}" tests="{tests}" '
-        f'time="{1.5 * tests:.1f}" timestamp="2026-07-22T03:30:00" hostname="ci">' + "".join(cases) + "</testsuite>"
-        "</testsuites>"
+        f'<testsuite name="pytest" errors="{count["error"]}" failures="{count["failure"]}" '
+        f'skipped="{count["skipped"]}" tests="{len(cases)}" time="{1.5 * len(cases):.1f}" '
+        'timestamp="2026-07-22T03:30:00" hostname="ci">' + "".join(body) + "</testsuite></testsuites>"
     )
 
 
@@ -100,10 +139,11 @@ class FakeBuild:
         self.sha_file.write_text(f"{digest}  {self.qcow2.name}\n")
         self.write_manifest(fake_manifest(self.name, self.variant, digest, self.qcow2.stat().st_size, virtual_bytes))
 
-    def write_tests(self, **counts: int) -> Path:
+    def write_tests(self, cases: list[Case] | None = None, **counts: Any) -> Path:
+        """A JUnit file: `cases`, else counted_run(variant, **counts)."""
         self.results.mkdir(parents=True, exist_ok=True)
         junit = self.results / "junit.xml"
-        junit.write_text(junit_xml(**counts))
+        junit.write_text(junit_xml(cases if cases is not None else counted_run(self.variant, **counts)))
         (self.results / "boot-to-ready.json").write_text(
             json.dumps({"default-context": 41.2, "reboot": 35.0}, indent=2) + "\n"
         )
@@ -112,8 +152,8 @@ class FakeBuild:
     def record(self) -> dict[str, Any]:
         return record_tested_image(self.dir, self.results / "junit.xml")
 
-    def tested_and_recorded(self, **counts: int) -> FakeBuild:
-        self.write_tests(**counts)
+    def tested_and_recorded(self, cases: list[Case] | None = None, **counts: Any) -> FakeBuild:
+        self.write_tests(cases, **counts)
         self.record()
         return self
 

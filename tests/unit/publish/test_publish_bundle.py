@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from publish_testlib import REFERENCE_YAMLLINT, URL_PREFIX, FakeBuild, md5, need_reference, sha256
+from publish_testlib import REFERENCE_YAMLLINT, URL_PREFIX, Case, FakeBuild, counted_run, md5, need_reference, sha256
 
 from appliance_build.opennebula_templates import parse_template, render_vm_template, single
 from appliance_build.paths import SCRIPTS_DIR
 from appliance_build.publish import PublishError, Refused, publish, record_tested_image
 from appliance_build.publish import marketplace as mp
 from appliance_build.publish.cli import main
+from appliance_build.publish.tested import REQUIRED_SCENARIOS
 from supernode_runtime.variable_docs import user_input
 from supernode_runtime.variables import VARIABLES
 
@@ -118,14 +119,15 @@ def test_marketplace_yaml_passes_yamllint_with_the_reference_settings(fake_build
 
 
 def test_release_notes(fake_build: Make) -> None:
-    build = fake_build("gpu").tested_and_recorded(tests=7, skipped=2)
+    build = fake_build("gpu").tested_and_recorded(skipped=2)
     out = publish(build.name, URL_PREFIX, build.root)
     notes = (out / "RELEASE_NOTES.md").read_text()
     for text in (
         "Debian GNU/Linux 12 (bookworm)", "6.1.0-37-amd64", "| Docker | 20.10.24+dfsg1 |", "| flwr | 1.41.0 |",
         "| NVIDIA driver | 535.247.01 |", "| NVIDIA Container Toolkit | 1.17.8-1", "| packer build | 612.3 s |",
-        "| **total** | 660.1 s |", "| 7 | 5 | 0 | 0 | 2 |", "| default-context | 41.2 s |", "64.0 MiB virtual",
-        "no GPU passed through (--vfio)", sha256(build.qcow2), "`ONEAPP_FL_GPU_MEMORY_FRACTION`",
+        "| **total** | 660.1 s |", "| 14 | 12 | 0 | 0 | 2 |", "| default-context | 41.2 s |", "64.0 MiB virtual",
+        "already carries a Container Toolkit", sha256(build.qcow2), "`ONEAPP_FL_GPU_MEMORY_FRACTION`",
+        "| gpu-passthrough | yes | 2 | 2 | 0 | 0 | 0 |", "| toolkit-local-fixture | no | 2 | 0 | 0 | 0 | 2 |",
     ):  # fmt: skip
         assert text in notes, text
     cpu = fake_build("cpu").tested_and_recorded()
@@ -160,9 +162,11 @@ def test_refuses_when_tests_never_ran(fake_build: Make) -> None:
     _assert_nothing_left(build)
 
 
-@pytest.mark.parametrize("counts", [{"failures": 1}, {"errors": 2}, {"tests": 0, "skipped": 0}])
-def test_refuses_when_tests_did_not_pass(fake_build: Make, counts: dict[str, int]) -> None:
-    build = fake_build("cpu").tested_and_recorded(**counts)
+@pytest.mark.parametrize(
+    "cases", [counted_run("cpu", failures=1), counted_run("cpu", errors=2), []], ids=["failure", "errors", "no-tests"]
+)
+def test_refuses_when_tests_did_not_pass(fake_build: Make, cases: list[Case]) -> None:
+    build = fake_build("cpu").tested_and_recorded(cases)
     assert json.loads((build.results / "tested-image.json").read_text())["passed"] is False
     with pytest.raises(Refused, match="the tests did not pass for this image"):
         publish(build.name, URL_PREFIX, build.root)
@@ -181,7 +185,7 @@ def test_refuses_when_a_different_file_was_tested(fake_build: Make) -> None:
 def test_refuses_when_junit_changed_after_the_record(fake_build: Make) -> None:
     build = fake_build("cpu").tested_and_recorded()
     build.write_tests(failures=1)  # a later, failed run that never recorded
-    with pytest.raises(Refused, match=r"junit\.xml now reports 6 tests: 4 passed, 1 failures"):
+    with pytest.raises(Refused, match=r"junit\.xml now reports 10 tests: 9 passed, 1 failures.*failures or errors in"):
         publish(build.name, URL_PREFIX, build.root)
     _assert_nothing_left(build)
 
@@ -285,7 +289,7 @@ def test_cli_record_tested(fake_build: Make, capsys: pytest.CaptureFixture[str])
     build = fake_build("cpu")
     build.write_tests()
     assert main(["record-tested", build.name, "--build-root", str(build.root)]) == 0
-    assert "6 tests: 5 passed, 0 failures, 0 errors, 1 skipped; passed for sha256" in capsys.readouterr().out
+    assert "10 tests: 10 passed, 0 failures, 0 errors, 0 skipped; passed for sha256" in capsys.readouterr().out
     build.write_tests(failures=1)
     assert main(["record-tested", build.name, "--build-root", str(build.root)]) == 1
     assert json.loads((build.results / "tested-image.json").read_text())["passed"] is False
@@ -300,7 +304,12 @@ def test_cli_vm_template(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_record_tested_image_file(fake_build: Make) -> None:
     build = fake_build("gpu")
-    junit = build.write_tests(tests=3, skipped=0)
+    junit = build.write_tests()
     record = record_tested_image(build.dir, junit)
-    assert record == {"sha256": sha256(build.qcow2), "junit": "junit.xml", "passed": True}
+    two = {"tests": 2, "passed": 2, "failed": 0, "errors": 0, "skipped": 0}
+    assert record == {
+        "sha256": sha256(build.qcow2), "junit": "junit.xml", "variant": "gpu", "passed": True, "reasons": [],
+        "gpu_passthrough_verified": True, "totals": {"tests": 12, "passed": 12, "failed": 0, "errors": 0, "skipped": 0},
+        "scenarios": {name: two for name in sorted(REQUIRED_SCENARIOS["gpu"])},
+    }  # fmt: skip
     assert json.loads((build.results / "tested-image.json").read_text()) == record
