@@ -15,3 +15,14 @@ def isolated_dirs(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: p
         return
     monkeypatch.setenv("FLOWER_BUILD_DIR", str(tmp_path / "build"))
     monkeypatch.setenv("FLOWER_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A missing host tool stops the run naming its package: tests never skip for want of a tool
+    (setup-host.sh installs every one of appliance_build/host-tools.tsv)."""
+    from appliance_build import host_tools
+
+    try:
+        host_tools.require("tests")
+    except host_tools.MissingToolError as exc:
+        raise pytest.UsageError(str(exc)) from None

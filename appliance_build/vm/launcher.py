@@ -27,6 +27,7 @@ from typing import Any
 import paramiko
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from .. import host_tools
 from ..errors import BuildError
 from ..progress import kill_group, say
 from .accel import Accelerator
@@ -135,6 +136,7 @@ class VirtualMachine:
         self.stop()
 
     def start(self) -> None:
+        host_tools.require("boot")
         if self.spec.vfio:
             report = check_vfio_host(self.spec.vfio, root=self.host_root)
             for line in report.lines("warning"):
