@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..cache import file_sha256, inputs_hash
+from ..cache import file_sha256, inputs_hash, write_atomic
 from ..paths import cache_root
 from ..progress import say
 from .cpio import write_initramfs
@@ -106,8 +106,7 @@ def choose(kernel: Path, *, qemu: str = QEMU, timeout: float = 25.0) -> Accelera
     ok, why = kvm_boots(kernel, qemu=qemu, timeout=timeout)
     why += f" ({time.monotonic() - started:.1f} s)"
     accel = Accelerator("kvm", "host", why) if ok else Accelerator("tcg", "max", why)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"key": key, "accelerator": asdict(accel)}))
+    write_atomic(record, json.dumps({"key": key, "accelerator": asdict(accel)}))  # builds run in parallel
     return _announce(accel)
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ... import cache
+from ... import cache, host_tools
 from ...config import BaseConfig
-from ...progress import say
 from . import debian, ubuntu
 
 
@@ -40,17 +39,23 @@ def cache_entry(base: BaseConfig) -> tuple[str, Path]:
 
 
 def ensure(base: BaseConfig, logs: Path) -> BaseImage:
-    """The cached base for these inputs, built (or downloaded) first if missing."""
+    """The cached base for these inputs, built (or downloaded) first if missing.
+
+    Parallel builds share the entry: one builds it, the others wait for its lock and reuse it."""
+    host_tools.require("base")
     key, entry = cache_entry(base)
-    disk = entry / "disk.qcow2"
-    if disk.is_file() and (entry / "base.json").is_file():
-        say(f"base {base.provider}: cached {entry}")
-        return BaseImage(disk, key, True, json.loads((entry / "base.json").read_text()))
-    say(f"base {base.provider}: not cached, building into {entry}")
-    started = time.monotonic()
-    with cache.new_entry(entry) as scratch:
+
+    def load(path: Path) -> BaseImage | None:
+        if (path / "disk.qcow2").is_file() and (path / "base.json").is_file():
+            return BaseImage(path / "disk.qcow2", key, True, json.loads((path / "base.json").read_text()))
+        return None
+
+    def build(scratch: Path) -> None:
+        started = time.monotonic()
         provider = debian.build if base.provider == "debian-12" else ubuntu.fetch
         facts = provider(base, scratch, logs)
-    facts["build_seconds"] = round(time.monotonic() - started, 1)
-    (entry / "base.json").write_text(json.dumps(facts, indent=2))
-    return BaseImage(disk, key, False, facts)
+        facts["build_seconds"] = round(time.monotonic() - started, 1)
+        (scratch / "base.json").write_text(json.dumps(facts, indent=2))
+
+    image, reused = cache.reuse_or_build(entry, f"base {base.provider}", load=load, build=build)
+    return replace(image, cached=reused)
