@@ -144,6 +144,31 @@ def status(host: Any) -> dict[str, Any]:
     return json.loads(host.file("/run/flower/status.json").content_string)  # type: ignore[no-any-return]
 
 
+# The scenario of each test module (the name its VM's results are kept under), formatted
+# with the test's parameters. Every test case carries it as the JUnit property `scenario`,
+# a skipped one too, so publishing can tell which of the image's required scenarios ran
+# (appliance_build.publish.tested.REQUIRED_SCENARIOS). A module not listed here is its own
+# scenario, named after the module.
+SCENARIOS = {
+    "test_boot": "boot-{firmware}",
+    "test_default_context": "default",
+    "test_bad_context": "bad-context",
+    "test_gpu_fallback": "gpu-requested-absent",
+    "test_gpu_passthrough": "gpu-passthrough",
+    "test_toolkit_local": "toolkit-local-fixture",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # item.user_properties, not the record_property fixture: a test skipped by a module-scoped
+    # fixture never gets to a function-scoped one, and its property would be lost
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else item.name
+        params = getattr(item, "callspec", None)
+        scenario = SCENARIOS.get(module, module).format(**(params.params if params else {}))
+        item.user_properties.append(("scenario", scenario))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # a cancelled job's SIGTERM unwinds the VM context managers instead of orphaning QEMU
     from appliance_build.progress import interrupt_on_sigterm
