@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import config
+from . import cache, config, host_tools
 from .cache import file_sha256
 from .config import ImageConfig
 from .errors import ConfigError
@@ -69,6 +69,15 @@ class Outputs:
         return self.root / "manifest.json"
 
     @property
+    def test_results(self) -> Path:
+        return self.root / "test-results"
+
+    @property
+    def results(self) -> tuple[Path, Path, Path]:
+        """What a successful build replaces, in the order it is swapped in."""
+        return (self.qcow2, self.sha256, self.manifest)
+
+    @property
     def upload(self) -> Path:
         return self.root / "flower-build"  # uploaded as /var/tmp/flower-build
 
@@ -90,20 +99,34 @@ def _fresh_logs(out: Outputs) -> None:
 
 
 @contextlib.contextmanager
-def _no_partial_results(out: Outputs) -> Iterator[None]:
-    """Old results go first; on any failure nothing but logs is left."""
-    for stale in (out.qcow2, out.sha256, out.manifest):
-        stale.unlink(missing_ok=True)
+def _only_a_complete_image_replaces(out: Outputs) -> Iterator[None]:
+    """The new qcow2, .sha256 and manifest are written as `*.new` and swapped in only when the
+    whole build succeeded; on any failure or Ctrl-C the previous image, its checksum, manifest
+    and test-results/ stay exactly as they were, and only the logs of this attempt are added."""
     try:
         yield
+        _swap_in(out)
     except BaseException:
-        for partial in (out.qcow2, out.sha256, out.manifest):
-            partial.unlink(missing_ok=True)
-        say(f"build failed; logs kept in {out.logs}")
+        for path in out.results:
+            finalize.staged(path).unlink(missing_ok=True)
+        (out.root / "inventory.json").unlink(missing_ok=True)
+        kept = "the previous image is unchanged" if out.qcow2.exists() else "no image was written"
+        say(f"build failed: {kept}; logs of this attempt in {out.logs}")
         raise
     finally:
         shutil.rmtree(out.packer_output, ignore_errors=True)
         shutil.rmtree(out.upload, ignore_errors=True)
+
+
+def _swap_in(out: Outputs) -> None:
+    """Replace the previous results by the new ones. The old test results describe the old file,
+    so they move aside to test-results.previous/."""
+    if out.test_results.exists():
+        previous = out.root / "test-results.previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        out.test_results.rename(previous)
+    for path in out.results:  # the image first, so a manifest never names a file not there yet
+        finalize.staged(path).rename(path)
 
 
 def find_probe_kernel(disk: Path) -> Path | None:
@@ -196,28 +219,42 @@ def gpu_manifest(image: ImageConfig, base: Any, inventory: dict[str, Any], plan:
     }
 
 
-def build_image(
-    name: str, *, packer_target: str | None = None, toolkit_source: str | None = None,
-    allow_missing_toolkit: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+def _checked_request(
+    name: str, packer_target: str | None, toolkit_source: str | None, allow_missing_toolkit: bool
+) -> tuple[ImageConfig, render.PackerTarget, ToolkitPlan | None]:
+    """Everything that can fail fast, before anything under build/<image>/ is touched: the
+    definition, the flags, the host tools, the Packer target and the toolkit source."""
     image = config.load(name)
     if image.gpu is None and (toolkit_source or allow_missing_toolkit):
         raise ConfigError(f"{name} is not a GPU image: --toolkit-source/--allow-missing-toolkit do not apply")
     if image.gpu is not None and toolkit_source:
         image = replace(image, gpu=toolkit_stage.parse_override(toolkit_source, image.gpu))
+    stages = ["base", "container", "packer", "finalize"] + (["gpu"] if image.gpu is not None else [])
+    host_tools.require(*stages)
+    target = render.PackerTarget.parse(packer_target) if packer_target else render.detect_packer()
+    _firmware(image)  # a UEFI image needs OVMF on this host
+    plan = None
+    if image.gpu is not None:
+        plan = toolkit_stage.resolve(image.gpu, allow_missing=allow_missing_toolkit)
+    return image, target, plan
+
+
+def build_image(
+    name: str, *, packer_target: str | None = None, toolkit_source: str | None = None,
+    allow_missing_toolkit: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    image, target, plan = _checked_request(name, packer_target, toolkit_source, allow_missing_toolkit)
     out = Outputs.for_image(name)
     out.root.mkdir(parents=True, exist_ok=True)
-    _fresh_logs(out)
     timer = StageTimer()
     started = time.monotonic()
-    say(f"building {name}: {image.description}")
-    with _no_partial_results(out):
-        target = render.PackerTarget.parse(packer_target) if packer_target else render.detect_packer()
+    # build/<image>.lock: a second build of the same image waits for the first
+    with cache.locked(out.root, f"build of {name}"), _only_a_complete_image_replaces(out):
+        _fresh_logs(out)
+        say(f"building {name}: {image.description}")
         say(f"packer: {target.label}")
-        plan: ToolkitPlan | None = None
-        if image.gpu is not None:
-            with timer.stage("toolkit source"):
-                plan = toolkit_stage.resolve(image.gpu, allow_missing=allow_missing_toolkit)
+        if plan is not None:
+            say(f"NVIDIA Container Toolkit: {plan.source}" + (f" ({plan.reason})" if plan.reason else ""))
         with timer.stage("base image"):
             base = base_stage.ensure(image.base, out.logs)
         with timer.stage("accelerator probe"):
@@ -272,9 +309,7 @@ def build_image(
             "total_s": round(time.monotonic() - started, 1),
             "artifact": artifact,
         }
-        partial = out.manifest.with_name("manifest.json.partial")
-        partial.write_text(json.dumps(manifest, indent=2) + "\n")
-        partial.rename(out.manifest)
+        finalize.staged(out.manifest).write_text(json.dumps(manifest, indent=2) + "\n")
     say(
         f"done: {out.qcow2} ({artifact['file_bytes'] / 2**20:.0f} MiB, virtual "
         f"{artifact['virtual_bytes'] / 2**30:.0f} GiB) in {manifest['total_s']:.0f} s"

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: partial results removed, logs kept", file=sys.stderr)
+        print("interrupted: the previous image (if any) is unchanged, logs kept", file=sys.stderr)
         return 130
 
 

@@ -1,8 +1,8 @@
 """Turn Packer's overlay into the published file: flatten, compress, checksum, manifest.
 
-The compressed qcow2 is written under a temporary name and renamed into place
-only after its checksum file is written, so the final path never holds a
-partial image.
+The compressed qcow2 and its checksum are written as `<final>.new` (`staged()`);
+the build renames them over the previous image only when every stage succeeded,
+so neither the final path nor its `.new` ever holds a partial image.
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ from ..cache import file_sha256
 from ..progress import run
 
 
+def staged(final: Path) -> Path:
+    """Where the new version of a result waits until the build swaps it in."""
+    return final.with_name(final.name + ".new")
+
+
 def compress(overlay: Path, final: Path, log: Path) -> dict[str, Any]:
+    """Write staged(final) and staged(final.sha256); the checksum line names `final`."""
     partial = final.with_name(final.name + ".partial")
     partial.unlink(missing_ok=True)
     try:
@@ -32,14 +38,14 @@ def compress(overlay: Path, final: Path, log: Path) -> dict[str, Any]:
                 capture_output=True, text=True, check=True,
             ).stdout
         )  # fmt: skip
-        final.with_name(final.name + ".sha256").write_text(f"{sha}  {final.name}\n")
-        partial.rename(final)
+        staged(final.with_name(final.name + ".sha256")).write_text(f"{sha}  {final.name}\n")
+        partial.rename(staged(final))
     finally:
         partial.unlink(missing_ok=True)
     return {
         "file": final.name,
         "sha256": sha,
-        "file_bytes": final.stat().st_size,
+        "file_bytes": staged(final).stat().st_size,
         "virtual_bytes": info["virtual-size"],
         "format": "qcow2 (zlib-compressed)",
     }

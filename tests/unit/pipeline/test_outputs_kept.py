@@ -1,0 +1,164 @@
+"""A build replaces build/<image>/ only with a complete new image: a bad flag, a failing stage and
+SIGINT each leave the previous qcow2, .sha256, manifest.json and test-results/ as they were."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance_build import build, cli
+from appliance_build.errors import BuildError
+from appliance_build.stages import finalize
+
+REPO = Path(__file__).resolve().parents[3]
+PREVIOUS = ("supernode-cpu.qcow2", "supernode-cpu.qcow2.sha256", "manifest.json", "test-results/junit.xml",
+            "test-results/tested-image.json")  # fmt: skip
+
+
+def _previous_image(build_dir: Path, name: str = "supernode-cpu") -> dict[str, str]:
+    root = build_dir / name
+    (root / "test-results").mkdir(parents=True)
+    for rel in PREVIOUS:
+        (root / rel.replace("supernode-cpu", name)).write_text(f"previous {rel}\n")
+    return _snapshot(root)
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "logs" not in p.relative_to(root).parts[0]
+    }
+
+
+@pytest.fixture
+def build_dir() -> Path:
+    return Path(os.environ["FLOWER_BUILD_DIR"])  # per-test (tests/conftest.py)
+
+
+@pytest.mark.parametrize(
+    ("argv", "image"),
+    [
+        (["build", "supernode-cpu", "--packer-target", "latest"], "supernode-cpu"),
+        (["build", "supernode-gpu", "--toolkit-source", "local:/nonexistent"], "supernode-gpu"),
+        (["build", "supernode-cpu", "--allow-missing-toolkit"], "supernode-cpu"),
+    ],
+)
+def test_a_bad_flag_touches_nothing(
+    argv: list[str], image: str, build_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _previous_image(build_dir, image)
+    assert cli.main(argv) == 2
+    assert "error:" in capsys.readouterr().err
+    assert _snapshot(build_dir / image) == before
+    assert not (build_dir / image / "logs").exists()  # not even the logs were rotated
+
+
+class FakeStages:
+    """The build's stages, replaced by fast fakes; `fail_at` names the one that raises."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: str | None = None) -> None:
+        self.fail_at = fail_at
+        self.calls: list[str] = []
+        fake: Any = self
+        monkeypatch.setattr(build.base_stage, "ensure", lambda *a, **k: fake.step("base", fake.base()))
+        monkeypatch.setattr(build, "choose_accelerator", lambda *a: fake.step("accel", fake.accel()))
+        monkeypatch.setattr(build.container_stage, "ensure", lambda *a, **k: fake.step("container", fake.container()))
+        monkeypatch.setattr(build, "prepare_upload", lambda *a, **k: fake.step("upload", None))
+        monkeypatch.setattr(build.render, "render", lambda *a, **k: fake.step("render", None))
+        monkeypatch.setattr(build.packer, "validate", lambda *a, **k: fake.step("validate", None))
+        monkeypatch.setattr(build.packer, "build", lambda *a, **k: fake.step("packer", None))
+        monkeypatch.setattr(build.finalize, "compress", fake.compress)
+
+    def step(self, name: str, value: Any) -> Any:
+        self.calls.append(name)
+        if name == self.fail_at:
+            raise BuildError(f"{name} failed (fake)")
+        return value
+
+    def base(self) -> Any:
+        from appliance_build.stages.base import BaseImage
+
+        return BaseImage(Path("/nonexistent/disk.qcow2"), "k" * 64, True, {})
+
+    def accel(self) -> Any:
+        from appliance_build.vm.accel import Accelerator
+
+        return Accelerator("tcg", "max", "test")
+
+    def container(self) -> Any:
+        from appliance_build.stages.container import ContainerImage
+
+        return ContainerImage(Path("/nonexistent/rootfs.tar.gz"), "flwr-supernode:x", "c" * 64, True, {})
+
+    def compress(self, overlay: Path, final: Path, log: Path) -> dict[str, Any]:
+        finalize.staged(final).write_text("new image\n")
+        finalize.staged(final.with_name(final.name + ".sha256")).write_text(f"abc  {final.name}\n")
+        self.step("compress", None)
+        return {"file": final.name, "sha256": "abc", "file_bytes": 10, "virtual_bytes": 2**30}
+
+
+@pytest.mark.parametrize("stage", ["base", "container", "packer", "compress"])
+def test_a_failing_stage_keeps_the_previous_image(
+    stage: str, monkeypatch: pytest.MonkeyPatch, build_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _previous_image(build_dir)
+    fakes = FakeStages(monkeypatch, fail_at=stage)
+    assert cli.main(["build", "supernode-cpu", "--packer-target", "1.6.6"]) == 2
+    assert fakes.calls[-1] == stage
+    assert _snapshot(build_dir / "supernode-cpu") == before  # no .new file left either
+    assert "the previous image is unchanged" in capsys.readouterr().out
+
+
+def test_a_complete_build_swaps_in_and_moves_the_old_test_results_aside(
+    monkeypatch: pytest.MonkeyPatch, build_dir: Path
+) -> None:
+    _previous_image(build_dir)
+    FakeStages(monkeypatch)
+    assert cli.main(["build", "supernode-cpu", "--packer-target", "1.6.6"]) == 0
+    root = build_dir / "supernode-cpu"
+    assert (root / "supernode-cpu.qcow2").read_text() == "new image\n"
+    assert (root / "supernode-cpu.qcow2.sha256").read_text() == "abc  supernode-cpu.qcow2\n"
+    assert '"sha256": "abc"' in (root / "manifest.json").read_text()
+    assert not (root / "test-results").exists()  # they described the old file
+    assert (root / "test-results.previous" / "tested-image.json").is_file()
+    assert not list(root.glob("*.new"))
+
+
+def test_sigint_during_a_real_build_keeps_the_previous_image(tmp_path: Path, build_dir: Path) -> None:
+    """A real `python -m appliance_build build` whose mmdebstrap (a fake that sleeps) gets Ctrl-C."""
+    before = _previous_image(build_dir)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    started = tmp_path / "mmdebstrap-started"
+    (fake_bin / "mmdebstrap").write_text(f"#!/bin/sh\necho $$ > {started}\nexec sleep 300\n")
+    (fake_bin / "mmdebstrap").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance_build", "build", "supernode-cpu", "--packer-target", "1.6.6"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert started.exists(), proc.communicate(timeout=30)[0]
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "the previous image is unchanged" in output
+    assert _snapshot(build_dir / "supernode-cpu") == before
+    mmdebstrap_pid = int(started.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(mmdebstrap_pid, 0)  # its process group was stopped too
