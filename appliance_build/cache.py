@@ -122,7 +122,7 @@ def new_entry(final: Path) -> Iterator[Path]:
 
 
 def reuse_or_build(
-    entry: Path, what: str, *, load: Callable[[Path], T | None], build: Callable[[Path], T]
+    entry: Path, what: str, *, load: Callable[[Path], T | None], build: Callable[[Path], object]
 ) -> tuple[T, bool]:
     """The entry's content, built under its lock if it is not complete yet.
 
