@@ -4,6 +4,7 @@ its .sha256, a manifest shaped like appliance_build.build's, JUnit XML and boot 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import shutil
 import subprocess
@@ -83,7 +84,7 @@ def junit_xml(cases: list[Case], *, properties: bool = True) -> str:
         if outcome != "passed":
             message = SKIP_MESSAGES.get(scenario, MESSAGES[outcome]) if outcome == "skipped" else MESSAGES[outcome]
             kind = ' type="pytest.skip"' if outcome == "skipped" else ""
-            inner += f'<{outcome}{kind} message="{message}">trace</{outcome}>'
+            inner += f'<{outcome}{kind} message="{html.escape(message)}">trace</{outcome}>'
         classname = f"tests.image.test_{scenario.replace('-', '_')}"
         body.append(f'<testcase classname="{classname}" name="test_{i}" time="1.5">{inner}</testcase>')
     count = {o: sum(1 for _, c in cases if c == o) for o in ("failure", "error", "skipped")}
