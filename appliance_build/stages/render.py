@@ -66,8 +66,56 @@ def detect_packer() -> PackerTarget:
     return PackerTarget.parse(out.stdout)
 
 
+def _escape_nonprintable(char: str) -> str:
+    """\\uNNNN or \\UNNNNNNNN: the escapes HCL and YAML double-quoted strings share."""
+    code = ord(char)
+    return f"\\u{code:04X}" if code <= 0xFFFF else f"\\U{code:08X}"
+
+
+HCL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def hcl_string(value: object) -> str:
+    """`value` as one HCL quoted string literal, whatever it holds.
+
+    HCL native syntax (hcl/hclsyntax/spec.md, "Template Expressions"): a quoted template
+    takes the escapes \\\\ \\" \\n \\r \\t \\uNNNN \\UNNNNNNNN, and `$${` / `%%{` stand for a
+    literal `${` / `%{` (which would otherwise start an interpolation or a directive).
+    Every other character that is not printable is written as a \\u escape, so the result is
+    one line that cannot end the string, the attribute or the block it is in.
+    """
+    out = []
+    for char in str(value):
+        if char in HCL_ESCAPES:
+            out.append(HCL_ESCAPES[char])
+        elif not char.isprintable():
+            out.append(_escape_nonprintable(char))
+        else:
+            out.append(char)
+    text = "".join(out).replace("${", "$${").replace("%{", "%%{")
+    return f'"{text}"'
+
+
+YAML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def yaml_string(value: object) -> str:
+    """`value` as one YAML double-quoted scalar (YAML 1.1 and 1.2, §5.7 escaped characters):
+    backslash, quote and every character that is not printable escaped, so it stays one
+    line and one string (never a number, a boolean, a comment or a new key)."""
+    out = []
+    for char in str(value):
+        if char in YAML_ESCAPES:
+            out.append(YAML_ESCAPES[char])
+        elif not char.isprintable():
+            out.append(_escape_nonprintable(char))
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -75,6 +123,9 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
+    env.filters["hcl_string"] = hcl_string
+    env.filters["yaml_string"] = yaml_string
+    return env
 
 
 @dataclass(frozen=True)
@@ -85,6 +136,12 @@ class Phase:
     scripts: tuple[Path, ...]
     args: str = ""
     download: dict[str, str] | None = None
+
+    @property
+    def execute_command(self) -> str:
+        """Packer's shell provisioner command; {{ .Vars }} are the environment_vars, each
+        written by Packer as KEY='value' with the value's single quotes escaped."""
+        return "sudo env {{ .Vars }} /bin/bash '{{ .Path }}'" + self.args
 
 
 def phases(image: ImageConfig, inventory_dest: Path) -> list[Phase]:
