@@ -111,8 +111,9 @@ def _size(example: str, minimum: str, maximum: str = "2048G") -> Check:
 PACKAGE = r"[a-z0-9][a-z0-9+.-]+"
 DEB_VERSION = r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~-]*"
 _package = _pattern(PACKAGE, "not a package name (Debian policy §5.6.1: [a-z0-9][a-z0-9+.-]+)")
+PACKAGE_PIN_RE = re.compile(rf"{PACKAGE}(?:={DEB_VERSION})?", re.ASCII)
 _package_pin = _pattern(
-    rf"{PACKAGE}(?:={DEB_VERSION})?",
+    PACKAGE_PIN_RE.pattern,
     "not a package name (or name=version) (Debian policy §5.6.1: [a-z0-9][a-z0-9+.-]+, "
     "optionally =[epoch:]version as in §5.6.12)",
 )

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import time
@@ -18,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ...config import BaseConfig, _size_mib
+from ...config import PACKAGE_PIN_RE, BaseConfig, _size_mib
 from ...errors import BuildError
 from ...progress import run, say
 from ...vm import accel
@@ -165,19 +166,41 @@ def build(base: BaseConfig, out: Path, logs: Path) -> dict[str, Any]:
 
 
 EXTRA_TIMER = "var/tmp/flower-extra-packages.seconds"
+EXTRA_LIST = "var/tmp/flower-extra-packages.list"
+
+# Fixed text: the package names are data, read one per line from EXTRA_LIST into the
+# positional parameters and handed to apt-get as separate arguments, never part of the
+# script. mmdebstrap runs a hook with shell metacharacters as `sh -c HOOK exec ROOT`
+# (mmdebstrap(1), "--customize-hook"), so $1 is the chroot directory.
+EXTRA_PACKAGES_HOOK = f"""set -eu
+root="$1"
+set --
+while IFS= read -r package; do set -- "$@" "$package"; done < "$root/{EXTRA_LIST}"
+rm -f "$root/{EXTRA_LIST}"
+start=$(date +%s.%N)
+chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -- "$@"
+awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {{ print b - a }}' > "$root/{EXTRA_TIMER}"
+"""
 
 
-def _extra_packages_hooks(packages: tuple[str, ...]) -> list[str]:
+def _extra_packages_hooks(packages: tuple[str, ...], scratch: Path) -> list[str]:
     """Install the definition's extra packages (e.g. the NVIDIA driver, whose DKMS module is
-    compiled here for the image's kernel, at host speed) in a timed customize hook."""
+    compiled here for the image's kernel, at host speed) in a timed customize hook.
+
+    The list goes into the chroot as a file (mmdebstrap's `upload` special hook, whose
+    arguments mmdebstrap splits like a shell: hence the quoted host path), read by the
+    fixed EXTRA_PACKAGES_HOOK."""
     if not packages:
         return []
-    install = (
-        'start=$(date +%s.%N); chroot "$1" env DEBIAN_FRONTEND=noninteractive '
-        f"apt-get install -y -q --no-install-recommends {' '.join(packages)} && "
-        f'awk -v a="$start" -v b="$(date +%s.%N)" \'BEGIN {{ print b - a }}\' > "$1/{EXTRA_TIMER}"'
-    )
-    return [f"--customize-hook={install}"]
+    for package in packages:
+        if PACKAGE_PIN_RE.fullmatch(package) is None:
+            raise BuildError(f"extra package {package!r} is not a Debian package name")
+    listing = scratch / "flower-extra-packages.list"
+    listing.write_text("".join(f"{package}\n" for package in packages))
+    return [
+        f"--customize-hook=upload {shlex.quote(str(listing))} /{EXTRA_LIST}",
+        f"--customize-hook={EXTRA_PACKAGES_HOOK}",
+    ]
 
 
 def _pop_marker_seconds(root: Path) -> float | None:
@@ -200,7 +223,7 @@ def _bootstrap(base: BaseConfig, rootdir: Path, log: Path) -> None:
     say(f"mmdebstrap {SUITE} from {base.mirror} (about 2 minutes{more})")
     run(
         ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
-         f"--components={','.join(base.components)}", *_extra_packages_hooks(base.extra_packages),
+         f"--components={','.join(base.components)}", *_extra_packages_hooks(base.extra_packages, rootdir.parent),
          f"--include={','.join((*PACKAGES, base.kernel))}",
          "--aptopt=Acquire::Retries \"3\"",
          "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
