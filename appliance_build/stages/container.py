@@ -10,6 +10,7 @@ result is cached by a hash of the lock file, the recipe and the helper code.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -102,7 +103,8 @@ def _build(flower: FlowerConfig, mirror: str, scratch: Path, logs: Path) -> None
     hooks = [
         '--customize-hook=mkdir -p "$1/tmp/wheels"',
         f"--customize-hook=copy-in {wheels}/. /tmp/wheels",
-        f"--customize-hook=upload {IMAGES_DIR / flower.lock} /tmp/requirements.txt",
+        # mmdebstrap splits a special hook's arguments like a shell (Text::ParseWords)
+        f"--customize-hook=upload {shlex.quote(str(IMAGES_DIR / flower.lock))} /tmp/requirements.txt",
         f'--customize-hook=chroot "$1" python3 -m venv {VENV}',
         f'--customize-hook=chroot "$1" {VENV}/bin/pip install --no-index --no-cache-dir '
         f"--disable-pip-version-check --require-hashes --find-links /tmp/wheels "
