@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from appliance_build.paths import REPO
@@ -92,3 +95,45 @@ def test_uploads_bundle_logs_and_junit() -> None:
     assert uploads[logs]["if"] == "always()"
     assert uploads[junit]["if"] == "always()"
     assert uploads[bundle]["with"]["if-no-files-found"] == "error"
+
+
+def _run_publish_step(tmp_path: Path, variant: str, tested: dict[str, Any] | None) -> tuple[str, str]:
+    """The publish step's script under bash, with `$AS_ROOT` = echo: (the publish command line, job summary)."""
+    image = f"supernode-{variant}"
+    if tested is not None:
+        results = tmp_path / "build" / image / "test-results"
+        results.mkdir(parents=True)
+        (results / "tested-image.json").write_text(json.dumps(tested))
+    summary = tmp_path / "summary.md"
+    summary.write_text("")
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "AS_ROOT": "echo", "IMAGE": image, "VARIANT": variant, "URL_PREFIX": "https://downloads.example.org/n",
+        "GITHUB_STEP_SUMMARY": str(summary),
+    }  # fmt: skip
+    script = _step("publish (refuses")["run"]
+    result = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip().splitlines()[-1], summary.read_text()
+
+
+def test_gpu_leg_publishes_unverified_passthrough_with_the_flag_and_says_so(tmp_path: Path) -> None:
+    command, summary = _run_publish_step(tmp_path, "gpu", {"passed": True, "gpu_passthrough_verified": False})
+    assert command == ".venv/bin/nox -s publish -- supernode-gpu --url-prefix https://downloads.example.org/n " \
+        "--allow-unverified-gpu"  # fmt: skip
+    assert "supernode-gpu: GPU passthrough not verified for this build" in summary
+    assert "`--allow-unverified-gpu`" in summary
+
+
+@pytest.mark.parametrize(
+    ("variant", "tested"),
+    [("gpu", {"passed": True, "gpu_passthrough_verified": True}), ("cpu", {"passed": True}), ("cpu", None)],
+)
+def test_no_flag_when_passthrough_was_verified_or_on_the_cpu_leg(
+    tmp_path: Path, variant: str, tested: dict[str, Any] | None
+) -> None:
+    command, summary = _run_publish_step(tmp_path, variant, tested)
+    assert command.startswith(f".venv/bin/nox -s publish -- supernode-{variant} --url-prefix ")
+    assert "--allow-unverified-gpu" not in command
+    assert summary == ""
