@@ -11,11 +11,17 @@ stdout (the journal) and recorded in the status file:
 6. launch-spec         - docker run argv written to /run/flower/supernode.json
 7. onegate-report      - ``PUT /vm`` READY / FL_GPU_AVAILABLE (warning if unreachable)
 
-Any error (an invalid value, no SuperLink address, unreadable context or build
+Any error (an invalid value, a context line that could carry one of our
+variables but cannot be read, no SuperLink address, unreadable context or build
 info) means the launch spec is not written - it is removed at the start of
 every run - so ``flower-supernode.service`` does not start a container; the VM
 stays up and the status/banner name the variables. Re-running gives the same
 result; every output is rewritten atomically.
+
+``check-context`` runs this same sequence with ``BootOptions(dry_run=True)``: the
+same reading, validation and decisions, but nothing is written, mounted, probed
+or contacted; what depends on the live machine (OneGate discovery, the GPU
+probe) is listed in :attr:`BootSequence.deferred` instead.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from supernode_runtime.context import Context, ContextError, load_context
 from supernode_runtime.fsutil import atomic_write, remove_file
 from supernode_runtime.gpu import FALLBACK_WARNING, GpuResult, detect_gpu, docker_gpu_flags, start_persistence_daemon
 from supernode_runtime.launch import (
+    BuildInfo,
     LaunchError,
     docker_run_argv,
     load_build_info,
@@ -48,7 +55,7 @@ from supernode_runtime.onegate import (
 )
 from supernode_runtime.paths import Paths
 from supernode_runtime.status import StatusReport, StepRecord, write_status
-from supernode_runtime.variables import BY_NAME
+from supernode_runtime.variables import BY_NAME, looks_like_ours
 
 STEPS = (
     "read-context",
@@ -76,6 +83,10 @@ class BootOptions:
     sleep: Callable[[float], None] = time.sleep
     now: Callable[[], str] = _utc_now
     out: TextIO | None = None
+    dry_run: bool = False
+    """check-context: decide everything, change nothing (see the module docstring)."""
+    context: Context | None = None
+    """Use this context instead of reading the CD (check-context)."""
 
 
 @dataclass
@@ -84,6 +95,7 @@ class BootResult:
 
     report: StatusReport
     argv: list[str] | None = None
+    deferred: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -108,6 +120,8 @@ class BootSequence:
         self.out = self.opt.out or sys.stdout
         self.report = StatusReport(generated_at=self.opt.now())
         self.state = _State()
+        self.deferred: list[str] = []
+        self.dry = self.opt.dry_run
 
     # --- recording -----------------------------------------------------------------
 
@@ -119,11 +133,11 @@ class BootSequence:
         self.report.steps.append(record)
         self._log(record.line())
 
-    def _error(self, err: VariableError | str) -> None:
+    def _error(self, err: VariableError | str, variable: str = "") -> None:
         if isinstance(err, VariableError):
             entry = {**err.as_dict(), "message": err.message()}
         else:
-            entry = {"variable": "", "message": err}
+            entry = {"variable": variable, "message": err}
         self.report.errors.append(entry)
         self._log(f"ERROR: {entry['message']}")
 
@@ -139,14 +153,19 @@ class BootSequence:
 
     def read_context(self) -> None:
         try:
-            ctx = load_context(self.paths, self.opt.runner)
+            ctx = self.opt.context if self.opt.context is not None else load_context(self.paths, self.opt.runner)
         except ContextError as exc:
             self._error(f"context: {exc}")
             self._step(1, "error", str(exc))
             return
         self.state.context = ctx
-        for warning in ctx.warnings:
-            self._warn(f"context parse: {warning}")
+        for layer in ctx.layers:
+            for problem in layer.problems:
+                if problem.error:
+                    key = problem.key if problem.key and looks_like_ours(problem.key) else ""
+                    self._error(f"context not read: {layer.path}: {problem}", key)
+                else:
+                    self._warn(f"context parse: {layer.path}: {problem}")
         endpoint = ctx.raw("ONEGATE_ENDPOINT")
         self.state.access = OneGateAccess.from_context(endpoint, ctx.raw("VMID"), ctx.token)
         if endpoint and self.state.access is None:
@@ -155,8 +174,9 @@ class BootSequence:
         count = sum(len(layer.values) for layer in ctx.layers)
         detail = f"{count} values from {', '.join(sources)}" if sources else "; ".join(ctx.notes)
         onegate = "OneGate available" if self.state.access else "no OneGate"
-        outcome = "warning" if ctx.warnings or not sources else "ok"
-        self._step(1, outcome, f"{detail}; {onegate}")
+        outcome = "error" if ctx.errors else "warning" if ctx.warnings or not sources else "ok"
+        unread = f"; {len(ctx.errors)} line(s) that may hold FL_* variables not read" if ctx.errors else ""
+        self._step(1, outcome, f"{detail}; {onegate}{unread}")
 
     def validate(self) -> None:
         layers = [(layer.path, layer.values) for layer in self.state.context.layers]
@@ -179,7 +199,12 @@ class BootSequence:
     def tls_material(self) -> None:
         cfg = self.state.config
         if cfg is None or self._blocked:
-            self._step(3, "skipped", "configuration has errors")
+            removed = not self.dry and remove_file(self.paths.tls_ca)
+            self._step(3, "skipped", "configuration has errors" + ("; old CA removed" if removed else ""))
+            return
+        if self.dry:
+            what = f"CA certificate would be written to {self.paths.tls_ca}" if cfg.tls_enabled else "TLS off"
+            self._step(3, "ok" if cfg.tls_enabled else "skipped", what + " (check only)")
             return
         if not cfg.tls_enabled or cfg.ca_cert_pem is None:
             removed = remove_file(self.paths.tls_ca)
@@ -205,6 +230,10 @@ class BootSequence:
             self.report.superlink = {"address": cfg.superlink_address, "source": setting.source}
             self._step(4, "ok", f"{cfg.superlink_address} (static, {setting.source})")
             return
+        if self.dry and self.state.access is not None:
+            self.deferred.append("FL_SUPERLINK_ADDRESS is empty: the boot will look the SuperLink up through OneGate")
+            self._step(4, "skipped", "would ask OneGate for the SuperLink address (not contacted here)")
+            return
         reason = self._discover_via_onegate()
         if reason is None:
             return
@@ -216,7 +245,7 @@ class BootSequence:
         """Look the address up through OneGate; None on success, else the reason."""
         access = self.state.access
         if access is None:
-            return "empty and OneGate is not available (no ONEGATE_ENDPOINT, VMID or token)"
+            return "the boot needs OneGate discovery (ONEGATE_ENDPOINT, VMID and a token), not present here"
         reason = "not tried"
         attempts = max(1, self.opt.discovery_attempts)
         for attempt in range(1, attempts + 1):
@@ -249,6 +278,11 @@ class BootSequence:
             self.report.gpu = {"requested": None, "FL_GPU_AVAILABLE": "NO", "reason": "not checked"}
             self._step(5, "skipped", "configuration has errors")
             return
+        if self.dry and cfg.gpu_enabled:
+            self.deferred.append("FL_GPU_ENABLED=YES: the boot will probe lsmod, nvidia-smi and docker; CPU if absent")
+            self.report.gpu = {"requested": True, "FL_GPU_AVAILABLE": "NO", "reason": "not probed (check only)"}
+            self._step(5, "skipped", "would probe the GPU (check only); CPU fallback if none")
+            return
         gpu = detect_gpu(cfg.gpu_enabled, self.paths.validate_gpu_script, self.opt.runner)
         self.state.gpu = gpu
         self.report.gpu = {
@@ -276,9 +310,12 @@ class BootSequence:
     def launch_spec(self) -> list[str] | None:
         cfg = self.state.config
         if cfg is None or self._blocked:
-            remove_file(self.paths.launch_spec)
+            if not self.dry:
+                remove_file(self.paths.launch_spec)
             self._step(6, "skipped", "not written: the SuperNode will not start (see errors)")
             return None
+        if self.dry:
+            return self._dry_launch_spec(cfg)
         try:
             build = load_build_info(self.paths.build_info)
             self.report.build = build.as_dict()
@@ -296,8 +333,30 @@ class BootSequence:
         self._step(6, "ok", f"written to {self.paths.launch_spec}")
         return argv
 
+    def _dry_launch_spec(self, cfg: EffectiveConfig) -> list[str] | None:
+        """The argv the boot would write (the same checks), with placeholders for what
+        only the live machine knows."""
+        try:
+            if self.paths.build_info.exists():
+                build = load_build_info(self.paths.build_info)
+            else:
+                build = BuildInfo("<supernode_image from build.json>", "?", "cpu")
+            if not cfg.superlink_address:
+                cfg = dataclasses.replace(cfg, superlink_address="<address from OneGate>")
+            argv = docker_run_argv(cfg, False, build, ca_host_path=self.paths.tls_ca)
+        except (LaunchError, OSError) as exc:
+            self._error(f"launch spec: {exc}")
+            self._step(6, "error", str(exc))
+            return None
+        self.report.supernode_will_start = not self.deferred
+        self._step(6, "ok", "would be written (check only)")
+        return argv
+
     def onegate_report(self) -> None:
         access = self.state.access
+        if self.dry:
+            self._step(7, "skipped", "would publish READY to OneGate" if access else "OneGate not available")
+            return
         if access is None:
             self._step(7, "skipped", "OneGate not available")
             return
@@ -320,7 +379,8 @@ class BootSequence:
     # --- driver -----------------------------------------------------------------------
 
     def run(self) -> BootResult:
-        remove_file(self.paths.launch_spec)  # no stale spec if this run stops early
+        if not self.dry:
+            remove_file(self.paths.launch_spec)  # no stale spec if this run stops early
         self.read_context()
         self.validate()
         self.tls_material()
@@ -328,6 +388,12 @@ class BootSequence:
         self.gpu_detection()
         argv = self.launch_spec()
         self.onegate_report()
+        if self.dry:
+            summary = "the boot would NOT start the SuperNode" if self.report.errors else (
+                "the boot would start the SuperNode" + (" if: " + "; ".join(self.deferred) if self.deferred else "")
+            )
+            self._log(f"check finished: {summary}; {len(self.report.errors)} error(s)")
+            return BootResult(self.report, argv, list(self.deferred))
         write_status(self.paths, self.report)
         summary = "SuperNode will start" if argv else "SuperNode NOT started"
         self._log(f"boot sequence finished: {summary}; {len(self.report.errors)} error(s)")

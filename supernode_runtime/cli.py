@@ -10,9 +10,13 @@ Commands and exit codes:
   launch spec (``--dry-run`` prints the argv as JSON). Exit 2 if no valid spec.
 * ``status [--root DIR] [--json]`` - show the recorded status. Exit 0 when no
   errors were recorded, 1 when errors were recorded, 3 when there is no status.
-* ``check-context PATH [--override PATH]`` - parse and validate a context.sh
-  file; print JSON (effective configuration, secrets masked). Exit 0 when
-  valid, 2 on invalid values or an unreadable/nonexistent file.
+* ``check-context PATH [--override PATH] [--root DIR]`` - the boot sequence in
+  check mode on a copy of context.sh (``token.txt`` next to it): the same
+  reading, validation and decisions, nothing written or contacted. Prints the
+  steps on stderr and JSON on stdout (what the boot will do, errors, effective
+  configuration with secrets masked, ``depends_on``: what only the live machine
+  decides). Exit 0 when the boot would not stop on an error, 2 when it would,
+  or when a file cannot be read.
 * ``variables --markdown | --user-inputs [--plain-names]`` - generated docs.
 """
 
@@ -25,9 +29,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from supernode_runtime.bootseq import run_boot
-from supernode_runtime.config import resolve
-from supernode_runtime.context import read_context_file
+from supernode_runtime.bootseq import BootOptions, run_boot
+from supernode_runtime.context import context_from_files
 from supernode_runtime.fsutil import remove_file
 from supernode_runtime.launch import LaunchError, exec_supernode, read_launch_spec
 from supernode_runtime.paths import Paths
@@ -79,30 +82,32 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_context(args: argparse.Namespace) -> int:
-    layers = []
-    for path in [args.path, *([args.override] if args.override else [])]:
-        try:
-            source = read_context_file(Path(path))
-        except OSError as exc:
-            print(f"ERROR: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
-            print(json.dumps({"ok": False, "errors": [{"message": f"cannot read {path}"}]}))
-            return EXIT_INVALID
-        for parse_warning in source.warnings:
-            print(f"WARNING: {path}: {parse_warning}", file=sys.stderr)
-        layers.append((source.path, source.values))
-    res = resolve(layers)
-    for warning in res.warnings:
-        print(f"WARNING: {warning}", file=sys.stderr)
+    """The boot sequence in check mode (bootseq: dry_run): same reading, validation
+    and decisions; nothing written, mounted, probed or contacted."""
+    path = args.path
+    try:
+        ctx = context_from_files(Path(path), Path(args.override) if args.override else None)
+    except OSError as exc:
+        name = exc.filename or path
+        print(f"ERROR: cannot read {name}: {exc.strerror or exc}", file=sys.stderr)
+        print(json.dumps({"ok": False, "errors": [{"variable": "", "message": f"cannot read {name}"}]}))
+        return EXIT_INVALID
+    options = BootOptions(dry_run=True, context=ctx, out=sys.stderr)
+    result = run_boot(Paths.from_root(args.root), options)
+    report = result.report
+    setting = report.config.get("FL_SUPERLINK_ADDRESS", {})
     doc = {
-        "ok": res.ok,
-        "config": res.masked(),
-        "errors": [e.as_dict() for e in res.errors],
-        "superlink_discovery": "static" if res.settings["FL_SUPERLINK_ADDRESS"].raw else "onegate",
+        "ok": result.ok,
+        "will_start": result.ok and not result.deferred,
+        "depends_on": result.deferred,
+        "errors": report.errors,
+        "warnings": report.warnings,
+        "config": report.config,
+        "superlink_discovery": "static" if setting.get("value") else "onegate",
+        "steps": [step.line() for step in report.steps],
     }
     print(json.dumps(doc, indent=2))
-    for err in res.errors:
-        print(f"ERROR: {err.message()}", file=sys.stderr)
-    return EXIT_OK if res.ok else EXIT_INVALID
+    return EXIT_OK if result.ok else EXIT_INVALID
 
 
 def _cmd_variables(args: argparse.Namespace) -> int:
@@ -137,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-context", help="validate a context.sh file")
     check.add_argument("path", help="context.sh file")
     check.add_argument("--override", help="override file applied on top")
+    check.add_argument("--root", default="/", help="root prefix whose build.json is used, if any (tests)")
     check.set_defaults(func=_cmd_check_context)
 
     variables = sub.add_parser("variables", help="print generated variable docs")

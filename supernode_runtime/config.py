@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supernode_runtime.validators import InvalidValue
-from supernode_runtime.variables import ONEAPP_PREFIX, VARIABLES, Variable, lookup
+from supernode_runtime.variables import (
+    KNOWN_SPELLINGS,
+    VARIABLES,
+    Variable,
+    looks_like_ours,
+    lookup,
+    misspelling_hint,
+)
 
 MAX_SHOWN = 60
 
@@ -36,7 +43,9 @@ class VariableError:
     accepted: str
 
     def message(self) -> str:
-        return f"{self.variable}={self.value}: {self.reason}; accepted: {self.accepted}"
+        shown = f"{self.variable}={self.value}" if self.value else self.variable
+        accepted = f"; accepted: {self.accepted}" if self.accepted else ""
+        return f"{shown}: {self.reason}{accepted}"
 
     def as_dict(self) -> dict[str, str]:
         return {
@@ -124,11 +133,13 @@ def _choose(var: Variable, layers: Sequence[Layer], res: Resolution) -> tuple[st
 
 
 def _unknown_keys(layers: Sequence[Layer], res: Resolution) -> None:
+    """An FL-like key that is not one of our exact spellings is an error: its value
+    was meant for us and would otherwise be dropped (e.g. TLS left off). The value
+    is never shown."""
     for label, values in layers:
         for key in values:
-            plain = key[len(ONEAPP_PREFIX) :] if key.startswith(ONEAPP_PREFIX) else key
-            if plain.startswith("FL_") and lookup(key) is None:
-                res.warnings.append(f"{label}: unknown variable {key} is ignored")
+            if key not in KNOWN_SPELLINGS and looks_like_ours(key):
+                res.errors.append(VariableError(key, "", f"in {label}: {misspelling_hint(key)}", ""))
 
 
 def resolve(layers: Sequence[Layer]) -> Resolution:
@@ -180,6 +191,22 @@ def _cross_checks(typed: dict[str, Any], spelled: dict[str, str], res: Resolutio
                 "''",
                 f"required because {spelled['FL_TLS_ENABLED']}=YES",
                 ca_var.accepted,
+            )
+        )
+    elif (
+        typed["FL_SUPERLINK_CA_CERT"] is not None
+        and typed["FL_TLS_ENABLED"] is False
+        and res.settings["FL_TLS_ENABLED"].source == "default"
+    ):
+        # A CA with no TLS setting at all: the TLS line may have been lost; never
+        # fall back to --insecure on a guess.
+        res.errors.append(
+            VariableError(
+                spelled["FL_TLS_ENABLED"],
+                "",
+                f"not given, but {spelled['FL_SUPERLINK_CA_CERT']} is set: say YES to use TLS "
+                "or NO to connect without it",
+                "YES or NO",
             )
         )
     elif ca_raw and typed["FL_TLS_ENABLED"] is False:

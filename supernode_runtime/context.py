@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from supernode_runtime.commands import Runner, run_command
-from supernode_runtime.context_parser import ParseWarning, parse_context
+from supernode_runtime.context_parser import ParseProblem, parse_context
 from supernode_runtime.paths import Paths
+from supernode_runtime.variables import looks_like_ours
 
 CONTEXT_FILE = "context.sh"
 TOKEN_FILE = "token.txt"
@@ -36,11 +37,11 @@ class ContextError(Exception):
 
 @dataclass
 class SourceValues:
-    """Values read from one file, with the parser's warnings."""
+    """Values read from one file, with the statements that were not read."""
 
     path: str
     values: dict[str, str]
-    warnings: list[ParseWarning]
+    problems: list[ParseProblem]
 
 
 @dataclass
@@ -66,15 +67,40 @@ class Context:
         return None
 
     @property
+    def errors(self) -> list[str]:
+        """Unread statements that could carry one of our variables (the boot stops)."""
+        return [f"{layer.path}: {p}" for layer in self.layers for p in layer.problems if p.error]
+
+    @property
     def warnings(self) -> list[str]:
-        return [f"{layer.path}: {w}" for layer in self.layers for w in layer.warnings]
+        """Unread statements that cannot carry one of our variables."""
+        return [f"{layer.path}: {p}" for layer in self.layers for p in layer.problems if not p.error]
+
+
+def _utf8_problems(data: bytes) -> list[ParseProblem]:
+    """One problem per line that is not valid UTF-8 (an error when it looks like ours)."""
+    problems = []
+    for number, raw_line in enumerate(data.split(b"\n"), start=1):
+        try:
+            raw_line.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw_line.decode("utf-8", errors="replace")
+            ours = looks_like_ours(text.split("=", 1)[0])
+            problems.append(ParseProblem(number, "is not valid UTF-8", None, ours))
+    return problems
+
+
+def parse_context_bytes(label: str, data: bytes) -> SourceValues:
+    """Parse ``context.sh`` bytes; invalid UTF-8 is reported per line, then replaced."""
+    text = data.decode("utf-8", errors="replace")
+    parsed = parse_context(text)
+    problems = sorted([*_utf8_problems(data), *parsed.problems], key=lambda p: p.line)
+    return SourceValues(label, parsed.values, problems)
 
 
 def read_context_file(path: Path) -> SourceValues:
     """Read and parse one ``KEY='value'`` file (raises OSError when unreadable)."""
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    parsed = parse_context(text)
-    return SourceValues(str(path), parsed.values, parsed.warnings)
+    return parse_context_bytes(str(path), path.read_bytes())
 
 
 def _read_token(directory: Path) -> str | None:
@@ -139,4 +165,16 @@ def load_context(paths: Paths, runner: Runner = run_command) -> Context:
             ctx.override = read_context_file(paths.override_file)
         except OSError as exc:
             raise ContextError(f"cannot read {paths.override_file}: {exc}") from exc
+    return ctx
+
+
+def context_from_files(path: Path, override: Path | None = None) -> Context:
+    """The context as the boot would see it from a copy of ``context.sh`` (its
+    ``token.txt`` next to it) and an optional override file (check-context).
+
+    Raises OSError when a file cannot be read.
+    """
+    ctx = Context(cd=read_context_file(path), token=_read_token(path.parent), origin=str(path))
+    if override is not None:
+        ctx.override = read_context_file(override)
     return ctx

@@ -6,10 +6,11 @@ The boot sequence writes the launch spec (JSON with the argv list) to
 in the foreground so systemd tracks the ``docker run`` process. No shell is
 involved anywhere, so values from the context are never interpreted.
 
-flower-supernode flags used (verified with ``flower-supernode --help`` of
-flwr 1.41.0): ``--superlink``, ``--insecure``, ``--root-certificates``,
-``--isolation {subprocess,process}``, ``--node-config``, ``--max-retries``,
-``--max-wait-time``.
+flower-supernode flags used (:data:`SUPERNODE_FLAGS`; a unit test checks them
+against ``flower-supernode --help`` of the pinned flwr): ``--superlink``,
+``--insecure``, ``--root-certificates``, ``--isolation {subprocess,process}``,
+``--node-config``, ``--max-retries``, ``--max-wait-time``. Every argv item is
+checked against Linux's per-argument limit before the spec is written.
 """
 
 from __future__ import annotations
@@ -27,12 +28,18 @@ from typing import Any
 from supernode_runtime.config import EffectiveConfig
 from supernode_runtime.fsutil import atomic_write
 from supernode_runtime.gpu import docker_gpu_flags
+from supernode_runtime.validators import MAX_ARG_BYTES
 
 CONTAINER_NAME = "flower-supernode"
 CONTAINER_CA_PATH = "/app/certificates/ca.pem"
 GUEST_CA_PATH = Path("/etc/flower/tls/ca.pem")
 NVIDIA_CAPABILITIES = "compute,utility"
 SPEC_VERSION = 1
+
+SUPERNODE_FLAGS = (
+    "--superlink", "--insecure", "--root-certificates", "--isolation",
+    "--node-config", "--max-retries", "--max-wait-time",
+)  # fmt: skip
 
 _IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}")
 
@@ -128,7 +135,20 @@ def docker_run_argv(
         argv += ["--max-retries", str(config.max_retries)]
     if config.max_wait_time is not None:
         argv += ["--max-wait-time", _number(config.max_wait_time)]
+    check_argv_lengths(argv)
     return argv
+
+
+def check_argv_lengths(argv: list[str]) -> None:
+    """Raise :class:`LaunchError` when an item would make ``execve`` fail with E2BIG."""
+    for index, item in enumerate(argv):
+        size = len(item.encode("utf-8"))
+        if size > MAX_ARG_BYTES:
+            option = argv[index - 1] if index else "docker"
+            raise LaunchError(
+                f"argument {index} (after {option}) has {size} bytes; Linux accepts at most "
+                f"{MAX_ARG_BYTES} per argument (MAX_ARG_STRLEN)"
+            )
 
 
 def write_launch_spec(path: Path, argv: list[str], extra: dict[str, Any]) -> None:

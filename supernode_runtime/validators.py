@@ -7,22 +7,18 @@ form shown to people lives next to the variable in :mod:`.variables`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import re
 import tomllib
 from typing import Any
+
+from supernode_runtime.certs import CertificateError, parse_ca_bundle
 
 DEFAULT_SUPERLINK_PORT = 8000
 """Port of the SuperLink Fleet API in Flower >= 1.40 (one HTTP port).
 
 Verified in flwr 1.41.0: ``SUPERLINK_DEFAULT_CLIENT_ADDRESS = "127.0.0.1:8000"``.
 """
-
-PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
-PEM_END = "-----END CERTIFICATE-----"
-
 
 class InvalidValue(ValueError):
     """A context value does not have the accepted form."""
@@ -169,8 +165,17 @@ def parse_superlink_address(raw: str) -> str:
 
 # --- Flower node config ---------------------------------------------------------------
 
-# The pair pattern flwr 1.41.0 uses (flwr.common.config.parse_config_args); here it
-# must also account for every character of the value, which flwr silently skips.
+MAX_ARG_STRLEN = 32 * 4096
+"""Linux's limit for one argv string, terminating NUL included
+(include/uapi/linux/binfmts.h: ``MAX_ARG_STRLEN (PAGE_SIZE * 32)``; fs/exec.c
+copy_strings() fails with E2BIG above it). PAGE_SIZE is 4096 on x86_64."""
+MAX_ARG_BYTES = MAX_ARG_STRLEN - 1
+"""Longest argv item docker (and the container's flower-supernode) can be given."""
+
+# flwr 1.41.0, flwr/common/config.py parse_config_args(): the pair pattern, applied
+# with re.findall (text between matches is silently skipped), each pair then read
+# as TOML "key = value"; a string ending in ".toml" is opened as a TOML file instead.
+# Here every character must belong to a pair, so the two readings cannot differ.
 _PAIR_RE = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
 # A key never starts with '-', so the value can never look like a flower-supernode option.
 _KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
@@ -182,16 +187,28 @@ def _leaves(value: Any) -> list[Any]:
     return [value]
 
 
-def parse_node_config(raw: str) -> str:
-    """Flower ``--node-config`` string: space-separated ``key=value`` pairs.
+def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = f"{prefix}.{key}" if prefix else key
+        out.update(_flatten(item, name) if isinstance(item, dict) else {name: item})
+    return out
 
-    Values are read the way flwr 1.41.0 reads them (each value is a TOML value):
-    integers, floats, ``true``/``false``, or strings in double or single quotes.
-    Unquoted words other than true/false are rejected because flower-supernode
-    rejects them too. Returns the string unchanged (it is passed as ONE argv item).
+
+def node_config_values(raw: str) -> dict[str, Any]:
+    """The flattened ``{key: value}`` flwr will read from ``--node-config raw``.
+
+    Raises :class:`InvalidValue` unless flwr 1.41.0's ``parse_config_args([raw])``
+    reads every character of ``raw`` as a ``key=value`` pair whose value is a TOML
+    integer, float, boolean or string (the types flwr's UserConfig allows).
     """
+    size = len(raw.encode("utf-8"))
+    if size > MAX_ARG_BYTES:
+        raise InvalidValue(f"{size} bytes; one argument may have at most {MAX_ARG_BYTES} bytes (Linux MAX_ARG_STRLEN)")
     if any(ch in raw for ch in "\r\n\x00"):
         raise InvalidValue("line breaks are not allowed")
+    if raw.endswith(".toml"):
+        raise InvalidValue("ends with '.toml', which flower-supernode opens as a TOML file path")
     pos = 0
     pairs: list[str] = []
     while pos < len(raw):
@@ -208,6 +225,8 @@ def parse_node_config(raw: str) -> str:
                 f"key {key!r} may only use letters, digits, '_', '-' and '.' "
                 "and must not start with '-'"
             )
+        if value[0] not in "'\"" and "#" in value:
+            raise InvalidValue(f"'#' in the unquoted value of {key!r} starts a TOML comment; quote the value")
         try:
             parsed = tomllib.loads(f"{key} = {value}")
         except tomllib.TOMLDecodeError as exc:
@@ -221,9 +240,18 @@ def parse_node_config(raw: str) -> str:
     if not pairs:
         raise InvalidValue("no key=value pairs")
     try:
-        tomllib.loads("\n".join(pairs))
+        return _flatten(tomllib.loads("\n".join(pairs)))
     except tomllib.TOMLDecodeError as exc:
         raise InvalidValue("a key is given twice or conflicts with another key") from exc
+
+
+def parse_node_config(raw: str) -> str:
+    """Flower ``--node-config`` string: space-separated ``key=value`` pairs.
+
+    Checked by :func:`node_config_values`. Returns the string unchanged (it is
+    passed as ONE argv item).
+    """
+    node_config_values(raw)
     return raw
 
 
@@ -231,17 +259,11 @@ def parse_node_config(raw: str) -> str:
 
 
 def parse_ca_certificate(raw: str) -> str:
-    """Base64 of a PEM CA certificate (line breaks allowed); returns the PEM text."""
-    compact = "".join(raw.split())
+    """Base64 of PEM CA certificates; returns the certificates re-encoded as PEM.
+
+    The rules and the parser used are described in :mod:`.certs`.
+    """
     try:
-        decoded = base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidValue("not valid base64") from exc
-    try:
-        pem = decoded.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise InvalidValue("does not decode to PEM text") from exc
-    begin = pem.find(PEM_BEGIN)
-    if begin < 0 or pem.find(PEM_END, begin) < 0:
-        raise InvalidValue(f"decoded text has no {PEM_BEGIN} ... {PEM_END} block")
-    return pem if pem.endswith("\n") else pem + "\n"
+        return parse_ca_bundle(raw)
+    except CertificateError as exc:
+        raise InvalidValue(str(exc)) from None

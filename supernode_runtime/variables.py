@@ -13,6 +13,8 @@ when its value is not empty (after trimming spaces); when both are given, the
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -207,3 +209,38 @@ def lookup(name: str) -> Variable | None:
     """Find a variable by its plain or ONEAPP_ name."""
     plain = name[len(ONEAPP_PREFIX) :] if name.startswith(ONEAPP_PREFIX) else name
     return BY_NAME.get(plain)
+
+
+# --- names that look like ours ----------------------------------------------------------
+
+_NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+KNOWN_SPELLINGS: frozenset[str] = frozenset(
+    name for var in VARIABLES for name in (var.name, var.oneapp_name)
+)
+
+
+def normalized_name(text: str) -> str:
+    """``text`` upper-cased, every run of characters other than ASCII letters and
+    digits (spaces, '-', a byte-order mark, ...) turned into one ``_``, trimmed."""
+    return _NOT_ALNUM.sub("_", text).strip("_").upper()
+
+
+def looks_like_ours(text: str) -> bool:
+    """True when ``text`` could name one of our variables in some spelling.
+
+    "FL-like": after :func:`normalized_name`, ``FL`` is one of the ``_``-separated
+    words. So ``FL_TLS_ENABLED``, ``ONEAPP_FL_X``, ``fl_tls_enabled``,
+    ``export FL_X``, ``FL-TLS-ENABLED``, ``\ufeffFL_X`` and ``MY_FL_X`` all count;
+    ``FLAVOR`` and ``SSH_PUBLIC_KEY`` do not.
+    """
+    return "FL" in normalized_name(text).split("_")
+
+
+def misspelling_hint(key: str) -> str:
+    """Why an FL-like ``key`` is not read, and the closest spelling we know."""
+    plain = normalized_name(key)
+    if plain in KNOWN_SPELLINGS:
+        return f"names are case-sensitive and written with '_' only: write {plain}"
+    close = difflib.get_close_matches(plain, sorted(KNOWN_SPELLINGS), n=1, cutoff=0.8)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"not a variable of this appliance{hint}"

@@ -22,9 +22,19 @@ from supernode_runtime.bootseq import BootOptions, BootResult, run_boot  # noqa:
 from supernode_runtime.context_parser import format_context  # noqa: E402
 from supernode_runtime.paths import Paths  # noqa: E402
 
+# A real self-signed EC P-256 CA certificate (public; its key was thrown away), valid
+# until 2126: FL_SUPERLINK_CA_CERT is parsed as X.509 for real.
 PEM = (
     "-----BEGIN CERTIFICATE-----\n"
-    "MIIBszCCAVmgAwIBAgIUQ2FGYWtlQ2VydGlmaWNhdGVGb3JUZXN0czAKBggqhkjO\n"
+    "MIIBpjCCAU2gAwIBAgIUauR72+XC+HfLYMf65NKiaflnCOswCgYIKoZIzj0EAwIw\n"
+    "KDEmMCQGA1UEAwwdRmxvd2VyIGFwcGxpYW5jZSB1bml0LXRlc3QgQ0EwIBcNMjYx\n"
+    "MjAxMTk0ODI0WhgPMjEyNjExMDcxOTQ4MjRaMCgxJjAkBgNVBAMMHUZsb3dlciBh\n"
+    "cHBsaWFuY2UgdW5pdC10ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n"
+    "lqWfW8PMIG3OvWDRcNIYWutA9Vxnl6zjP5yB8rPrk6XtOcQSNS0zA1E3020M5STI\n"
+    "SOdKN+6spxQOMfwvTgu7SaNTMFEwHQYDVR0OBBYEFDr/IHAHDEbzNWcPfROa8rL0\n"
+    "/0t0MB8GA1UdIwQYMBaAFDr/IHAHDEbzNWcPfROa8rL0/0t0MA8GA1UdEwEB/wQF\n"
+    "MAMBAf8wCgYIKoZIzj0EAwIDRwAwRAIgcCZVzHj6fVO0mifjWO3oyDkQAdY4Fz7P\n"
+    "Pl8V2KKbwPwCIF2mI/QUdL8hVv1kZ0/b1D6/PfffcBFmkmAzLnJNz0h3\n"
     "-----END CERTIFICATE-----\n"
 )
 PEM_B64 = base64.b64encode(PEM.encode()).decode()

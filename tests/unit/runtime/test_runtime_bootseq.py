@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from runtime_testlib import PEM, PEM_B64, FakeBin, FakeRoot, pythonpath_env
 
 from supernode_runtime.status import render_text
@@ -168,19 +169,40 @@ def test_status_text_escapes_control_characters(fake_root: FakeRoot, fake_bin: F
         assert "FL_ISOLATION" in content
 
 
-def test_parse_warnings_and_unknown_variables_are_warnings(
+def test_unreadable_lines_are_warnings_unless_they_could_be_ours(
     fake_root: FakeRoot, fake_bin: FakeBin
 ) -> None:
-    fake_root.write_context(
-        {}, raw_text="FL_SUPERLINK_ADDRESS='10.0.0.5'\nthis is garbage\nFL_GPU_ENABLE='YES'\n"
-    )
+    fake_root.write_context({}, raw_text="FL_SUPERLINK_ADDRESS='10.0.0.5'\nthis is garbage\nX=unquoted\n")
     result = fake_root.boot()
     assert result.ok
     outcomes = step_outcomes(fake_root.log())
-    assert outcomes[1] == "warning" and outcomes[2] == "warning"
+    assert outcomes[1] == "warning" and outcomes[2] == "ok"
     warnings = " | ".join(fake_root.status()["warnings"])
-    assert "line 2" in warnings
-    assert "FL_GPU_ENABLE" in warnings
+    assert "line 2" in warnings and "line 3" in warnings
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "FL_SUPERLINK_ADDRESS='10.0.0.5'\nFL_GPU_ENABLE='YES'\n",  # unknown FL_ name
+        "FL_SUPERLINK_ADDRESS='10.0.0.5'\nfl_tls_enabled='YES'\n",  # lower case: was silently dropped
+        "FL_SUPERLINK_ADDRESS='10.0.0.5'\nFL_TLS_ENABLED ='YES'\n",
+        "\ufeffFL_TLS_ENABLED='YES'\nFL_SUPERLINK_ADDRESS='10.0.0.5'\n",
+        "FL_SUPERLINK_ADDRESS='10.0.0.5'\nX='unterminated\nFL_TLS_ENABLED='YES'\n",
+        "FL_SUPERLINK_ADDRESS='10.0.0.5'\nexport FL_TLS_ENABLED='YES'\n",
+        'FL_SUPERLINK_ADDRESS=\'10.0.0.5\'\nFL_TLS_ENABLED="$YES"\n',
+    ],
+)
+def test_tls_setting_that_cannot_be_read_stops_the_supernode(
+    fake_root: FakeRoot, fake_bin: FakeBin, text: str
+) -> None:
+    """Regression: each of these booted with --insecure (and boot --strict exited 0)."""
+    fake_root.write_context({}, raw_text=text)
+    result = fake_root.boot()
+    assert not result.ok
+    assert result.argv is None
+    assert not fake_root.paths.launch_spec.exists()
+    assert fake_root.status()["supernode_will_start"] is False
 
 
 def test_unreadable_context_blocks_start(fake_root: FakeRoot, fake_bin: FakeBin) -> None:

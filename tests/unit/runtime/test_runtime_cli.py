@@ -69,16 +69,52 @@ def test_check_context_nonexistent_path_exits_2(tmp_path: Path) -> None:
 
 def test_check_context_reports_parse_warnings_but_passes(tmp_path: Path) -> None:
     ctx = tmp_path / "context.sh"
-    ctx.write_text("junk line\nFL_LOG_LEVEL='warning'\n")
+    ctx.write_text("junk line\nFL_LOG_LEVEL='warning'\nFL_SUPERLINK_ADDRESS='10.0.0.5'\n")
     proc = run_cli("check-context", str(ctx))
-    assert proc.returncode == 0
+    assert proc.returncode == 0, proc.stdout
     assert "line 1" in proc.stderr
-    assert json.loads(proc.stdout)["config"]["FL_LOG_LEVEL"]["value"] == "WARNING"
+    doc = json.loads(proc.stdout)
+    assert doc["config"]["FL_LOG_LEVEL"]["value"] == "WARNING"
+    assert doc["will_start"] is True
+    assert any("line 1" in w for w in doc["warnings"])
+
+
+def test_check_context_fl_like_malformed_line_is_an_error(tmp_path: Path) -> None:
+    """Regression: this test used to require exit 0 for a malformed line; a malformed
+    line that could hold one of our variables (here TLS) now stops the boot."""
+    ctx = tmp_path / "context.sh"
+    ctx.write_text("FL_SUPERLINK_ADDRESS='10.0.0.5'\nFL_TLS_ENABLED ='YES'\n")
+    proc = run_cli("check-context", str(ctx))
+    assert proc.returncode == 2
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False and doc["will_start"] is False
+    [err] = doc["errors"]
+    assert err["variable"] == "FL_TLS_ENABLED"
+    assert f"{ctx}: line 2:" in err["message"]
+
+
+def test_check_context_predicts_onegate_need(tmp_path: Path) -> None:
+    """Regression: an empty file and a OneGate-only file got ok: true."""
+    ctx = tmp_path / "context.sh"
+    ctx.write_text("")
+    proc = run_cli("check-context", str(ctx))
+    assert proc.returncode == 2
+    [err] = json.loads(proc.stdout)["errors"]
+    assert err["variable"] == "FL_SUPERLINK_ADDRESS"
+    assert "the boot needs OneGate discovery (ONEGATE_ENDPOINT, VMID and a token), not present here" in err["message"]
+    ctx.write_text("ONEGATE_ENDPOINT='http://10.0.0.1:5030'\nVMID='7'\n")
+    assert run_cli("check-context", str(ctx)).returncode == 2  # no token.txt next to it
+    (tmp_path / "token.txt").write_text("tok\n")
+    proc = run_cli("check-context", str(ctx))
+    assert proc.returncode == 0, proc.stdout
+    doc = json.loads(proc.stdout)
+    assert doc["will_start"] is False
+    assert doc["depends_on"] == ["FL_SUPERLINK_ADDRESS is empty: the boot will look the SuperLink up through OneGate"]
 
 
 def test_check_context_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ctx = tmp_path / "context.sh"
-    ctx.write_text("FL_ISOLATION='bad'\n")
+    ctx.write_text("FL_ISOLATION='bad'\nFL_SUPERLINK_ADDRESS='10.0.0.5'\n")
     override = tmp_path / "override"
     override.write_text("FL_ISOLATION='process'\n")
     assert main(["check-context", str(ctx), "--override", str(override)]) == 0

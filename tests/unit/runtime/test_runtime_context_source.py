@@ -87,5 +87,14 @@ def test_parse_warnings_carry_the_file(fake_root: FakeRoot, fake_bin: FakeBin) -
     fake_root.write_context({}, raw_text="A='1'\nnonsense\n")
     ctx = load_context(fake_root.paths)
     assert ctx.warnings == [
-        f"{fake_root.context_dir}/context.sh: line 2: expected KEY='value': 'nonsense'"
+        f"{fake_root.context_dir}/context.sh: line 2: not a KEY='value' statement (no '=')"
     ]
+    assert ctx.errors == []
+
+
+def test_invalid_utf8_line_is_reported_and_an_error_when_fl_like(fake_root: FakeRoot, fake_bin: FakeBin) -> None:
+    path = fake_root.write_context({})
+    path.write_bytes(b"A='\xff'\nFL_TLS_ENABLED='YES\xfe'\n")
+    ctx = load_context(fake_root.paths)
+    assert [w.split(": ", 1)[1] for w in ctx.warnings] == ["line 1: is not valid UTF-8"]
+    assert [e.split(": ", 1)[1] for e in ctx.errors] == ["line 2: is not valid UTF-8"]

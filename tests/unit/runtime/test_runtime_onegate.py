@@ -181,5 +181,5 @@ def test_no_onegate_and_no_address_is_an_error(fake_root: FakeRoot, fake_bin: Fa
     assert not fake_root.paths.launch_spec.exists()
     [err] = fake_root.status()["errors"]
     assert err["variable"] == "FL_SUPERLINK_ADDRESS"
-    assert "OneGate is not available" in err["reason"]
+    assert "needs OneGate discovery (ONEGATE_ENDPOINT, VMID and a token), not present here" in err["reason"]
     assert "[step 7/7] onegate-report: skipped" in fake_root.log()

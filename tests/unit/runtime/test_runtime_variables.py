@@ -219,10 +219,19 @@ def test_ca_certificate_base64_may_be_wrapped() -> None:
     assert res.ok
 
 
-def test_ca_without_tls_is_a_warning_only() -> None:
-    res = resolve([("ctx", {"FL_SUPERLINK_CA_CERT": PEM_B64})])
+def test_ca_with_tls_explicitly_off_is_a_warning_only() -> None:
+    res = resolve([("ctx", {"FL_SUPERLINK_CA_CERT": PEM_B64, "FL_TLS_ENABLED": "NO"})])
     assert res.ok
     assert any("not used" in w for w in res.warnings)
+
+
+def test_ca_without_any_tls_setting_is_an_error() -> None:
+    """Regression: a CA with the TLS line missing (e.g. lost to a bad line) fell back to --insecure."""
+    res = resolve([("ctx", {"ONEAPP_FL_SUPERLINK_CA_CERT": PEM_B64})])
+    [err] = res.errors
+    assert err.variable == "FL_TLS_ENABLED"
+    assert "ONEAPP_FL_SUPERLINK_CA_CERT is set" in err.reason
+    assert res.config is None
 
 
 def test_secret_values_are_masked() -> None:
@@ -241,11 +250,23 @@ def test_long_values_are_truncated_in_errors() -> None:
     assert res.errors[0].value.endswith("...")
 
 
-def test_unknown_fl_variables_are_reported() -> None:
-    res = resolve([("ctx", {"ONEAPP_FL_GPU_ENABLE": "YES", "SSH_PUBLIC_KEY": "x"})])
-    assert res.ok
-    assert any("ONEAPP_FL_GPU_ENABLE" in w for w in res.warnings)
-    assert not any("SSH_PUBLIC_KEY" in w for w in res.warnings)
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("ONEAPP_FL_GPU_ENABLE", "did you mean ONEAPP_FL_GPU_ENABLED?"),
+        ("fl_tls_enabled", "write FL_TLS_ENABLED"),
+        ("Oneapp_Fl_Tls_Enabled", "write ONEAPP_FL_TLS_ENABLED"),
+        ("FL_TLS", "not a variable of this appliance"),
+        ("MY_FL_THING", "not a variable of this appliance"),
+    ],
+)
+def test_fl_like_keys_in_another_spelling_are_errors(key: str, hint: str) -> None:
+    """Regression: these were ignored (lower case silently, others with a warning)."""
+    res = resolve([("ctx", {key: "YES-secret-value", "SSH_PUBLIC_KEY": "x", "FLAVOR": "y"})])
+    [err] = res.errors
+    assert err.variable == key
+    assert hint in err.reason
+    assert "secret-value" not in err.message() and err.value == ""
 
 
 def test_table_lookup_accepts_both_spellings() -> None:
