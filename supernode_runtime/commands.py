@@ -1,4 +1,5 @@
-"""The one place the boot sequence runs external programs.
+"""The one place the boot sequence runs external programs (besides the
+``openssl x509`` check in :mod:`.certs`, which feeds the certificate on stdin).
 
 Programs are always started from an argv list with ``shell=False``; no value from
 the context is ever put into a shell command line.

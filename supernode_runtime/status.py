@@ -61,12 +61,14 @@ class StatusReport:
 
 
 def _error_line(err: dict[str, str]) -> str:
+    if err.get("message"):
+        return printable(err["message"])
     if err.get("variable"):
         return printable(
             f"{err['variable']}={err.get('value', '')}: {err.get('reason', '')}; "
             f"accepted: {err.get('accepted', '')}"
         )
-    return printable(err.get("message", ""))
+    return ""
 
 
 def render_text(doc: dict[str, Any]) -> str:

@@ -85,7 +85,8 @@ VARIABLES: tuple[Variable, ...] = (
         parse=v.parse_node_config,
         accepted=(
             "space-separated key=value pairs; values are numbers, true/false or quoted "
-            'strings, e.g. partition-id=0 num-partitions=10 name="site a"'
+            'strings, e.g. partition-id=0 num-partitions=10 name="site a"; '
+            "at most 131071 bytes; must not end in .toml"
         ),
         help='SuperNode node config, e.g. partition-id=0 num-partitions=10 name="site a"',
         stage=STAGE_LAUNCH,
@@ -158,8 +159,9 @@ VARIABLES: tuple[Variable, ...] = (
         default="",
         parse=v.parse_ca_certificate,
         accepted=(
-            "base64 of a PEM CA certificate (base64 -w0 ca.pem) containing "
-            "-----BEGIN CERTIFICATE-----; required when FL_TLS_ENABLED=YES"
+            "base64 of PEM text (base64 -w0 ca.pem) holding only one or more X.509 "
+            "-----BEGIN CERTIFICATE----- blocks (a private key is refused); "
+            "required when FL_TLS_ENABLED=YES"
         ),
         help="CA certificate (PEM) that signed the SuperLink certificate; required for TLS",
         stage=STAGE_TLS,
