@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -170,3 +172,173 @@ def test_cloud_init_schema_rejects_a_broken_seed(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode != 0
+
+
+# --- escaping: a value stays one string, whatever it holds ---------------------------
+# Validation (tests/unit/pipeline/test_definition_values.py) refuses these at load time;
+# the filters are the second line, so they are tested with the values themselves.
+
+HOSTILE = [
+    "plain",
+    '"',
+    "\\",
+    '\\"',
+    'x"\n  ssh_password = "x',
+    '30m"\n}\nvariable "evil" {\n  default = "x',
+    "${var.ssh_private_key_file}",
+    "$${x}",
+    "$$${x}",
+    "%{ if true }x%{ endif }",
+    "%%{x}",
+    "$",
+    "%",
+    "x$",
+    "\r\n\t",
+    "\x00\x01\x1b[31m\x7f",
+    "\u0085\u00a0\u2028\u2029\ufeff",
+    "café ☃ 😀",
+    "\U000e0001",
+    "# comment",
+    "// comment",
+    "/* comment */",
+    "{{ .Vars }}",
+    "'",
+    "\\u0041\\n",
+    "<<EOF\nx\nEOF",
+    "",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE, ids=repr)
+def test_hcl_string_stays_one_attribute(value: str) -> None:
+    literal = render.hcl_string(value)
+    assert "\n" not in literal and "\r" not in literal
+    doc = hcl2.loads(f"a = {literal}\nb = \"canary\"\n")
+    assert set(doc) == {"a", "b"}
+    assert isinstance(doc["a"], str) and doc["b"] == '"canary"'
+
+
+def test_hcl_string_escapes() -> None:
+    assert render.hcl_string('a"b\\c') == '"a\\"b\\\\c"'
+    assert render.hcl_string("x\ny\tz\r") == '"x\\ny\\tz\\r"'
+    assert render.hcl_string("${x} %{y}") == '"$${x} %%{y}"'
+    assert render.hcl_string("\x00\U000e0001") == '"\\u0000\\U000E0001"'
+    assert render.hcl_string(Path("/a b")) == '"/a b"'
+
+
+@needs_packer
+def test_hcl_string_round_trips_through_packer(tmp_path: Path) -> None:
+    """Packer's own HCL parser reads back exactly the value (`packer console`)."""
+    variables = "".join(
+        f'variable "v{i}" {{\n  type    = string\n  default = {render.hcl_string(v)}\n}}\n'
+        for i, v in enumerate(HOSTILE)
+    )
+    template = tmp_path / "t.pkr.hcl"
+    template.write_text(
+        variables + 'source "null" "n" {\n  communicator = "none"\n}\nbuild {\n  sources = ["source.null.n"]\n}\n'
+    )
+    expr = "jsonencode([" + ", ".join(f"var.v{i}" for i in range(len(HOSTILE))) + "])\n"
+    result = subprocess.run(
+        ["packer", "console", str(template)], input=expr, capture_output=True, text=True,
+        env=packer.packer_env(), check=False, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout) == HOSTILE
+
+
+def hostile_image(name: str) -> config.ImageConfig:
+    """A loaded image with hostile values put in where validation would refuse them."""
+    image = config.load(name)
+    return dataclasses.replace(
+        image,
+        description='evil"\n}\nvariable "injected" {\n  default = "x',
+        vm=dataclasses.replace(image.vm, ssh_timeout='30m"\n  ssh_password = "x'),
+        flower=dataclasses.replace(
+            image.flower,
+            registry_image='x",\n      "FLOWER_UPLOAD=/tmp/evil',
+            local_tag="${var.ssh_private_key_file}",
+        ),
+    )
+
+
+@pytest.mark.parametrize("target", [LEGACY, PLUGIN], ids=["packer-1.6", "packer-1.11"])
+def test_hostile_values_stay_one_string_in_the_hcl(tmp_path: Path, target: render.PackerTarget) -> None:
+    name = "supernode-gpu"
+    (tmp_path / "clean").mkdir()
+    clean = parse(do_render(tmp_path / "clean", name, target).hcl)
+    (tmp_path / "evil" / "flower-build").mkdir(parents=True)
+    hcl = render.render(
+        hostile_image(name), tmp_path / "evil" / name, target=target, accel=Accelerator("tcg", "max", "test"),
+        base_disk=tmp_path / "base.qcow2", base_checksum="none", upload_dir=tmp_path / "evil" / "flower-build",
+        ssh_public_key="ssh-ed25519 AAAA test", firmware=FIRMWARE,
+    ).hcl  # fmt: skip
+    doc = parse(hcl)
+    assert set(doc) == set(clean)
+    assert [list(v) for v in doc["variable"]] == [list(v) for v in clean["variable"]]
+    src, clean_src = source_block(doc, name), source_block(clean, name)
+    assert set(src) == set(clean_src)
+    assert src["ssh_timeout"] == '30m\\"\\n  ssh_password = \\"x'
+    (build,) = doc["build"]
+    (clean_build,) = clean["build"]
+    for shell, clean_shell in zip(
+        [p["shell"] for p in build["provisioner"] if "shell" in p],
+        [p["shell"] for p in clean_build["provisioner"] if "shell" in p],
+        strict=True,
+    ):
+        assert len(shell["environment_vars"]) == len(clean_shell["environment_vars"])
+        assert [e.split("=", 1)[0] for e in shell["environment_vars"]].count("FLOWER_UPLOAD") == 1
+        assert "FLOWER_SUPERNODE_IMAGE=$${var.ssh_private_key_file}" in shell["environment_vars"]
+        assert shell["execute_command"] == clean_shell["execute_command"]
+
+
+def test_execute_command_keeps_packers_template() -> None:
+    (phase,) = [p for p in render.phases(config.load("supernode-cpu"), Path("/x")) if p.args]
+    assert render.hcl_string(phase.execute_command) == (
+        "\"sudo env {{ .Vars }} /bin/bash '{{ .Path }}' " + render.INVENTORY_GUEST + '"'
+    )
+
+
+YAML_HOSTILE = [
+    *HOSTILE,
+    "yes",
+    "no",
+    "null",
+    "~",
+    "1.0",
+    "0x10",
+    "- x",
+    "a: b",
+    "#x",
+    "&a",
+    "*a",
+    "!!python/object:os.system",
+    "|",
+    ">",
+    "@",
+    "`",
+    "%YAML 1.2",
+    "---",
+    "...",
+    "[a, b]",
+    "{a: b}",
+]
+
+
+@pytest.mark.parametrize("value", YAML_HOSTILE, ids=repr)
+def test_yaml_string_round_trips(value: str) -> None:
+    import yaml
+
+    literal = render.yaml_string(value)
+    assert "\n" not in literal
+    assert yaml.safe_load(f"k: {literal}\nz: 1\n") == {"k": value, "z": 1}
+    assert yaml.safe_load(f"- {literal}\n- 1\n") == [value, 1]
+
+
+def test_hostile_key_stays_one_item_in_the_seed(tmp_path: Path) -> None:
+    import yaml
+
+    key = "ssh-ed25519 AAAA x\nssh_pwauth: true\nusers: []"
+    data = yaml.safe_load(do_render(tmp_path, "supernode-cpu", LEGACY, key=key).user_data.read_text())
+    (user,) = data["users"]
+    assert user["ssh_authorized_keys"] == [key]
+    assert data["ssh_pwauth"] is False
