@@ -5,6 +5,7 @@
     nox -s measure_dkms           time DKMS inside the TCG build VM (build/measurements/)
     nox -s render                 only render Packer HCL + cloud-init for every image
     nox -s tests                  unit + integration tests (what CI runs)
+    nox -s fresh_host             setup-host.sh + lint + unit tests in a fresh Debian 12 root (CI runs it)
     nox -s test_cpu / test_gpu    boot the built image under QEMU and test inside it
     nox -s lint                   ruff, mypy, shellcheck
     nox -s check_context -- PATH  validate an OpenNebula context.sh like the appliance does
@@ -65,6 +66,13 @@ def tests(session: nox.Session) -> None:
     """Unit and integration tests, JUnit XML in build/test-results/."""
     _install(session, "test", "flower")
     session.run("pytest", "-ra", "--junitxml=build/test-results/tests.xml", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fresh_host(session: nox.Session) -> None:
+    """Run the README's test command on a fresh Debian 12 root (chroot) with nothing installed by hand."""
+    _install(session)
+    session.run("python", "-m", "appliance_build.fresh_host", *session.posargs)
 
 
 def _test_image(session: nox.Session, image: str) -> None:
