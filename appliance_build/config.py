@@ -351,6 +351,23 @@ class ImageConfig:
         return tuple(PROVISION_DIR / step for step in self.provision)
 
 
+def setting_error(cls: type[Any], name: str, value: Any) -> str | None:
+    """What is wrong with `value` for setting `name` of `cls` (None: accepted), for values
+    that arrive from elsewhere than a definition (e.g. a command-line override)."""
+    f = {f.name: f for f in fields(cls)}[name]
+    check: Check | None = f.metadata.get("check")
+    each: Check | None = f.metadata.get("each")
+    try:
+        if check is not None:
+            check(value)
+        if each is not None:
+            for item in value:
+                each(item)
+    except ValueError as exc:
+        return f"{exc}, got {value!r}"
+    return None
+
+
 # --- loading -----------------------------------------------------------------------
 
 

@@ -385,6 +385,13 @@ def test_every_default_passes_its_own_check() -> None:
                 f.metadata["each"](item)
 
 
+def test_setting_error_for_values_from_elsewhere() -> None:
+    assert config.setting_error(config.GpuConfig, "toolkit_mirror", "http://mirror.example.org/deb") is None
+    error = config.setting_error(config.GpuConfig, "toolkit_mirror", "http://mirror/x y")
+    assert error is not None and "http(s) URL" in error and "'http://mirror/x y'" in error
+    assert config.setting_error(config.BaseConfig, "extra_packages", ("jq", "x;y")) is not None
+
+
 def test_shipped_definitions_pass() -> None:
     for name in config.available():
         config.load(name)
