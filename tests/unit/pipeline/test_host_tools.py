@@ -27,12 +27,12 @@ INDIRECT = {
     "appliance_build/vm/isos.py": {"xorriso"},
     "appliance_build/vm/host_check.py": {"bash"},
     "tests/unit/scripts/gpu_scripts_support.py": {"bash"},
-    "tests/unit/publish/publish_testlib.py": {"qemu-img"},
     "tests/unit/publish/test_publish_workflow.py": {"actionlint"},
     "e2e/superlink.py": set(),  # flower_exe(name): console scripts of this venv's flwr
     "appliance_build/flower/superlink.py": set(),  # exe: flower-superlink, found above
     "appliance_build/host_tools.py": set(),  # shutil.which(tool.name): the table itself
     "tests/unit/runtime/test_runtime_safety.py": set(),  # a canary script the test writes
+    "tests/unit/runtime/test_runtime_flwr_contract.py": set(),  # flower-supernode of this venv's flwr
 }
 # Not commands of the host: this interpreter, the venv's own console scripts (installed by pip from
 # pyproject.toml), and fakes the tests write themselves.
@@ -48,10 +48,18 @@ def _files() -> list[Path]:
 
 
 def _string_constants(tree: ast.Module) -> dict[str, str]:
+    """`NAME = "cmd"` and `name = shutil.which("cmd")`: name -> command."""
     names: dict[str, str] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
-            names.update({t.id: node.value.value for t in node.targets if isinstance(t, ast.Name)})
+        if not isinstance(node, ast.Assign):
+            continue
+        value: ast.expr = node.value
+        if isinstance(value, ast.BoolOp):  # shutil.which("x") or fallback
+            value = value.values[0]
+        if isinstance(value, ast.Call) and ast.unparse(value.func).endswith("which") and value.args:
+            value = value.args[0]
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            names.update({t.id: value.value for t in node.targets if isinstance(t, ast.Name)})
     return names
 
 
