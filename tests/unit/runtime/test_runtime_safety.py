@@ -2,13 +2,17 @@
 
 Canary programs named like the things hostile values try to run sit first on
 PATH; each writes a marker file when started. subprocess and os.system are
-wrapped so any shell=True or string command fails the test.
+wrapped so any shell=True or string command fails the test. The PATH also has
+a GPU (fake lsmod, nvidia-smi, a docker whose ``info`` lists the nvidia runtime,
+systemctl), so the ``--gpus`` / ``CUDA_VISIBLE_DEVICES`` branch is reached; any
+other docker or systemctl call counts as executed.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from runtime_testlib import LSMOD_WITH_NVIDIA, FakeRoot
@@ -68,7 +73,20 @@ def canary_env() -> Iterator[tuple[Path, Path]]:
         lsmod_out.write_text(LSMOD_WITH_NVIDIA)
         (bin_dir / "lsmod").write_text(f'#!/bin/sh\n/bin/cat "{lsmod_out}"\n')
         (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
-        for name in ("lsmod", "nvidia-smi"):
+        runtimes = '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}'
+        (bin_dir / "docker").write_text(
+            '#!/bin/sh\nif [ "$*" = "info --format {{json .Runtimes}}" ]; then\n'
+            f"  /bin/echo '{runtimes}'\n  exit 0\nfi\n"
+            f'/bin/echo "docker $*" >> "{marker}"\n'
+        )
+        (bin_dir / "systemctl").write_text(
+            '#!/bin/sh\n[ "$*" = "start --no-block nvidia-persistenced.service" ] && exit 0\n'
+            f'/bin/echo "systemctl $*" >> "{marker}"\n'
+        )
+        openssl = shutil.which("openssl")
+        if openssl:  # the CA check's fallback route (the cryptography route runs nothing)
+            (bin_dir / "openssl").symlink_to(openssl)
+        for name in ("lsmod", "nvidia-smi", "docker", "systemctl"):
             (bin_dir / name).chmod(0o755)
         old_path = os.environ.get("PATH", "")
         os.environ["PATH"] = str(bin_dir)
@@ -102,8 +120,50 @@ def no_shell(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return started
 
 
+ALLOWED = {
+    ("lsmod",),
+    ("nvidia-smi",),
+    ("docker", "info", "--format", "{{json .Runtimes}}"),
+    ("systemctl", "start", "--no-block", "nvidia-persistenced.service"),
+    ("openssl", "x509", "-inform", "DER", "-outform", "DER"),
+}
+
+
 def _allowed(argv: list[str]) -> bool:
-    return Path(argv[0]).name in {"lsmod", "nvidia-smi"} and len(argv) == 1
+    return (Path(argv[0]).name, *argv[1:]) in ALLOWED
+
+
+DOCKER_OPTIONS = {"--rm": 0, "--name": 1, "--gpus": 1, "-e": 1, "--mount": 1}
+
+
+def check_launch_argv(argv: list[str], config: dict[str, Any]) -> Any:
+    """Read the argv as docker and flower-supernode will: docker's options (all known,
+    each with its arity), the image, then flwr's own argument parser for the rest.
+    Every value must come back whole, in its own item, and nothing may be an option
+    that the runtime did not put there. Returns (docker env list, flwr args)."""
+    assert argv[:2] == ["docker", "run"]
+    env, i = [], 2
+    while argv[i].startswith("-"):
+        arity = DOCKER_OPTIONS[argv[i]]  # KeyError: an unknown option
+        if argv[i] == "-e":
+            env.append(argv[i + 1])
+        i += 1 + arity
+    assert argv[i] == "flwr-supernode:1.41.0"
+    args = _parse_args_run_supernode().parse_args(argv[i + 1 :])  # SystemExit on anything unknown
+    assert args.superlink == config["FL_SUPERLINK_ADDRESS"]["value"]
+    assert args.node_config == (config["FL_NODE_CONFIG"]["value"] or None)
+    assert args.isolation == config["FL_ISOLATION"]["value"]
+    names = sorted(item.split("=", 1)[0] for item in env)
+    expected = ["FLWR_LOG_LEVEL", "FL_GPU_MEMORY_FRACTION", "TF_FORCE_GPU_ALLOW_GROWTH"]
+    if "--gpus" in argv:
+        assert argv[argv.index("--gpus") + 1] == "all"
+        expected.append("NVIDIA_DRIVER_CAPABILITIES")
+        devices = config["FL_CUDA_VISIBLE_DEVICES"]["value"]
+        if devices != "all":
+            expected.append("CUDA_VISIBLE_DEVICES")
+            assert f"CUDA_VISIBLE_DEVICES={devices}" in env
+    assert names == sorted(expected)
+    return env, args
 
 
 @settings(
@@ -136,11 +196,8 @@ def test_boot_never_executes_context_values(
         assert all(_allowed(argv) for argv in no_shell), no_shell
         if result.argv is not None:
             argv = root.spec()["argv"]
-            assert argv[:2] == ["docker", "run"]
-            node_config = result.report.config["FL_NODE_CONFIG"]["value"]
-            if node_config:
-                # passed through as exactly one argv element, unchanged
-                assert argv[argv.index("--node-config") + 1] == node_config
+            check_launch_argv(argv, result.report.config)
+            assert ("--gpus" in argv) is (result.report.gpu.get("available") is True)
         else:
             assert not root.paths.launch_spec.exists()
 
@@ -166,3 +223,67 @@ def test_canaries_would_detect_execution(canary_env: tuple[Path, Path]) -> None:
         assert marker.read_text() == "canary probe\n"
     finally:
         marker.unlink()
+
+
+# Valid values that carry shell syntax: they must reach the GPU launch verbatim.
+SHELLISH = st.sampled_from(["$(canary)", "`canary`", "; canary", "| canary", "&& canary", "--insecure", "-e X=1",
+                            "${IFS}", "#", "=", "\\", "'", '"', " ", "--gpus all", "$HOME", "!", "*"])  # fmt: skip
+shell_text = st.lists(st.one_of(SHELLISH, st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=6)),
+                      max_size=6).map("".join)  # fmt: skip
+
+
+def toml_string(text: str) -> str | None:
+    """``text`` as a TOML string flwr reads whole: '...' without ', else "..." without " or \\."""
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return None
+
+
+node_configs = st.lists(
+    st.tuples(st.from_regex(r"[a-z][a-z0-9-]{0,5}", fullmatch=True), shell_text), min_size=1, max_size=4
+).map(lambda pairs: " ".join(f"{k}-{i}={q}" for i, (k, t) in enumerate(pairs) if (q := toml_string(t))))
+devices = st.one_of(
+    st.just("all"), st.lists(st.integers(0, 7), min_size=1, max_size=3, unique=True).map(lambda d: ",".join(map(str, d)))
+)
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(node_configs, devices, st.sampled_from(["subprocess", "process"]), st.booleans())
+@example('a=\'$(canary)\' b="`canary`; --insecure" c=\'-e X=1\'', "0,1", "subprocess", True)
+def test_valid_shellish_values_reach_the_gpu_launch_verbatim(
+    canary_env: tuple[Path, Path],
+    no_shell: list[list[str]],
+    node_config: str,
+    cuda_devices: str,
+    isolation: str,
+    oneapp: bool,
+) -> None:
+    _, marker = canary_env
+    prefix = "ONEAPP_" if oneapp else ""
+    values = {
+        f"{prefix}FL_SUPERLINK_ADDRESS": "sl.example:9092",
+        f"{prefix}FL_GPU_ENABLED": "YES",
+        f"{prefix}FL_CUDA_VISIBLE_DEVICES": cuda_devices,
+        f"{prefix}FL_ISOLATION": isolation,
+    }
+    if node_config:
+        values[f"{prefix}FL_NODE_CONFIG"] = node_config
+    with tempfile.TemporaryDirectory() as tmp:
+        root = FakeRoot(Paths.from_root(Path(tmp)), io.StringIO())
+        root.write_build_info()
+        root.write_context(values)
+        result = root.boot()
+        assert result.ok, result.report.errors
+        assert not marker.exists(), marker.read_text()
+        assert all(_allowed(argv) for argv in no_shell), no_shell
+        argv = root.spec()["argv"]
+        assert "--gpus" in argv  # the GPU branch was reached
+        _, args = check_launch_argv(argv, result.report.config)
+        assert args.node_config == (node_config or None)  # byte for byte, one argv item
+        assert args.superlink == "sl.example:9092"
