@@ -244,9 +244,8 @@ def toml_string(text: str) -> str | None:
 node_configs = st.lists(
     st.tuples(st.from_regex(r"[a-z][a-z0-9-]{0,5}", fullmatch=True), shell_text), min_size=1, max_size=4
 ).map(lambda pairs: " ".join(f"{k}-{i}={q}" for i, (k, t) in enumerate(pairs) if (q := toml_string(t))))
-devices = st.one_of(
-    st.just("all"), st.lists(st.integers(0, 7), min_size=1, max_size=3, unique=True).map(lambda d: ",".join(map(str, d)))
-)
+gpu_indices = st.lists(st.integers(0, 7), min_size=1, max_size=3, unique=True)
+devices = st.one_of(st.just("all"), gpu_indices.map(lambda d: ",".join(map(str, d))))
 
 
 @settings(
