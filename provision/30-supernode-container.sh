@@ -22,8 +22,9 @@ else
 fi
 
 echo "== checking the image runs flower-supernode ${FLWR_VERSION}"
-docker run --rm --network none --entrypoint /bin/sh "${FLOWER_SUPERNODE_IMAGE}" -c \
-    'python3 -c "import flwr, sys; print(\"flwr\", flwr.__version__); sys.exit(flwr.__version__ != \"'"${FLWR_VERSION}"'\")" && flower-supernode --help >/dev/null'
+# The expected version reaches the container as an environment variable, never as script text.
+docker run --rm --network none -e "EXPECTED_FLWR=${FLWR_VERSION}" --entrypoint /bin/sh "${FLOWER_SUPERNODE_IMAGE}" -c \
+    'python3 -c "import flwr, os, sys; print(\"flwr\", flwr.__version__); sys.exit(flwr.__version__ != os.environ[\"EXPECTED_FLWR\"])" && flower-supernode --help >/dev/null'
 docker image ls "${FLOWER_SUPERNODE_IMAGE}"
 
 install -d -m 0755 /etc/flower

@@ -63,17 +63,29 @@ class ToolkitPlan:
 
 
 def parse_override(text: str, gpu: GpuConfig) -> GpuConfig:
-    """--toolkit-source nvidia-repo | mirror:URL | local:DIR, applied over the definition."""
+    """--toolkit-source nvidia-repo | mirror:URL | local:DIR, applied over the definition and
+    checked by the same rules as the definition's own settings."""
     from dataclasses import replace
 
+    from ..config import setting_error
+
     kind, _, value = text.partition(":")
+    override: dict[str, str] | None = None
     if kind == "nvidia-repo" and not value:
-        return replace(gpu, toolkit_source="nvidia-repo")
-    if kind == "mirror" and value.startswith(("http://", "https://")):
-        return replace(gpu, toolkit_source="mirror", toolkit_mirror=value)
-    if kind == "local" and value:
-        return replace(gpu, toolkit_source="local", toolkit_path=value)
-    raise ConfigError(f"--toolkit-source {text!r}: expected nvidia-repo, mirror:http(s)://URL or local:/path/to/debs")
+        override = {"toolkit_source": "nvidia-repo"}
+    elif kind == "mirror" and value:
+        override = {"toolkit_source": "mirror", "toolkit_mirror": value}
+    elif kind == "local" and value:
+        override = {"toolkit_source": "local", "toolkit_path": value}
+    if override is None:
+        raise ConfigError(
+            f"--toolkit-source {text!r}: expected nvidia-repo, mirror:http(s)://URL or local:/path/to/debs"
+        )
+    for name, item in override.items():
+        problem = setting_error(GpuConfig, name, item)
+        if problem:
+            raise ConfigError(f"--toolkit-source {text!r}: {name}: {problem}")
+    return replace(gpu, **override)  # type: ignore[arg-type]  # every key is a str setting, checked above
 
 
 def _fetch(url: str, timeout: float) -> bytes:

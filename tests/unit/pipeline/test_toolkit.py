@@ -121,3 +121,15 @@ def test_gpu_build_without_source_stops_before_anything_slow(monkeypatch: pytest
 def test_toolkit_flags_rejected_for_the_cpu_image() -> None:
     with pytest.raises(ConfigError, match="not a GPU image"):
         build.build_image("supernode-cpu", allow_missing_toolkit=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [("mirror:http://x y", "toolkit_mirror"), ("mirror:ftp://mirror.example", "toolkit_mirror"),
+     ("mirror:https://m.example/?q=1", "toolkit_mirror"), ("nvidia-repo:x", "expected nvidia-repo")],
+)  # fmt: skip
+def test_toolkit_source_override_is_checked_like_the_definition(text: str, named: str) -> None:
+    gpu = config.load("supernode-gpu").gpu
+    assert gpu is not None
+    with pytest.raises(ConfigError, match=named):
+        toolkit.parse_override(text, gpu)
