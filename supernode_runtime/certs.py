@@ -33,9 +33,9 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-MAX_DECODED_BYTES = 256 * 1024
-"""Upper bound for the decoded PEM text (a CA bundle of ~100 certificates)."""
-MAX_CERTIFICATES = 100
+MAX_DECODED_BYTES = 1024 * 1024
+"""Upper bound for the decoded PEM text (Debian's whole ca-certificates.crt is ~220 KiB)."""
+MAX_CERTIFICATES = 500
 OPENSSL_TIMEOUT = 15.0
 
 PEM_BEGIN = "-----BEGIN CERTIFICATE-----"

@@ -2,6 +2,8 @@
 
 The SuperNode must not start with them, the errors must name the variables,
 the VM must stay reachable, and none of the injected commands may ever run.
+Valid values with shell syntax, which do start the SuperNode, are the
+"hostile-valid-context" scenario (test_hostile_valid_context.py).
 """
 
 from __future__ import annotations
