@@ -153,6 +153,7 @@ SCENARIOS = {
     "test_boot": "boot-{firmware}",
     "test_default_context": "default",
     "test_bad_context": "bad-context",
+    "test_hostile_valid_context": "bad-context",  # the valid context full of shell syntax
     "test_gpu_fallback": "gpu-requested-absent",
     "test_gpu_passthrough": "gpu-passthrough",
     "test_toolkit_local": "toolkit-local-fixture",
