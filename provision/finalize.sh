@@ -17,7 +17,9 @@ truncate -s 0 /etc/machine-id
 rm -f /var/lib/dbus/machine-id
 cloud-init clean --logs --seed
 rm -rf /var/lib/cloud/*
-rm -f /etc/network/interfaces.d/50-cloud-init /etc/netplan/50-cloud-init.yaml
+# the build VM's rendered network (eni on debian-12, systemd-networkd on debian-13): the
+# appliance's first boot renders its own from the OpenNebula context
+rm -f /etc/network/interfaces.d/50-cloud-init /etc/netplan/50-cloud-init.yaml /etc/systemd/network/10-cloud-init-*.network
 truncate -s 0 /var/log/wtmp /var/log/lastlog /var/log/btmp 2>/dev/null || true
 
 rm -rf /var/tmp/flower-build

@@ -44,6 +44,7 @@ FLOWER_DOCS = "https://flower.ai/docs/"
 # base.provider of the image definition -> (os-id, os-release) as the marketplace writes them
 OS_IDS = {
     "debian-12": ("Debian GNU/Linux", "12"),
+    "debian-13": ("Debian GNU/Linux", "13"),
     "ubuntu-24.04": ("Ubuntu", "24.04 LTS"),
 }
 

@@ -1,7 +1,8 @@
 """Base images: a bootable disk the Packer build starts from (as a backing file).
 
-Two providers, both cached by a hash of their inputs:
-  debian-12     bootstrapped here from the Debian mirror (the offline default)
+Providers, all cached by a hash of their inputs:
+  debian-13     bootstrapped here from the Debian mirror (trixie; the default)
+  debian-12     the same recipe for bookworm
   ubuntu-24.04  the official cloud image, downloaded and checked against SHA256SUMS
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from ... import cache, host_tools
 from ...config import BaseConfig
+from ...suites import SUITES
 from . import debian, ubuntu
 
 
@@ -27,7 +29,7 @@ class BaseImage:
 
 
 def inputs(base: BaseConfig) -> dict[str, Any]:
-    if base.provider == "debian-12":
+    if base.provider in SUITES:
         return debian.inputs(base)
     return ubuntu.inputs(base)
 
@@ -52,7 +54,7 @@ def ensure(base: BaseConfig, logs: Path) -> BaseImage:
 
     def build(scratch: Path) -> None:
         started = time.monotonic()
-        provider = debian.build if base.provider == "debian-12" else ubuntu.fetch
+        provider = debian.build if base.provider in SUITES else ubuntu.fetch
         facts = provider(base, scratch, logs)
         facts["build_seconds"] = round(time.monotonic() - started, 1)
         (scratch / "base.json").write_text(json.dumps(facts, indent=2))

@@ -1,7 +1,9 @@
-"""debian-12: bootstrap a bootable base disk from the Debian mirror alone.
+"""debian-12, debian-13: bootstrap a bootable base disk from the Debian mirror alone.
+
+One recipe, parametrised by the suite (appliance_build/suites.py: bookworm, trixie):
 
 1. mmdebstrap a root (kernel, systemd, cloud-init, sshd, GRUB binaries)
-2. configure it as data (fstab, GRUB defaults, cloud-init datasources, no host keys)
+2. configure it as data (fstab, GRUB defaults, cloud-init datasources, networking, no host keys)
 3. write an MBR disk with the ESP and the root filled in at their offsets
 4. boot the root's own kernel once (direct kernel boot) with init= a script
    that installs GRUB for BIOS and for UEFI (removable path) and powers off
@@ -22,10 +24,10 @@ from typing import Any
 from ...config import PACKAGE_PIN_RE, BaseConfig, _size_mib
 from ...errors import BuildError
 from ...progress import run, say
+from ...suites import SUITES, DebianSuite
 from ...vm import accel
 from .disk_layout import Layout, make_disk
 
-SUITE = "bookworm"
 ESP_MIB = 128
 BOOTLOADER_MARKER = "FLOWER-BOOTLOADER-INSTALLED"
 # Bump when the recipe below changes in a way the inputs do not show.
@@ -39,6 +41,28 @@ PACKAGES = (
     "ca-certificates", "python3", "procps", "less", "curl", "gnupg", "apt-utils",
     "qemu-guest-agent",
 )  # fmt: skip
+
+# Networking "networkd" (debian-13): cloud-init takes the first available renderer of eni,
+# sysconfig, netplan, network-manager, ..., networkd (cloudinit/net/renderers.py; eni needs
+# ifup/ifquery and /etc/network/interfaces, netplan the netplan binary). Without ifupdown and
+# netplan it writes systemd-networkd units (/etc/systemd/network/10-cloud-init-*.network);
+# NETWORKD_CLOUD_CFG pins that choice. networkd is part of Debian 13's systemd package;
+# systemd-resolved puts the DNS servers networkd learns into /etc/resolv.conf. isc-dhcp-client
+# (deprecated upstream, Debian 13 release notes) goes: cloud-init's own ephemeral DHCP takes
+# its first alternative, dhcpcd-base.
+NETWORKD_PACKAGES = (
+    *(p for p in PACKAGES if p not in ("ifupdown", "isc-dhcp-client")),
+    "systemd-resolved",
+)
+NETWORKD_CLOUD_CFG = """# Debian 13: systemd-networkd renders the network config (cloud-init's "Network output
+# policy", https://docs.cloud-init.io/en/latest/reference/network-config.html).
+system_info:
+  network:
+    renderers: [ networkd ]
+"""
+NETWORKD_UNITS = ("systemd-networkd.service", "systemd-resolved.service")
+# systemctl enable in the chroot only makes the [Install] symlinks (it runs no manager).
+NETWORKD_HOOK = f'chroot "$1" systemctl enable {" ".join(NETWORKD_UNITS)}'
 
 INSTALL_BOOTLOADER = f"""#!/bin/sh
 # Runs once as PID 1 of the bootstrap VM (init=), then powers it off.
@@ -90,22 +114,34 @@ ExecStartPre=/usr/sbin/sshd -t
 """
 
 
+def suite_of(base: BaseConfig) -> DebianSuite:
+    return SUITES[base.provider]
+
+
+def packages(suite: DebianSuite) -> tuple[str, ...]:
+    return NETWORKD_PACKAGES if suite.networking == "networkd" else PACKAGES
+
+
 def inputs(base: BaseConfig) -> dict[str, Any]:
+    suite = suite_of(base)
+    # debian-12's keys and values are those of the bookworm-only recipe: its cache entries stay valid.
+    networkd = {"networkd": [NETWORKD_CLOUD_CFG, NETWORKD_HOOK]} if suite.networking == "networkd" else {}
     return {
-        "provider": "debian-12",
+        "provider": suite.provider,
         "recipe": RECIPE_VERSION,
-        "suite": SUITE,
+        "suite": suite.codename,
         "mirror": base.mirror,
         "security_mirror": base.security_mirror,
         "kernel": base.kernel,
         "root_size": base.root_size,
         "components": base.components,
         "extra_packages": base.extra_packages,
-        "packages": PACKAGES,
+        "packages": packages(suite),
         "install_bootloader": INSTALL_BOOTLOADER,
         "grub": GRUB_DEFAULTS,
         "cloud_cfg": CLOUD_CFG,
         "ssh_dropin": SSH_HOSTKEYS_DROPIN,
+        **networkd,
     }
 
 
@@ -114,7 +150,8 @@ def build(base: BaseConfig, out: Path, logs: Path) -> dict[str, Any]:
     work = out / "work"
     rootdir = work / "root"
     work.mkdir(parents=True)
-    log = logs / "base-debian-12.log"
+    suite = suite_of(base)
+    log = logs / f"base-{suite.provider}.log"
     timings: dict[str, float] = {}
 
     t = time.monotonic()
@@ -130,7 +167,7 @@ def build(base: BaseConfig, out: Path, logs: Path) -> dict[str, Any]:
         root_uuid=str(uuid.uuid4()),
         esp_volume_id=uuid.uuid4().hex[:8],
     )
-    _configure(rootdir, layout)
+    _configure(rootdir, layout, suite)
     kernel, initrd = _kernel_files(rootdir)
     shutil.copy2(kernel, work / "vmlinuz")
     shutil.copy2(initrd, work / "initrd.img")
@@ -144,7 +181,7 @@ def build(base: BaseConfig, out: Path, logs: Path) -> dict[str, Any]:
 
     t = time.monotonic()
     chosen = accel.choose(work / "vmlinuz")
-    _install_bootloader(raw, work / "vmlinuz", work / "initrd.img", layout, chosen, logs)
+    _install_bootloader(raw, work / "vmlinuz", work / "initrd.img", layout, chosen, log)
     timings["install_bootloader"] = round(time.monotonic() - t, 1)
 
     t = time.monotonic()
@@ -213,22 +250,24 @@ def _pop_marker_seconds(root: Path) -> float | None:
 
 
 def _bootstrap(base: BaseConfig, rootdir: Path, log: Path) -> None:
+    suite = suite_of(base).codename
     components = " ".join(base.components)
     sources = [
-        f"deb {base.mirror} {SUITE} {components}",
-        f"deb {base.mirror} {SUITE}-updates {components}",
-        f"deb {base.security_mirror} {SUITE}-security {components}",
+        f"deb {base.mirror} {suite} {components}",
+        f"deb {base.mirror} {suite}-updates {components}",
+        f"deb {base.security_mirror} {suite}-security {components}",
     ]
+    networkd = [f"--customize-hook={NETWORKD_HOOK}"] if suite_of(base).networking == "networkd" else []
     more = " plus the extra packages" if base.extra_packages else ""
-    say(f"mmdebstrap {SUITE} from {base.mirror} (about 2 minutes{more})")
+    say(f"mmdebstrap {suite} from {base.mirror} (about 2 minutes{more})")
     run(
         ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
          f"--components={','.join(base.components)}", *_extra_packages_hooks(base.extra_packages, rootdir.parent),
-         f"--include={','.join((*PACKAGES, base.kernel))}",
+         *networkd, f"--include={','.join((*packages(suite_of(base)), base.kernel))}",
          "--aptopt=Acquire::Retries \"3\"",
          "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
          "--dpkgopt=path-exclude=/usr/share/man/*",
-         SUITE, str(rootdir), *sources],
+         suite, str(rootdir), *sources],
         log, label="mmdebstrap", timeout=1800,
     )  # fmt: skip
 
@@ -239,17 +278,24 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def _configure(root: Path, layout: Layout) -> None:
+def _configure(root: Path, layout: Layout, suite: DebianSuite) -> None:
     _write(root / "etc/fstab", layout.fstab())
     (root / "boot/efi").mkdir(parents=True, exist_ok=True)
     _write(root / "etc/default/grub", GRUB_DEFAULTS)
     _write(root / "etc/cloud/cloud.cfg.d/90-flower-base.cfg", CLOUD_CFG)
     _write(root / "etc/systemd/system/ssh.service.d/10-hostkeys.conf", SSH_HOSTKEYS_DROPIN)
     _write(root / "etc/hostname", "localhost\n")
-    _write(
-        root / "etc/network/interfaces",
-        "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n",
-    )
+    if suite.networking == "networkd":
+        _write(root / "etc/cloud/cloud.cfg.d/91-flower-networkd.cfg", NETWORKD_CLOUD_CFG)
+        # mmdebstrap copied the build host's resolv.conf in; the image's is resolved's stub
+        # (systemd-resolved(8), "/etc/resolv.conf").
+        (root / "etc/resolv.conf").unlink(missing_ok=True)
+        (root / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    else:
+        _write(
+            root / "etc/network/interfaces",
+            "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n",
+        )
     _write(root / "usr/local/sbin/install-bootloader", INSTALL_BOOTLOADER, 0o755)
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -295,9 +341,9 @@ def _facts(root: Path) -> dict[str, Any]:
 
 
 def _install_bootloader(
-    raw: Path, kernel: Path, initrd: Path, layout: Layout, chosen: accel.Accelerator, logs: Path
+    raw: Path, kernel: Path, initrd: Path, layout: Layout, chosen: accel.Accelerator, log: Path
 ) -> None:
-    console = logs / "base-bootloader-console.log"
+    console = log.parent / "base-bootloader-console.log"
     say(f"installing GRUB (BIOS + UEFI) from a one-shot VM; console: {console}")
     run(
         ["qemu-system-x86_64", *chosen.qemu_args(), "-m", "1024", "-smp", "2",
@@ -307,7 +353,7 @@ def _install_bootloader(
          "-kernel", str(kernel), "-initrd", str(initrd),
          "-append", f"root=UUID={layout.root_uuid} rw init=/usr/local/sbin/install-bootloader "
                     "console=ttyS0 panic=-1 net.ifnames=0"],
-        logs / "base-debian-12.log", label="GRUB install VM", timeout=900,
+        log, label="GRUB install VM", timeout=900,
     )  # fmt: skip
     if BOOTLOADER_MARKER not in console.read_text(errors="replace"):
         tail = console.read_text(errors="replace").splitlines()[-12:]

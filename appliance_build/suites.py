@@ -1,0 +1,47 @@
+"""The Debian releases a base is bootstrapped from, and what each one implies.
+
+One table, read by the definition's validation (which providers exist), the base recipe
+(the suite and its networking) and the container stage (the suite, its python3 and the
+manylinux tags its glibc can load).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DebianSuite:
+    provider: str  # base.provider in a definition
+    codename: str  # the archive suite
+    version: str  # Debian's major version
+    python: str  # the suite's python3: the container's wheels must be built for it
+    glibc_minor: int  # its glibc is 2.<minor>: the newest manylinux_2_<minor> wheel it can load
+    # How the booted base gets its network from cloud-init:
+    #   "ifupdown"  cloud-init's eni renderer, ifupdown + isc-dhcp-client (Debian 12's way)
+    #   "networkd"  cloud-init's networkd renderer, systemd-networkd + systemd-resolved
+    #               (Debian 13: isc-dhcp-client is deprecated upstream and ifupdown is no
+    #               longer what new installations get; see the trixie release notes)
+    networking: str
+
+    @property
+    def manylinux_platforms(self) -> list[str]:
+        """pip --platform values for x86_64 wheels this suite's python can load, best first
+        (PEP 600: manylinux_2_<minor> runs on glibc >= 2.<minor>; manylinux2014 = 2_17)."""
+        return [f"manylinux_2_{minor}_x86_64" for minor in range(self.glibc_minor, 16, -1)] + [
+            "manylinux2014_x86_64",
+            "linux_x86_64",
+        ]
+
+
+SUITES = {
+    "debian-12": DebianSuite("debian-12", "bookworm", "12", "3.11", 36, "ifupdown"),
+    "debian-13": DebianSuite("debian-13", "trixie", "13", "3.13", 41, "networkd"),
+}
+DEFAULT = "debian-13"
+
+
+def container_suite(provider: str) -> DebianSuite:
+    """The suite of the SuperNode container: the base's own for a Debian base; for another
+    base (Ubuntu) the current Debian stable (the container shares only the kernel with it)."""
+    return SUITES.get(provider, SUITES[DEFAULT])
