@@ -260,7 +260,7 @@ def build_image(
         with timer.stage("accelerator probe"):
             accel = choose_accelerator(base.disk)
         with timer.stage("supernode container"):
-            container = container_stage.ensure(image.flower, image.base.mirror, out.logs)
+            container = container_stage.ensure(image.flower, image.base, out.logs)
         with timer.stage("upload tree"):
             prepare_upload(image, container, out, plan)
         with packer.build_keypair(name) as key:

@@ -4,7 +4,10 @@ No registry is needed: flwr and its dependencies are downloaded here as
 wheels, every one checked against the --hash pins of the lock file
 (images/locks/), installed into a minimal Debian root made by mmdebstrap, and
 exported as a root-filesystem tarball that the guest `docker import`s. The
-result is cached by a hash of the lock file, the recipe and the helper code.
+root is the Debian suite of the image's base (appliance_build/suites.py: bookworm
+with Python 3.11 for debian-12, trixie with Python 3.13 for debian-13), so the
+lock must be resolved for that suite's Python. The result is cached by a hash of
+the lock file, the suite, the recipe and the helper code.
 """
 
 from __future__ import annotations
@@ -17,21 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from .. import cache, host_tools
-from ..config import FlowerConfig
+from ..config import BaseConfig, FlowerConfig
 from ..paths import IMAGES_DIR, RUNTIME_DIR
 from ..progress import run, say
+from ..suites import DebianSuite, container_suite
 
-SUITE = "bookworm"
-PYTHON = "3.11"  # Debian 12's python3: the wheels must match it
-RECIPE_VERSION = 1
+# 2: the root also gets the suite's -updates and -security (security_mirror)
+RECIPE_VERSION = 2
 VENV = "/opt/flwr"
 APP_UID = 49999
 DEVICE_HELPER = RUNTIME_DIR / "flower_device.py"
-# manylinux tags a Debian 12 (glibc 2.36) x86_64 python can load
-PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 16, -1)] + [
-    "manylinux2014_x86_64",
-    "linux_x86_64",
-]
 
 
 @dataclass(frozen=True)
@@ -53,34 +51,49 @@ class ContainerImage:
         ]
 
 
-def inputs(flower: FlowerConfig, mirror: str) -> dict[str, Any]:
+def inputs(flower: FlowerConfig, base: BaseConfig) -> dict[str, Any]:
+    suite = container_suite(base.provider)
     return {
         "recipe": RECIPE_VERSION,
-        "suite": SUITE,
-        "mirror": mirror,
-        "python": PYTHON,
+        "suite": suite.codename,
+        "mirror": base.mirror,
+        "security_mirror": base.security_mirror,
+        "python": suite.python,
+        "platforms": suite.manylinux_platforms,
         "lock_sha256": cache.file_sha256(IMAGES_DIR / flower.lock),
         "device_helper_sha256": cache.file_sha256(DEVICE_HELPER) if DEVICE_HELPER.exists() else "",
     }
 
 
-def download_wheels(lock: Path, dest: Path, log: Path) -> None:
-    """Fetch every wheel of `lock`, refusing any file whose hash is not pinned there."""
-    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
+def sources(base: BaseConfig, suite: DebianSuite) -> list[str]:
+    """The container root's apt sources: the suite with its point-release and security updates
+    (python3 and libssl3 in it serve the SuperNode's TLS connection)."""
+    return [
+        f"deb {base.mirror} {suite.codename} main",
+        f"deb {base.mirror} {suite.codename}-updates main",
+        f"deb {base.security_mirror} {suite.codename}-security main",
+    ]
+
+
+def download_wheels(lock: Path, suite: DebianSuite, dest: Path, log: Path) -> None:
+    """Fetch every wheel of `lock` for `suite`'s CPython on x86_64, refusing any file whose
+    hash is not pinned there."""
+    platforms = [arg for p in suite.manylinux_platforms for arg in ("--platform", p)]
     run(
         ["python3", "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
          "--require-hashes", "--only-binary=:all:", "--implementation", "cp",
-         "--python-version", PYTHON, *platforms, "-r", str(lock), "-d", str(dest)],
+         "--python-version", suite.python, *platforms, "-r", str(lock), "-d", str(dest)],
         log, label="pip download (hash-checked wheels)", timeout=1800,
     )  # fmt: skip
 
 
-def ensure(flower: FlowerConfig, mirror: str, logs: Path) -> ContainerImage:
-    """The cached container rootfs for this lock and recipe, built first if missing (one build
-    at a time per entry: parallel builds wait for the first and reuse it)."""
+def ensure(flower: FlowerConfig, base: BaseConfig, logs: Path) -> ContainerImage:
+    """The cached container rootfs for this lock, suite and recipe, built first if missing (one
+    build at a time per entry: parallel builds wait for the first and reuse it)."""
     host_tools.require("container")
-    key = cache.inputs_hash(inputs(flower, mirror))
-    entry = cache.entry_dir("container", f"flwr-{flower.version}", key)
+    key = cache.inputs_hash(inputs(flower, base))
+    suite = container_suite(base.provider)
+    entry = cache.entry_dir("container", f"flwr-{flower.version}-{suite.codename}", key)
 
     def load(path: Path) -> ContainerImage | None:
         if (path / "rootfs.tar.gz").is_file() and (path / "container.json").is_file():
@@ -89,16 +102,17 @@ def ensure(flower: FlowerConfig, mirror: str, logs: Path) -> ContainerImage:
         return None
 
     image, reused = cache.reuse_or_build(
-        entry, "SuperNode container rootfs", load=load, build=lambda scratch: _build(flower, mirror, scratch, logs)
+        entry, "SuperNode container rootfs", load=load, build=lambda scratch: _build(flower, base, scratch, logs)
     )
     return replace(image, cached=reused)
 
 
-def _build(flower: FlowerConfig, mirror: str, scratch: Path, logs: Path) -> None:
+def _build(flower: FlowerConfig, base: BaseConfig, scratch: Path, logs: Path) -> None:
     log = logs / "container.log"
     started = time.monotonic()
+    suite = container_suite(base.provider)
     wheels = scratch / "wheels"
-    download_wheels(IMAGES_DIR / flower.lock, wheels, log)
+    download_wheels(IMAGES_DIR / flower.lock, suite, wheels, log)
     say(f"building the SuperNode container rootfs ({len(list(wheels.iterdir()))} wheels)")
     hooks = [
         '--customize-hook=mkdir -p "$1/tmp/wheels"',
@@ -117,7 +131,7 @@ def _build(flower: FlowerConfig, mirror: str, scratch: Path, logs: Path) -> None
         '"$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin',
     ]
     if DEVICE_HELPER.exists():
-        site = f"{VENV}/lib/python{PYTHON}/site-packages/flower_device.py"
+        site = f"{VENV}/lib/python{suite.python}/site-packages/flower_device.py"
         hooks.insert(-1, f"--customize-hook=upload {DEVICE_HELPER} {site}")
     tar = scratch / "rootfs.tar"
     run(
@@ -125,7 +139,7 @@ def _build(flower: FlowerConfig, mirror: str, scratch: Path, logs: Path) -> None
          "--include=python3,python3-venv,ca-certificates,tini",
          "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
          "--dpkgopt=path-exclude=/usr/share/locale/*",
-         *hooks, SUITE, str(tar), f"deb {mirror} {SUITE} main"],
+         *hooks, suite.codename, str(tar), *sources(base, suite)],
         log, label="mmdebstrap (container rootfs)", timeout=1800,
     )  # fmt: skip
     run(["gzip", "-1", str(tar)], log, label="gzip rootfs")
@@ -134,7 +148,8 @@ def _build(flower: FlowerConfig, mirror: str, scratch: Path, logs: Path) -> None
         "tag": flower.image_tag,
         "flwr": freeze.get("flwr", "?"),
         "python_packages": freeze,
-        "base": f"debian {SUITE} (mmdebstrap minbase)",
+        "base": f"debian {suite.codename} (mmdebstrap minbase)",
+        "python": suite.python,
         "rootfs_bytes": (scratch / "rootfs.tar.gz").stat().st_size,
         "build_seconds": round(time.monotonic() - started, 1),
     }
