@@ -156,6 +156,6 @@ def test_gpu_variant_needs_gpu_table(tmp_path: Path) -> None:
 
 def test_shipped_gpu_definition() -> None:
     gpu = config.load("supernode-gpu")
-    assert gpu.gpu is not None and gpu.gpu.driver_branch == "535"
+    assert gpu.gpu is not None and gpu.gpu.driver_branch == "550"  # Debian 13 packages 550
     assert "non-free" in gpu.base.components and "nvidia-kernel-dkms" in gpu.base.extra_packages
     assert config.load("supernode-cpu").gpu is None
