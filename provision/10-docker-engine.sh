@@ -5,17 +5,54 @@ export DEBIAN_FRONTEND=noninteractive
 
 echo "== apt-get update"
 apt-get update -q -o Acquire::Languages=none   # no translation indexes: smaller, faster
-echo "== installing docker.io ${FLOWER_EXTRA_PACKAGES:-}"
 # apparmor: Debian's kernel has AppArmor on, and dockerd needs apparmor_parser to
 # load its docker-default profile (a Recommends of docker.io, so named here).
+# docker-cli: from Debian 13 on the `docker` command is its own package (built from the same
+# docker.io source; only a Recommends of docker.io); Debian 12's docker.io contains it.
+engine_packages=(docker.io apparmor)
+if apt-cache show --no-all-versions docker-cli >/dev/null 2>&1; then
+    engine_packages+=(docker-cli)
+fi
+echo "== installing ${engine_packages[*]} ${FLOWER_EXTRA_PACKAGES:-}"
 # shellcheck disable=SC2086  # the package list is meant to split (validated names)
-apt-get install -y -q --no-install-recommends docker.io apparmor ${FLOWER_EXTRA_PACKAGES:-}
+apt-get install -y -q --no-install-recommends "${engine_packages[@]}" ${FLOWER_EXTRA_PACKAGES:-}
 
 # No TCP listener: Debian's unit starts dockerd with -H fd:// only; make sure nothing adds one.
 install -d -m 0755 /etc/docker
 if [ ! -s /etc/docker/daemon.json ]; then
     printf '{\n  "log-driver": "journald"\n}\n' > /etc/docker/daemon.json
 fi
+
+# CDI (Container Device Interface: `docker run --device nvidia.com/gpu=all`) needs Docker
+# Engine 25 or later with the "cdi" feature on (https://docs.docker.com/reference/cli/dockerd/#enable-cdi-devices);
+# Debian 13's docker.io is 26.1, Debian 12's 20.10 has no CDI. Merged into daemon.json: every
+# other key stays as it is.
+engine="$(dpkg-query -W -f '${Version}' docker.io)"
+if dpkg --compare-versions "$engine" ge 25; then
+    echo "== docker.io $engine: enabling CDI in /etc/docker/daemon.json"
+    python3 - /etc/docker/daemon.json <<'PY'
+import json, os, sys
+path = sys.argv[1]
+with open(path) as f:
+    config = json.load(f)
+if not isinstance(config, dict) or not isinstance(config.setdefault("features", {}), dict):
+    sys.exit(f"{path}: expected a JSON object with 'features' an object, got {config!r}")
+config["features"]["cdi"] = True
+with open(path + ".new", "w") as f:
+    json.dump(config, f, indent=2)
+    f.write("\n")
+os.replace(path + ".new", path)
+PY
+fi
+
 systemctl enable docker.service containerd.service
 systemctl restart docker.service
 docker version --format 'docker engine {{.Server.Version}}'
+if dpkg --compare-versions "$engine" ge 25; then
+    # dockerd reports its CDI spec directories only with the feature on (/etc/cdi, /var/run/cdi)
+    cdi_dirs="$(docker info --format '{{json .CDISpecDirs}}')"
+    case "$cdi_dirs" in
+        '['*'"'*) echo "PASS: CDI enabled, spec directories $cdi_dirs" ;;
+        *) echo "FAIL: dockerd reports no CDI spec directories ($cdi_dirs) although daemon.json enables CDI" >&2; exit 1 ;;
+    esac
+fi
