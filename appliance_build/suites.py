@@ -20,8 +20,8 @@ class DebianSuite:
     # How the booted base gets its network from cloud-init:
     #   "ifupdown"  cloud-init's eni renderer, ifupdown + isc-dhcp-client (Debian 12's way)
     #   "networkd"  cloud-init's networkd renderer, systemd-networkd + systemd-resolved
-    #               (Debian 13: isc-dhcp-client is deprecated upstream and ifupdown is no
-    #               longer what new installations get; see the trixie release notes)
+    #               (Debian 13 marks isc-dhcp-client deprecated: ISC ended the client,
+    #               https://www.isc.org/blogs/isc-dhcp-eol/; networkd has its own DHCP client)
     networking: str
 
     @property

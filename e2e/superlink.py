@@ -52,7 +52,7 @@ def flower_exe(name: str) -> str:
     beside = Path(sys.executable).parent / name
     exe = str(beside) if beside.exists() else shutil.which(name)
     if exe is None:
-        raise BuildError(f"{name} is not installed in this environment (pip install flwr==1.41.0)")
+        raise BuildError(f"{name} is not installed in this environment (pip install flwr==1.42.0)")
     return exe
 
 

@@ -50,7 +50,7 @@ class SuperLink:
         """The flower-superlink command line (subclasses add arguments)."""
         exe = shutil.which("flower-superlink") or str(Path(sys.executable).parent / "flower-superlink")
         if not Path(exe).exists():
-            raise BuildError("flower-superlink is not installed in this environment (pip install flwr==1.41.0)")
+            raise BuildError("flower-superlink is not installed in this environment (pip install flwr==1.42.0)")
         argv = [exe, "--host", "127.0.0.1", "--port", str(self.port)]
         if self.tls is None:
             return [*argv, "--insecure"]

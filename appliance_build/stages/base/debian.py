@@ -48,8 +48,9 @@ PACKAGES = (
 # netplan it writes systemd-networkd units (/etc/systemd/network/10-cloud-init-*.network);
 # NETWORKD_CLOUD_CFG pins that choice. networkd is part of Debian 13's systemd package;
 # systemd-resolved puts the DNS servers networkd learns into /etc/resolv.conf. isc-dhcp-client
-# (deprecated upstream, Debian 13 release notes) goes: cloud-init's own ephemeral DHCP takes
-# its first alternative, dhcpcd-base.
+# goes (Debian 13's package is marked deprecated: ISC ended the client,
+# https://www.isc.org/blogs/isc-dhcp-eol/); cloud-init's own ephemeral DHCP gets the first
+# alternative of its dependency, dhcpcd-base.
 NETWORKD_PACKAGES = (
     *(p for p in PACKAGES if p not in ("ifupdown", "isc-dhcp-client")),
     "systemd-resolved",
