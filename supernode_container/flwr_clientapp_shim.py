@@ -20,9 +20,11 @@ and the launcher's OFFER), or the command line is not the executor's form above,
 Protocol (one connection per task, stream socket):
 
 1. shim -> launcher: 4-byte big-endian length, then a JSON request (argv, env, cwd, pgid, start
-   time); the first ``sendmsg`` carries fds 0, 1, 2.
+   time).
 2. launcher -> shim: ``OFFER`` (it will fork on request) or ``FAIL <reason>``.
-3. shim -> launcher: ``GO``. Before this the shim may still fall back; after it, it may not.
+3. shim -> launcher: ``GO``, carrying fds 0, 1, 2 (SCM_RIGHTS). Before this the shim may still
+   fall back; after it, it may not. The descriptors travel only now, so a launcher that hangs
+   before its OFFER never holds the task's stdout open.
 4. child -> shim: ``ACK <pid>`` once it runs (so a launcher that dies right after forking does not
    lose the task); then ``EXIT <status>`` from the child when ``flwr_clientapp()`` returns, and/or
    from the launcher when it reaps the child (status < 0: killed by that signal).
@@ -175,7 +177,7 @@ class LineReader:
 
 
 def hand_over(path: str, args: list[str], timeout: float, started: float | None) -> tuple[socket.socket, LineReader]:
-    """Connect, send the task and its stdio, get OFFER and commit with GO; NoLauncher if any step fails in time."""
+    """Connect, send the task, get OFFER, commit with GO and the stdio fds; NoLauncher if a step fails in time."""
     deadline = time.monotonic() + timeout
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -186,14 +188,14 @@ def hand_over(path: str, args: list[str], timeout: float, started: float | None)
             "pgid": os.getpgid(0), "shim_pid": os.getpid(), "started": started,
         })  # fmt: skip
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        sent = socket.send_fds(sock, [request], [0, 1, 2])
-        sock.sendall(request[sent:])
+        sock.sendall(request)
         reader = LineReader(sock)
         answer = reader.line(deadline)
         if answer != OFFER:
             raise NoLauncher(f"launcher answered {answer!r}")
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        sock.sendall(GO + b"\n")
+        if socket.send_fds(sock, [GO + b"\n"], [0, 1, 2]) != len(GO) + 1:
+            raise NoLauncher("GO not sent whole")
     except NoLauncher:
         sock.close()
         raise

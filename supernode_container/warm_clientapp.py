@@ -55,7 +55,6 @@ from supernode_container.flwr_clientapp_shim import (
     OFFER,
     PROGRAM,
     PROTOCOL,
-    LineReader,
     log_event,
     parse_executor_argv,
     task_fields,
@@ -74,6 +73,7 @@ SINGLE_THREAD_ENV = {
 CONSOLE_SCRIPT = PROGRAM
 ENTRY_POINT = "flwr.supernode.cli:flwr_clientapp"  # flwr's entry_points.txt, 1.41.0 and 1.42.0
 LIGHT_MODULE = "flwr.supernode.cli.flwr_clientapp"
+FULL_CLI_MODULE = "flwr.supernode.cli.flower_supernode"  # what the light path avoids
 HANDSHAKE_TIMEOUT = 5.0
 EXIT_SETUP_FAILED = 70  # the child failed before running any ClientApp code (EX_SOFTWARE)
 # modules whose presence in the launcher would mean a GPU framework was initialised before the fork
@@ -237,40 +237,45 @@ class BadRequest(Exception):
     pass
 
 
-def receive_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    """The shim's request and the descriptors it sent (closed again here on a bad request)."""
-    fds: list[int] = []
-    try:
-        data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
-        if len(data) < HEADER.size:
-            raise BadRequest("short request")
-        (size,) = HEADER.unpack_from(data)
-        if size > MAX_REQUEST:
-            raise BadRequest(f"request of {size} bytes")
-        body = data[HEADER.size :]
-        while len(body) < size:
-            chunk = conn.recv(min(65536, size - len(body)))
-            if not chunk:
-                raise BadRequest("request cut short")
-            body += chunk
-        request = json.loads(body[:size])
-        if not isinstance(request, dict) or request.get("protocol") != PROTOCOL:
-            raise BadRequest("unknown protocol")
-        argv, env, cwd = request.get("argv"), request.get("env"), request.get("cwd")
-        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
-            raise BadRequest("no argv")
-        if parse_executor_argv(argv[1:]) is None:
-            raise BadRequest("argv is not the SubprocessExecutor form")
-        if not isinstance(env, dict) or not isinstance(cwd, str):
-            raise BadRequest("no environment or directory")
-        if len(fds) != 3:
-            raise BadRequest(f"{len(fds)} descriptors instead of stdin, stdout, stderr")
-        return request, fds
-    except BaseException:
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        raise
+def receive_request(conn: socket.socket) -> dict[str, Any]:
+    """The shim's request (length-prefixed JSON), checked."""
+    header = b""
+    while len(header) < HEADER.size:
+        chunk = conn.recv(HEADER.size - len(header))
+        if not chunk:
+            raise BadRequest("request cut short")
+        header += chunk
+    (size,) = HEADER.unpack(header)
+    if size > MAX_REQUEST:
+        raise BadRequest(f"request of {size} bytes")
+    body = b""
+    while len(body) < size:
+        chunk = conn.recv(min(65536, size - len(body)))
+        if not chunk:
+            raise BadRequest("request cut short")
+        body += chunk
+    request = json.loads(body)
+    if not isinstance(request, dict) or request.get("protocol") != PROTOCOL:
+        raise BadRequest("unknown protocol")
+    argv, env, cwd = request.get("argv"), request.get("env"), request.get("cwd")
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+        raise BadRequest("no argv")
+    if parse_executor_argv(argv[1:]) is None:
+        raise BadRequest("argv is not the SubprocessExecutor form")
+    if not isinstance(env, dict) or not isinstance(cwd, str):
+        raise BadRequest("no environment or directory")
+    return request
+
+
+def receive_go(conn: socket.socket) -> list[int] | None:
+    """The shim's GO with its stdin, stdout, stderr; None (descriptors closed) for anything else."""
+    data, fds, _flags, _addr = socket.recv_fds(conn, 64, 3)
+    if data == GO + b"\n" and len(fds) == 3:
+        return list(fds)
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return None
 
 
 class Launcher:
@@ -336,12 +341,13 @@ class Launcher:
 
     def handle(self, conn: socket.socket) -> None:
         conn.settimeout(HANDSHAKE_TIMEOUT)
-        request, fds = receive_request(conn)
+        request = receive_request(conn)
+        conn.sendall(OFFER + b"\n")
+        fds = receive_go(conn)
+        if fds is None:
+            conn.close()  # the shim gave up (and fell back) before it got our OFFER
+            return
         try:
-            conn.sendall(OFFER + b"\n")
-            if LineReader(conn).line(time.monotonic() + HANDSHAKE_TIMEOUT) != GO:
-                conn.close()  # the shim gave up (and fell back) before it got our OFFER
-                return
             self.fork(conn, request, fds)
         finally:
             for fd in fds:
@@ -420,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     launcher.install_signals()
     launcher.bind()
     seconds = time.monotonic() - started
-    log_event("ready", how=how, modules=len(sys.modules), import_seconds=round(seconds, 3))
+    log_event("ready", how=how, modules=len(sys.modules), import_seconds=round(seconds, 3),
+              gpu_modules=gpu_modules_loaded(), flower_supernode=FULL_CLI_MODULE in sys.modules)
     print(f"warm-clientapp: ready on {args.socket} ({how} import of {len(sys.modules)} modules in {seconds:.2f} s)",
           file=sys.stderr, flush=True)  # fmt: skip
     launcher.serve()
