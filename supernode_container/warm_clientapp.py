@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     launcher.bind()
     seconds = time.monotonic() - started
     log_event("ready", how=how, modules=len(sys.modules), import_seconds=round(seconds, 3),
-              gpu_modules=gpu_modules_loaded(), flower_supernode=FULL_CLI_MODULE in sys.modules)
+              gpu_modules=gpu_modules_loaded(), flower_supernode=FULL_CLI_MODULE in sys.modules)  # fmt: skip
     print(f"warm-clientapp: ready on {args.socket} ({how} import of {len(sys.modules)} modules in {seconds:.2f} s)",
           file=sys.stderr, flush=True)  # fmt: skip
     launcher.serve()
