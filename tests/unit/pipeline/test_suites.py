@@ -7,15 +7,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import hcl2
 import pytest
 import yaml
 
 from appliance_build import config, suites
 from appliance_build.config import BaseConfig, FlowerConfig
 from appliance_build.errors import ConfigError
-from appliance_build.stages import base, container
+from appliance_build.stages import base, container, render
 from appliance_build.stages.base import debian
 from appliance_build.stages.base.disk_layout import Layout
+from appliance_build.vm.accel import Accelerator
 
 DEFINITION = """
 description = "test image"
@@ -204,3 +206,26 @@ def test_wheels_downloaded_for_the_suites_python(
     assert "--require-hashes" in argv and "--only-binary=:all:" in argv
     platforms = [argv[i + 1] for i, a in enumerate(argv) if a == "--platform"]
     assert platforms == suite.manylinux_platforms
+
+
+# --- rendering ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("provider", "flwr"), [("debian-13", "1.42.0"), ("debian-12", "1.41.0")])
+@pytest.mark.parametrize("target", ["1.6.6", "1.11.2"])
+def test_render_per_suite(tmp_path: Path, provider: str, flwr: str, target: str) -> None:
+    """Both suites render for both Packer targets; the provisioning environment carries the
+    definition's flwr version and image tag (the container follows the suite, not the HCL)."""
+    image = load(tmp_path, provider, flwr)
+    upload = tmp_path / "flower-build"
+    upload.mkdir()
+    rendered = render.render(
+        image, tmp_path / "out", target=render.PackerTarget.parse(target), accel=Accelerator("tcg", "max", "test"),
+        base_disk=tmp_path / "base.qcow2", base_checksum="none", upload_dir=upload,
+        ssh_public_key="ssh-ed25519 AAAA test", firmware=None,
+    )  # fmt: skip
+    with rendered.hcl.open() as handle:
+        doc = hcl2.load(handle)
+    assert doc["build"] and doc["source"]
+    text = rendered.hcl.read_text()
+    assert f"FLWR_VERSION={flwr}" in text and f"FLOWER_SUPERNODE_IMAGE=flwr-supernode:{flwr}" in text
