@@ -104,8 +104,9 @@ def test_gpu(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff, mypy --strict on the pipeline package, shellcheck on every shell script."""
     _install(session, "lint", "flower")  # mypy reads flwr's types for e2e/
-    session.run("ruff", "check", "appliance_build", "supernode_runtime", "e2e", "tests", "noxfile.py")
-    session.run("mypy", "appliance_build", "supernode_runtime", "e2e")
+    session.run("ruff", "check", "appliance_build", "supernode_runtime", "supernode_container", "e2e", "tests",
+                "noxfile.py")  # fmt: skip
+    session.run("mypy", "appliance_build", "supernode_runtime", "supernode_container", "e2e")
     scripts = sorted(glob.glob("provision/*.sh") + glob.glob("scripts/*.sh") + glob.glob(".ci/*") + ["setup-host.sh"])
     session.run("shellcheck", "-x", *scripts, external=True)
 
