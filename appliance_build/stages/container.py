@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import cache, host_tools
 from ..config import BaseConfig, FlowerConfig
-from ..paths import IMAGES_DIR, RUNTIME_DIR
+from ..paths import IMAGES_DIR, REPO, RUNTIME_DIR
 from ..progress import run, say
 from ..suites import DebianSuite, container_suite
 
@@ -30,6 +30,13 @@ RECIPE_VERSION = 2
 VENV = "/opt/flwr"
 APP_UID = 49999
 DEVICE_HELPER = RUNTIME_DIR / "flower_device.py"
+# The warm ClientApp launcher and the entrypoint that supervises it (supernode_container/README.md)
+LAUNCHER_PACKAGE = REPO / "supernode_container"
+ENTRYPOINT = ["/usr/bin/tini", "--", f"{VENV}/bin/python", "-m", "supernode_container.entrypoint"]
+
+
+def launcher_sources() -> list[Path]:
+    return sorted(LAUNCHER_PACKAGE.glob("*.py"))
 
 
 @dataclass(frozen=True)
@@ -43,9 +50,13 @@ class ContainerImage:
     def import_changes(self) -> list[str]:
         """Dockerfile instructions `docker import --change` applies to the rootfs."""
         return [
-            f'ENTRYPOINT ["{VENV}/bin/flower-supernode"]',
+            f"ENTRYPOINT {json.dumps(ENTRYPOINT)}",
             f"ENV PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "ENV PYTHONUNBUFFERED=1",
+            # an offline appliance: no telemetry, no update check (flwr/supercore/telemetry.py,
+            # flwr/supercore/update_check.py), for every flwr process of the container
+            "ENV FLWR_TELEMETRY_ENABLED=0",
+            "ENV FLWR_DISABLE_UPDATE_CHECK=1",
             "WORKDIR /app",
             "USER app",
         ]
@@ -62,6 +73,8 @@ def inputs(flower: FlowerConfig, base: BaseConfig) -> dict[str, Any]:
         "platforms": suite.manylinux_platforms,
         "lock_sha256": cache.file_sha256(IMAGES_DIR / flower.lock),
         "device_helper_sha256": cache.file_sha256(DEVICE_HELPER) if DEVICE_HELPER.exists() else "",
+        "launcher_sha256": {p.name: cache.file_sha256(p) for p in launcher_sources()},
+        "entrypoint": ENTRYPOINT,
     }
 
 
@@ -130,9 +143,16 @@ def _build(flower: FlowerConfig, base: BaseConfig, scratch: Path, logs: Path) ->
         '--customize-hook=rm -rf "$1/tmp/wheels" "$1/tmp/requirements.txt" "$1/tmp/freeze.txt" '
         '"$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin',
     ]
+    site = f"{VENV}/lib/python{suite.python}/site-packages"
     if DEVICE_HELPER.exists():
-        site = f"{VENV}/lib/python{suite.python}/site-packages/flower_device.py"
-        hooks.insert(-1, f"--customize-hook=upload {DEVICE_HELPER} {site}")
+        hooks.insert(-1, f"--customize-hook=upload {shlex.quote(str(DEVICE_HELPER))} {site}/flower_device.py")
+    hooks[-1:-1] = [
+        f'--customize-hook=mkdir -p "$1{site}/supernode_container"',
+        *(f"--customize-hook=upload {shlex.quote(str(p))} {site}/supernode_container/{p.name}"
+          for p in launcher_sources()),
+        # the container user cannot write .pyc files: compile every module now and check each one
+        f'--customize-hook=chroot "$1" {VENV}/bin/python -m supernode_container.pyc_check --compile {site}',
+    ]  # fmt: skip
     tar = scratch / "rootfs.tar"
     run(
         ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar",
