@@ -7,7 +7,7 @@ stdout (the journal) and recorded in the status file:
 2. validate-variables  - every variable checked before anything starts
 3. tls-material        - CA written to /etc/flower/tls/ca.pem (0644), or removed
 4. superlink-discovery - static FL_SUPERLINK_ADDRESS, else OneGate ``GET /service``
-5. gpu-detection       - lsmod + nvidia-smi; CPU fallback is a warning
+5. gpu-detection       - lsmod + nvidia-smi + CDI spec (nvidia-ctk); CPU fallback is a warning
 6. launch-spec         - docker run argv written to /run/flower/supernode.json
 7. onegate-report      - ``PUT /vm`` READY / FL_GPU_AVAILABLE (warning if unreachable)
 
@@ -279,11 +279,19 @@ class BootSequence:
             self._step(5, "skipped", "configuration has errors")
             return
         if self.dry and cfg.gpu_enabled:
-            self.deferred.append("FL_GPU_ENABLED=YES: the boot will probe lsmod, nvidia-smi and docker; CPU if absent")
+            self.deferred.append(
+                "FL_GPU_ENABLED=YES: the boot will probe lsmod, nvidia-smi, docker and nvidia-ctk (CDI); CPU if absent"
+            )
             self.report.gpu = {"requested": True, "FL_GPU_AVAILABLE": "NO", "reason": "not probed (check only)"}
             self._step(5, "skipped", "would probe the GPU (check only); CPU fallback if none")
             return
-        gpu = detect_gpu(cfg.gpu_enabled, self.paths.validate_gpu_script, self.opt.runner)
+        gpu = detect_gpu(
+            cfg.gpu_enabled,
+            self.paths.validate_gpu_script,
+            self.opt.runner,
+            cuda_visible_devices=cfg.cuda_visible_devices,
+            cdi_spec=self.paths.cdi_spec,
+        )
         self.state.gpu = gpu
         self.report.gpu = {
             "requested": gpu.requested,
@@ -294,7 +302,10 @@ class BootSequence:
         if not gpu.requested:
             self._step(5, "skipped", gpu.reason)
         elif gpu.available:
-            flags = " ".join(docker_gpu_flags(True, cfg.cuda_visible_devices))
+            flags = " ".join(docker_gpu_flags(gpu.access, cfg.cuda_visible_devices))
+            if gpu.access is not None:
+                self.report.gpu["route"] = gpu.access.route
+                self.report.gpu["cdi_devices"] = list(gpu.access.cdi_devices)
             persistence = start_persistence_daemon(self.opt.runner)
             self.report.gpu["persistence_daemon"] = persistence
             self._step(5, "ok", f"GPU available ({gpu.reason}); docker flags: {flags}; {persistence}")
@@ -319,8 +330,9 @@ class BootSequence:
         try:
             build = load_build_info(self.paths.build_info)
             self.report.build = build.as_dict()
-            gpu_ok = self.state.gpu is not None and self.state.gpu.available
-            argv = docker_run_argv(cfg, gpu_ok, build, ca_host_path=self.paths.tls_ca)
+            access = self.state.gpu.access if self.state.gpu is not None and self.state.gpu.available else None
+            gpu_ok = access is not None
+            argv = docker_run_argv(cfg, access, build, ca_host_path=self.paths.tls_ca)
             extra = {"image": build.supernode_image, "gpu": gpu_ok, "generated_at": self.opt.now()}
             write_launch_spec(self.paths.launch_spec, argv, extra)
         except (LaunchError, OSError) as exc:
@@ -343,7 +355,7 @@ class BootSequence:
                 build = BuildInfo("<supernode_image from build.json>", "?", "cpu")
             if not cfg.superlink_address:
                 cfg = dataclasses.replace(cfg, superlink_address="<address from OneGate>")
-            argv = docker_run_argv(cfg, False, build, ca_host_path=self.paths.tls_ca)
+            argv = docker_run_argv(cfg, None, build, ca_host_path=self.paths.tls_ca)
         except (LaunchError, OSError) as exc:
             self._error(f"launch spec: {exc}")
             self._step(6, "error", str(exc))

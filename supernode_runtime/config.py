@@ -81,6 +81,7 @@ class EffectiveConfig:
     gpu_enabled: bool
     cuda_visible_devices: str
     gpu_memory_fraction: float
+    warm_clientapp: bool = True
 
 
 @dataclass
@@ -175,6 +176,7 @@ def resolve(layers: Sequence[Layer]) -> Resolution:
             gpu_enabled=typed["FL_GPU_ENABLED"],
             cuda_visible_devices=typed["FL_CUDA_VISIBLE_DEVICES"],
             gpu_memory_fraction=typed["FL_GPU_MEMORY_FRACTION"],
+            warm_clientapp=typed["FL_WARM_CLIENTAPP"],
         )
     return res
 

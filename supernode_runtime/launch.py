@@ -27,7 +27,7 @@ from typing import Any
 
 from supernode_runtime.config import EffectiveConfig
 from supernode_runtime.fsutil import atomic_write
-from supernode_runtime.gpu import docker_gpu_flags
+from supernode_runtime.gpu import GpuAccess, docker_gpu_flags
 from supernode_runtime.validators import MAX_ARG_BYTES
 
 CONTAINER_NAME = "flower-supernode"
@@ -35,6 +35,10 @@ CONTAINER_CA_PATH = "/app/certificates/ca.pem"
 GUEST_CA_PATH = Path("/etc/flower/tls/ca.pem")
 NVIDIA_CAPABILITIES = "compute,utility"
 SPEC_VERSION = 1
+# Always passed: the stock flower-supernode path is quiet too, not only the warm entrypoint
+# (flwr reads FLWR_TELEMETRY_ENABLED in flwr/supercore/telemetry.py and
+# FLWR_DISABLE_UPDATE_CHECK in flwr/supercore/update_check.py).
+QUIET_ENV = ("FLWR_TELEMETRY_ENABLED=0", "FLWR_DISABLE_UPDATE_CHECK=1")
 
 SUPERNODE_FLAGS = (
     "--superlink", "--insecure", "--root-certificates", "--isolation",
@@ -98,24 +102,29 @@ def _number(value: float) -> str:
 
 def docker_run_argv(
     config: EffectiveConfig,
-    gpu_available: bool,
+    gpu: GpuAccess | None,
     build_info: BuildInfo,
     ca_host_path: Path = GUEST_CA_PATH,
 ) -> list[str]:
     """The full ``docker run`` argv for the SuperNode container.
 
-    ``config.superlink_address`` must be set (static or discovered).
+    ``gpu``: how the container gets the GPU (None: CPU). ``config.superlink_address`` must be
+    set (static or discovered). FL_WARM_CLIENTAPP reaches the container's entrypoint
+    (``python -m supernode_container.entrypoint``), which reads it from its environment.
     """
     if not config.superlink_address:
         raise ValueError("no SuperLink address")
     argv = ["docker", "run", "--rm", "--name", CONTAINER_NAME]
-    argv += docker_gpu_flags(gpu_available, config.cuda_visible_devices)
+    argv += docker_gpu_flags(gpu, config.cuda_visible_devices)
     argv += [
         "-e", f"FLWR_LOG_LEVEL={config.log_level}",
         "-e", f"FL_GPU_MEMORY_FRACTION={_number(config.gpu_memory_fraction)}",
         "-e", "TF_FORCE_GPU_ALLOW_GROWTH=true",
+        "-e", f"FL_WARM_CLIENTAPP={'YES' if config.warm_clientapp else 'NO'}",
     ]  # fmt: skip
-    if gpu_available:
+    for item in QUIET_ENV:
+        argv += ["-e", item]
+    if gpu is not None:
         argv += ["-e", f"NVIDIA_DRIVER_CAPABILITIES={NVIDIA_CAPABILITIES}"]
     if config.tls_enabled:
         argv += [

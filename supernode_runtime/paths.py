@@ -21,6 +21,8 @@ STATUS_JSON = "run/flower/status.json"
 STATUS_TEXT = "run/flower/status.txt"
 MOTD_FILE = "run/motd.d/50-flower-supernode"
 VALIDATE_GPU_SCRIPT = "opt/flower/scripts/validate-gpu.sh"
+# The CDI spec of this boot's GPUs (dockerd reads /var/run/cdi; emptied at every boot).
+CDI_SPEC = "var/run/cdi/nvidia.yaml"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Paths:
     status_text: Path
     motd_file: Path
     validate_gpu_script: Path
+    cdi_spec: Path
 
     @classmethod
     def from_root(cls, root: str | Path = "/") -> Paths:
@@ -57,4 +60,5 @@ class Paths:
             status_text=base / STATUS_TEXT,
             motd_file=base / MOTD_FILE,
             validate_gpu_script=base / VALIDATE_GPU_SCRIPT,
+            cdi_spec=base / CDI_SPEC,
         )

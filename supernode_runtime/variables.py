@@ -202,6 +202,20 @@ VARIABLES: tuple[Variable, ...] = (
         # The seeds (plan 06-02) define this input as type "number".
         user_input_type="number",
     ),
+    Variable(
+        name="FL_WARM_CLIENTAPP",
+        type="boolean",
+        default="YES",
+        parse=v.parse_yes_no,
+        accepted="YES or NO (any letter case)",
+        help=(
+            "Keep a warm ClientApp launcher in the SuperNode container so each task starts in well "
+            "under a second on slow hosts (NO: flwr's own per-task flwr-clientapp start)"
+        ),
+        stage=STAGE_LAUNCH,
+        secret=False,
+        user_input_type="boolean",
+    ),
 )
 
 BY_NAME: dict[str, Variable] = {var.name: var for var in VARIABLES}

@@ -51,6 +51,10 @@ LSMOD_WITH_NVIDIA = (
     "nvidia              56717312  1 nvidia_uvm\n"
     "virtio_net             65536  0\n"
 )
+# What `nvidia-ctk cdi list` prints for one GPU with --device-name-strategy=index.
+CDI_DEVICES_ONE_GPU = ("nvidia.com/gpu=0", "nvidia.com/gpu=all")
+CDI_DEVICES_TWO_GPUS = ("nvidia.com/gpu=0", "nvidia.com/gpu=1", "nvidia.com/gpu=all")
+
 LSMOD_WITHOUT_NVIDIA = (
     "Module                  Size  Used by\n"
     "nvidia_uvm           1540096  0\n"
@@ -89,14 +93,50 @@ class FakeBin:
     def calls(self) -> list[str]:
         return self.log.read_text().splitlines() if self.log.exists() else []
 
-    def gpu_present(self) -> None:
+    def docker(self, cdi: bool = True, nvidia_runtime: bool = True) -> None:
+        """A docker whose ``info`` reports CDI spec directories (Docker >= 25 with the cdi
+        feature) or none, and the nvidia runtime or not; any other call exits 0."""
+        dirs = '["/etc/cdi","/var/run/cdi"]' if cdi else "[]"
+        runtimes = '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}' if nvidia_runtime else (
+            '{"io.containerd.runc.v2":{"path":"runc"},"runc":{"path":"runc"}}'
+        )
+        self.add(
+            "docker",
+            f'case "$*" in\n  *CDISpecDirs*) /bin/echo \'{dirs}\' ;;\n'
+            f"  *Runtimes*) /bin/echo '{runtimes}' ;;\nesac\nexit 0",
+        )
+
+    def nvidia_ctk(self, devices: tuple[str, ...] = CDI_DEVICES_ONE_GPU, generate_exit: int = 0) -> None:
+        """An nvidia-ctk whose ``cdi generate --output=FILE`` writes FILE (or exits
+        ``generate_exit``) and whose ``cdi list`` lists ``devices``, as the real one does
+        (log line on stderr, one device name per line on stdout)."""
+        listing = self.dir / ".nvidia-ctk.list"
+        listing.write_text("".join(f"{d}\n" for d in devices))
+        self.add(
+            "nvidia-ctk",
+            'if [ "$1 $2" = "cdi generate" ]; then\n'
+            f"  [ {generate_exit} -eq 0 ] || "
+            f"{{ /bin/echo 'ERROR: failed to initialize NVML' >&2; exit {generate_exit}; }}\n"
+            '  for a in "$@"; do\n'
+            '    case "$a" in --output=*) /bin/echo "cdiVersion: 0.5.0" > "${a#--output=}" ;; esac\n'
+            "  done\n  exit 0\nfi\n"
+            'if [ "$1 $2" = "cdi list" ]; then\n'
+            f'  /bin/echo "INFO[0000] Found {len(devices)} CDI devices" >&2\n'
+            f'  /bin/cat "{listing}"\n  exit 0\nfi\nexit 2',
+        )
+
+    def gpu_present(self, devices: tuple[str, ...] = CDI_DEVICES_ONE_GPU) -> None:
+        """A GPU VM of the default images: driver, Docker with CDI, the toolkit's nvidia-ctk."""
         self.add_output("lsmod", LSMOD_WITH_NVIDIA)
         self.add_output("nvidia-smi", "| NVIDIA A100 |\n")
-        self.add_output("docker", '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}\n')
+        self.docker()
+        self.nvidia_ctk(devices)
 
     def gpu_toolkit_missing(self) -> None:
+        """Driver and Docker with CDI, but no Container Toolkit (no nvidia-ctk, no runtime)."""
         self.gpu_present()
-        self.add_output("docker", '{"io.containerd.runc.v2":{"path":"runc"},"runc":{"path":"runc"}}\n')
+        (self.dir / "nvidia-ctk").unlink()
+        self.docker(nvidia_runtime=False)
 
     def gpu_module_missing(self) -> None:
         self.add_output("lsmod", LSMOD_WITHOUT_NVIDIA)

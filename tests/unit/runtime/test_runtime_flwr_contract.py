@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from runtime_testlib import FakeBin, FakeRoot
 
 from supernode_runtime.config import EffectiveConfig, resolve
+from supernode_runtime.gpu import GpuAccess
 from supernode_runtime.launch import SUPERNODE_FLAGS, BuildInfo, LaunchError, check_argv_lengths, docker_run_argv
 from supernode_runtime.validators import MAX_ARG_BYTES, MAX_ARG_STRLEN, InvalidValue, node_config_values
 
@@ -165,7 +166,7 @@ def test_flwr_own_parser_reads_the_launch_argv_verbatim(tls: bool) -> None:
     cfg = dataclasses.replace(
         BASE, tls_enabled=tls, node_config=node_config, max_retries=3, max_wait_time=2.5, isolation="process"
     )
-    argv = docker_run_argv(cfg, True, BUILD)
+    argv = docker_run_argv(cfg, GpuAccess("cdi", ("nvidia.com/gpu=all",)), BUILD)
     args = _parse_args_run_supernode().parse_args(argv[argv.index(BUILD.supernode_image) + 1 :])
     assert args.node_config == node_config
     assert args.superlink == "10.0.0.5:8000"

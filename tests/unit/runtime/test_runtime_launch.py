@@ -12,6 +12,7 @@ import pytest
 from runtime_testlib import BUILD_INFO, FakeBin, FakeRoot, pythonpath_env
 
 from supernode_runtime.config import EffectiveConfig
+from supernode_runtime.gpu import GpuAccess
 from supernode_runtime.launch import (
     BuildInfo,
     LaunchError,
@@ -41,6 +42,9 @@ ENV = [
     "-e", "FLWR_LOG_LEVEL=INFO",
     "-e", "FL_GPU_MEMORY_FRACTION=0.8",
     "-e", "TF_FORCE_GPU_ALLOW_GROWTH=true",
+    "-e", "FL_WARM_CLIENTAPP=YES",
+    "-e", "FLWR_TELEMETRY_ENABLED=0",
+    "-e", "FLWR_DISABLE_UPDATE_CHECK=1",
 ]  # fmt: skip
 TAIL_INSECURE = [
     "flwr-supernode:1.41.0",
@@ -49,32 +53,59 @@ TAIL_INSECURE = [
     "--isolation", "subprocess",
 ]  # fmt: skip
 NVIDIA = ["-e", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
+CDI_ALL = GpuAccess("cdi", ("nvidia.com/gpu=all",))
+CDI_0_1 = GpuAccess("cdi", ("nvidia.com/gpu=0", "nvidia.com/gpu=1"))
+GPUS = GpuAccess("gpus")
 
 
 def test_cpu_argv() -> None:
-    assert docker_run_argv(BASE, False, BUILD) == HEAD + ENV + TAIL_INSECURE
+    assert docker_run_argv(BASE, None, BUILD) == HEAD + ENV + TAIL_INSECURE
 
 
-def test_gpu_all_argv() -> None:
+def test_gpu_all_argv_cdi() -> None:
+    cfg = dataclasses.replace(BASE, gpu_enabled=True)
+    expected = [*HEAD, "--device", "nvidia.com/gpu=all", *ENV, *NVIDIA, *TAIL_INSECURE]
+    assert docker_run_argv(cfg, CDI_ALL, BUILD) == expected
+
+
+def test_gpu_selected_devices_argv_cdi_one_device_per_index_no_cuda_visible_devices() -> None:
+    cfg = dataclasses.replace(BASE, gpu_enabled=True, cuda_visible_devices="0,1")
+    expected = [*HEAD, "--device", "nvidia.com/gpu=0", "--device", "nvidia.com/gpu=1", *ENV, *NVIDIA]
+    argv = docker_run_argv(cfg, CDI_0_1, BUILD)
+    assert argv == expected + TAIL_INSECURE
+    assert not any(a.startswith("CUDA_VISIBLE_DEVICES") for a in argv)
+    assert "--gpus" not in argv
+
+
+def test_gpu_all_argv_gpus_route() -> None:
     cfg = dataclasses.replace(BASE, gpu_enabled=True)
     expected = [*HEAD, "--gpus", "all", *ENV, *NVIDIA, *TAIL_INSECURE]
-    assert docker_run_argv(cfg, True, BUILD) == expected
+    assert docker_run_argv(cfg, GPUS, BUILD) == expected
 
 
-def test_gpu_selected_devices_argv() -> None:
+def test_gpu_selected_devices_argv_gpus_route() -> None:
     cfg = dataclasses.replace(BASE, gpu_enabled=True, cuda_visible_devices="0,1")
     expected = [*HEAD, "--gpus", "all", "-e", "CUDA_VISIBLE_DEVICES=0,1", *ENV, *NVIDIA]
-    assert docker_run_argv(cfg, True, BUILD) == expected + TAIL_INSECURE
+    assert docker_run_argv(cfg, GPUS, BUILD) == expected + TAIL_INSECURE
 
 
 def test_gpu_requested_but_missing_is_plain_cpu_argv() -> None:
     cfg = dataclasses.replace(BASE, gpu_enabled=True, cuda_visible_devices="0,1")
-    assert docker_run_argv(cfg, False, BUILD) == HEAD + ENV + TAIL_INSECURE
+    assert docker_run_argv(cfg, None, BUILD) == HEAD + ENV + TAIL_INSECURE
+
+
+@pytest.mark.parametrize(("warm", "value"), [(True, "YES"), (False, "NO")])
+def test_warm_clientapp_and_quiet_flwr_reach_the_container(warm: bool, value: str) -> None:
+    argv = docker_run_argv(dataclasses.replace(BASE, warm_clientapp=warm), None, BUILD)
+    env = [argv[i + 1] for i, item in enumerate(argv) if item == "-e"]
+    assert f"FL_WARM_CLIENTAPP={value}" in env
+    assert {"FLWR_TELEMETRY_ENABLED=0", "FLWR_DISABLE_UPDATE_CHECK=1"} <= set(env)
+    assert argv.index("FL_WARM_CLIENTAPP=" + value) < argv.index(BUILD.supernode_image)  # docker's, not flwr's
 
 
 def test_tls_argv_mounts_ca_and_never_insecure() -> None:
     cfg = dataclasses.replace(BASE, tls_enabled=True, ca_cert_pem="pem")
-    argv = docker_run_argv(cfg, False, BUILD)
+    argv = docker_run_argv(cfg, None, BUILD)
     mount = "type=bind,source=/etc/flower/tls/ca.pem,target=/app/certificates/ca.pem,readonly"
     assert argv == HEAD + ENV + ["--mount", mount] + [
         "flwr-supernode:1.41.0",
@@ -95,7 +126,7 @@ def test_all_optional_flags_and_value_formatting() -> None:
         isolation="process",
         gpu_memory_fraction=1.0,
     )
-    argv = docker_run_argv(cfg, False, BUILD)
+    argv = docker_run_argv(cfg, None, BUILD)
     assert argv[-9:] == [
         "--insecure",
         "--isolation", "process",
@@ -106,12 +137,12 @@ def test_all_optional_flags_and_value_formatting() -> None:
     assert "FLWR_LOG_LEVEL=DEBUG" in argv
     assert "FL_GPU_MEMORY_FRACTION=1" in argv
     whole = dataclasses.replace(BASE, max_wait_time=300.0)
-    assert docker_run_argv(whole, False, BUILD)[-2:] == ["--max-wait-time", "300"]
+    assert docker_run_argv(whole, None, BUILD)[-2:] == ["--max-wait-time", "300"]
 
 
 def test_argv_requires_an_address() -> None:
     with pytest.raises(ValueError):
-        docker_run_argv(dataclasses.replace(BASE, superlink_address=None), False, BUILD)
+        docker_run_argv(dataclasses.replace(BASE, superlink_address=None), None, BUILD)
 
 
 def test_only_verified_flower_supernode_flags_are_used() -> None:
@@ -122,7 +153,7 @@ def test_only_verified_flower_supernode_flags_are_used() -> None:
     cfg = dataclasses.replace(
         BASE, tls_enabled=True, node_config="a=1", max_retries=3, max_wait_time=5.0
     )
-    argv = docker_run_argv(cfg, True, BUILD)
+    argv = docker_run_argv(cfg, CDI_ALL, BUILD)
     flower_args = argv[argv.index("flwr-supernode:1.41.0") + 1 :]
     assert {a for a in flower_args if a.startswith("--")} <= verified
 
@@ -220,3 +251,14 @@ def test_run_supernode_without_spec_exits_2(fake_root: FakeRoot) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize(("given", "passed"), [({}, "YES"), ({"ONEAPP_FL_WARM_CLIENTAPP": "no"}, "NO")])
+def test_boot_passes_warm_clientapp_and_quiet_flwr(fake_root: FakeRoot, given: dict[str, str], passed: str) -> None:
+    fake_root.write_context({"FL_SUPERLINK_ADDRESS": "10.0.0.5", **given})
+    assert fake_root.boot().ok
+    argv = fake_root.spec()["argv"]
+    image = argv.index(BUILD_INFO["supernode_image"])
+    env = [argv[i + 1] for i, item in enumerate(argv[:image]) if item == "-e"]
+    assert f"FL_WARM_CLIENTAPP={passed}" in env
+    assert "FLWR_TELEMETRY_ENABLED=0" in env and "FLWR_DISABLE_UPDATE_CHECK=1" in env

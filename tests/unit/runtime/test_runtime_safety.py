@@ -3,9 +3,10 @@
 Canary programs named like the things hostile values try to run sit first on
 PATH; each writes a marker file when started. subprocess and os.system are
 wrapped so any shell=True or string command fails the test. The PATH also has
-a GPU (fake lsmod, nvidia-smi, a docker whose ``info`` lists the nvidia runtime,
-systemctl), so the ``--gpus`` / ``CUDA_VISIBLE_DEVICES`` branch is reached; any
-other docker or systemctl call counts as executed.
+a GPU (fake lsmod, nvidia-smi, a docker whose ``info`` reports CDI on and the nvidia
+runtime, an nvidia-ctk that writes the CDI spec and lists eight GPUs, systemctl), so the
+CDI ``--device`` branch is reached; any other docker, nvidia-ctk or systemctl call counts
+as executed.
 """
 
 from __future__ import annotations
@@ -77,7 +78,16 @@ def canary_env() -> Iterator[tuple[Path, Path]]:
         (bin_dir / "docker").write_text(
             '#!/bin/sh\nif [ "$*" = "info --format {{json .Runtimes}}" ]; then\n'
             f"  /bin/echo '{runtimes}'\n  exit 0\nfi\n"
+            'if [ "$*" = "info --format {{json .CDISpecDirs}}" ]; then\n'
+            "  /bin/echo '[\"/etc/cdi\",\"/var/run/cdi\"]'\n  exit 0\nfi\n"
             f'/bin/echo "docker $*" >> "{marker}"\n'
+        )
+        (bin_dir / "nvidia-ctk").write_text(
+            '#!/bin/sh\ncase "$*" in\n'
+            '  "cdi generate --output="*" --device-name-strategy=index")\n'
+            '    out=${3#--output=}; /bin/echo "cdiVersion: 0.5.0" > "$out"; exit 0 ;;\n'
+            '  "cdi list") for d in 0 1 2 3 4 5 6 7 all; do /bin/echo "nvidia.com/gpu=$d"; done; exit 0 ;;\n'
+            f'esac\n/bin/echo "nvidia-ctk $*" >> "{marker}"\n'
         )
         (bin_dir / "systemctl").write_text(
             '#!/bin/sh\n[ "$*" = "start --no-block nvidia-persistenced.service" ] && exit 0\n'
@@ -86,7 +96,7 @@ def canary_env() -> Iterator[tuple[Path, Path]]:
         openssl = shutil.which("openssl")
         if openssl:  # the CA check's fallback route (the cryptography route runs nothing)
             (bin_dir / "openssl").symlink_to(openssl)
-        for name in ("lsmod", "nvidia-smi", "docker", "systemctl"):
+        for name in ("lsmod", "nvidia-smi", "docker", "nvidia-ctk", "systemctl"):
             (bin_dir / name).chmod(0o755)
         old_path = os.environ.get("PATH", "")
         os.environ["PATH"] = str(bin_dir)
@@ -124,16 +134,24 @@ ALLOWED = {
     ("lsmod",),
     ("nvidia-smi",),
     ("docker", "info", "--format", "{{json .Runtimes}}"),
+    ("docker", "info", "--format", "{{json .CDISpecDirs}}"),
+    ("nvidia-ctk", "cdi", "list"),
     ("systemctl", "start", "--no-block", "nvidia-persistenced.service"),
     ("openssl", "x509", "-inform", "DER", "-outform", "DER"),
 }
 
 
 def _allowed(argv: list[str]) -> bool:
-    return (Path(argv[0]).name, *argv[1:]) in ALLOWED
+    name = Path(argv[0]).name
+    if name == "nvidia-ctk" and argv[1:3] == ["cdi", "generate"]:  # the spec goes below the fake root
+        return len(argv) == 5 and argv[3].startswith("--output=/") and argv[3].endswith(
+            "/var/run/cdi/nvidia.yaml"
+        ) and argv[4] == "--device-name-strategy=index"
+    return (name, *argv[1:]) in ALLOWED
 
 
-DOCKER_OPTIONS = {"--rm": 0, "--name": 1, "--gpus": 1, "-e": 1, "--mount": 1}
+DOCKER_OPTIONS = {"--rm": 0, "--name": 1, "--gpus": 1, "--device": 1, "-e": 1, "--mount": 1}
+QUIET = ["FLWR_TELEMETRY_ENABLED=0", "FLWR_DISABLE_UPDATE_CHECK=1"]
 
 
 def check_launch_argv(argv: list[str], config: dict[str, Any]) -> Any:
@@ -154,7 +172,16 @@ def check_launch_argv(argv: list[str], config: dict[str, Any]) -> Any:
     assert args.node_config == (config["FL_NODE_CONFIG"]["value"] or None)
     assert args.isolation == config["FL_ISOLATION"]["value"]
     names = sorted(item.split("=", 1)[0] for item in env)
-    expected = ["FLWR_LOG_LEVEL", "FL_GPU_MEMORY_FRACTION", "TF_FORCE_GPU_ALLOW_GROWTH"]
+    expected = ["FLWR_LOG_LEVEL", "FL_GPU_MEMORY_FRACTION", "TF_FORCE_GPU_ALLOW_GROWTH", "FL_WARM_CLIENTAPP",
+                "FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK"]  # fmt: skip
+    assert all(item in env for item in QUIET)
+    assert f"FL_WARM_CLIENTAPP={'YES' if config['FL_WARM_CLIENTAPP']['value'] else 'NO'}" in env
+    if "--device" in argv:
+        assert "--gpus" not in argv
+        devices = [argv[j + 1] for j, item in enumerate(argv[:i]) if item == "--device"]
+        wanted = config["FL_CUDA_VISIBLE_DEVICES"]["value"]
+        assert devices == [f"nvidia.com/gpu={d}" for d in wanted.split(",")]
+        expected.append("NVIDIA_DRIVER_CAPABILITIES")
     if "--gpus" in argv:
         assert argv[argv.index("--gpus") + 1] == "all"
         expected.append("NVIDIA_DRIVER_CAPABILITIES")
@@ -175,6 +202,7 @@ def check_launch_argv(argv: list[str], config: dict[str, Any]) -> Any:
 @example({"FL_NODE_CONFIG": 'a="$(canary)" b="`canary`" c=\'; canary\''}, True)
 @example({"ONEGATE_ENDPOINT": "http://127.0.0.1:9/$(canary)", "FL_SUPERLINK_ADDRESS": ""}, True)
 @example({"ONEAPP_FL_CUDA_VISIBLE_DEVICES": "0,1`canary`"}, True)
+@example({"FL_WARM_CLIENTAPP": "NO$(canary)", "FL_CUDA_VISIBLE_DEVICES": "1"}, True)
 def test_boot_never_executes_context_values(
     canary_env: tuple[Path, Path],
     no_shell: list[list[str]],
@@ -197,7 +225,7 @@ def test_boot_never_executes_context_values(
         if result.argv is not None:
             argv = root.spec()["argv"]
             check_launch_argv(argv, result.report.config)
-            assert ("--gpus" in argv) is (result.report.gpu.get("available") is True)
+            assert ("--device" in argv) is (result.report.gpu.get("available") is True)
         else:
             assert not root.paths.launch_spec.exists()
 
@@ -282,7 +310,7 @@ def test_valid_shellish_values_reach_the_gpu_launch_verbatim(
         assert not marker.exists(), marker.read_text()
         assert all(_allowed(argv) for argv in no_shell), no_shell
         argv = root.spec()["argv"]
-        assert "--gpus" in argv  # the GPU branch was reached
+        assert "--device" in argv  # the GPU (CDI) branch was reached
         _, args = check_launch_argv(argv, result.report.config)
         assert args.node_config == (node_config or None)  # byte for byte, one argv item
         assert args.superlink == "sl.example:9092"

@@ -42,6 +42,8 @@ VALID: list[tuple[str, str, Any]] = [
     ("FL_GPU_ENABLED", "YES", True),
     ("FL_GPU_ENABLED", "yes", True),
     ("FL_GPU_ENABLED", "No", False),
+    ("FL_WARM_CLIENTAPP", "NO", False),
+    ("FL_WARM_CLIENTAPP", "yes", True),
     ("FL_CUDA_VISIBLE_DEVICES", "all", "all"),
     ("FL_CUDA_VISIBLE_DEVICES", "ALL", "all"),
     ("FL_CUDA_VISIBLE_DEVICES", "0", "0"),
@@ -96,6 +98,8 @@ INVALID: list[tuple[str, str]] = [
     ("FL_GPU_ENABLED", "Y"),
     ("FL_GPU_ENABLED", "on"),
     ("FL_GPU_ENABLED", "YES; reboot"),
+    ("FL_WARM_CLIENTAPP", "off"),
+    ("FL_WARM_CLIENTAPP", "NO$(id)"),
     ("FL_CUDA_VISIBLE_DEVICES", "-1"),
     ("FL_CUDA_VISIBLE_DEVICES", "0,,1"),
     ("FL_CUDA_VISIBLE_DEVICES", "0,1,"),
@@ -274,3 +278,10 @@ def test_table_lookup_accepts_both_spellings() -> None:
     assert lookup("FL_GPU_ENABLED") is BY_NAME["FL_GPU_ENABLED"]
     assert lookup("FL_NOPE") is None
     assert len({v.name for v in VARIABLES}) == len(VARIABLES)
+
+
+def test_warm_clientapp_defaults_to_yes() -> None:
+    res = resolve([("cd", {"FL_SUPERLINK_ADDRESS": "10.0.0.5"})])
+    assert res.config is not None and res.config.warm_clientapp is True
+    res = resolve([("cd", {"FL_SUPERLINK_ADDRESS": "10.0.0.5", "ONEAPP_FL_WARM_CLIENTAPP": "no"})])
+    assert res.config is not None and res.config.warm_clientapp is False
