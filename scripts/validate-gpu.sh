@@ -5,7 +5,7 @@
 # over SSH, or from the boot sequence (FL_GPU_ENABLED=YES): a non-zero exit there means
 # "log a WARNING and fall back to CPU", never "abort the boot".
 #
-# Checks, in order (all five always run; every failure is counted):
+# Checks, in order (all seven always run; every failure is counted):
 #   1. NVIDIA kernel module loaded      lsmod has a line whose module name is exactly "nvidia"
 #   2. nvidia-smi responds              nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 #   3. Docker has the NVIDIA runtime    etc/docker/daemon.json "runtimes" has "nvidia" (or
@@ -15,10 +15,19 @@
 #                                       that is already in the local Docker store
 #   5. Driver version                   nvidia-smi --query-gpu=driver_version; compared with
 #                                       "nvidia_driver_version" from etc/flower/build.json
+#   6. CDI spec                         var/run/cdi/nvidia.yaml (or etc/cdi/nvidia.yaml) exists
+#                                       and `nvidia-ctk cdi list` names nvidia.com/gpu devices,
+#                                       nvidia.com/gpu=all among them
+#   7. A container sees the GPU via CDI docker run --device nvidia.com/gpu=all ... nvidia-smi -L
+#                                       (the route the appliance starts the SuperNode with)
+#   Checks 6 and 7 are SKIPPED (not failed) when dockerd reports no CDI spec directories:
+#   Docker < 25 (Debian 12's 20.10) or the "cdi" feature off; the appliance then uses --gpus
+#   (checks 3 and 4). https://docs.docker.com/reference/cli/dockerd/#enable-cdi-devices
 #
 # Output: one "[timestamp] [PASS] ..." or "[timestamp] [FAIL] ..." line per check (a FAIL is
 # followed by a "  FIX: ..." hint line), then a summary line:
-#   GPU validation PASSED: all 5 checks successful            (exit 0)
+#   GPU validation PASSED: all 7 checks successful            (exit 0)
+#   GPU validation PASSED: 5 checks successful, 2 skipped     (exit 0)
 #   GPU validation FAILED: N error(s) detected                (exit 1)
 # Exit 2: usage error.
 #
@@ -45,13 +54,14 @@
 #     and compares it with the version recorded at build time.
 #
 # Test hooks: --root DIR (or VALIDATE_ROOT) prefixes etc/docker/daemon.json and
-# etc/flower/build.json; lsmod, nvidia-smi, docker and python3 are looked up on PATH.
+# etc/flower/build.json, var/run/cdi and etc/cdi; lsmod, nvidia-smi, docker, nvidia-ctk and
+# python3 are looked up on PATH.
 
 set -u -o pipefail
 export LC_ALL=C
 
 readonly PROG=${0##*/}
-readonly TOTAL_CHECKS=5
+readonly TOTAL_CHECKS=7
 
 usage() {
     cat <<EOF
@@ -63,11 +73,14 @@ Validate the NVIDIA GPU stack inside a Flower SuperNode GPU appliance VM:
   3. Docker configured with the NVIDIA runtime (etc/docker/daemon.json)
   4. a container started with --gpus all sees the GPU (local image, never pulled)
   5. driver version readable (and equal to build.json "nvidia_driver_version", if set)
+  6. the CDI spec exists and nvidia-ctk cdi list names nvidia.com/gpu devices
+  7. a container started with --device nvidia.com/gpu=all sees the GPU (same image)
+  (6 and 7 are skipped when Docker has no CDI: Docker < 25 or the cdi feature off)
 
 Options:
-  --root DIR     read etc/docker/daemon.json and etc/flower/build.json below DIR
+  --root DIR     read etc/docker/daemon.json, etc/flower/build.json and the CDI spec below DIR
                  (default: /; environment: VALIDATE_ROOT)
-  --image IMAGE  image used for check 4 (environment: VALIDATE_GPU_IMAGE; default:
+  --image IMAGE  image used for checks 4 and 7 (environment: VALIDATE_GPU_IMAGE; default:
                  "supernode_image" from etc/flower/build.json). It must already be
                  in the local Docker store: the check runs with --pull=never.
   -h, --help     show this help and exit
@@ -75,7 +88,7 @@ Options:
 Environment:
   VALIDATE_ROOT        same as --root
   VALIDATE_GPU_IMAGE   same as --image (--image wins)
-  VALIDATE_GPU_TIMEOUT seconds allowed for the container run of check 4 (default 120)
+  VALIDATE_GPU_TIMEOUT seconds allowed for each container run (checks 4, 7; default 120)
 
 Exit status: 0 all checks passed, 1 at least one check failed, 2 usage error.
 EOF
@@ -126,12 +139,16 @@ ROOT=${ROOT%/}
 readonly ROOT
 readonly DAEMON_JSON="$ROOT/etc/docker/daemon.json"
 readonly BUILD_JSON="$ROOT/etc/flower/build.json"
+# Where the boot writes the spec (nvidia-ctk cdi generate --output=/var/run/cdi/nvidia.yaml),
+# and the static location NVIDIA's CDI guide also names.
+readonly CDI_SPECS=("$ROOT/var/run/cdi/nvidia.yaml" "$ROOT/etc/cdi/nvidia.yaml")
 RUN_TIMEOUT=${VALIDATE_GPU_TIMEOUT:-120}
 case $RUN_TIMEOUT in
     '' | *[!0-9]*) usage_error "VALIDATE_GPU_TIMEOUT must be a whole number of seconds" ;;
 esac
 
 ERRORS=0
+SKIPPED=0
 IMAGE=""
 IMAGE_SOURCE=""
 
@@ -152,6 +169,12 @@ fail() {
         log "  FIX: $4"
     fi
     ERRORS=$((ERRORS + 1))
+}
+
+# skip NUM NAME MESSAGE: the check does not apply here (not counted as an error)
+skip() {
+    log "[SKIP] Check $1/$TOTAL_CHECKS ($2): $3"
+    SKIPPED=$((SKIPPED + 1))
 }
 
 have() {
@@ -414,15 +437,137 @@ check_driver_version() {
     fi
 }
 
+# ---------------------------------------------------------------------------
+# Checks 6 and 7: GPU access through CDI (Container Device Interface)
+# ---------------------------------------------------------------------------
+# docker_cdi_dirs: prints the CDI spec directories dockerd reads. Returns 0 when it reads
+# any (the "cdi" feature is on), 1 when it reports none (CDI off, or Docker < 25 whose
+# `docker info` has no such field), 2 when docker is missing or does not answer at all.
+docker_cdi_dirs() {
+    local out
+    have docker || return 2
+    if ! out=$(docker info --format '{{json .CDISpecDirs}}' 2>&1); then
+        # Docker 20.10 has no CDISpecDirs field ("can't evaluate field"): CDI unsupported.
+        grep -q "can't evaluate field" <<<"$out" && return 1
+        printf '%s\n' "$(first_line "$out" || echo 'docker info failed')"
+        return 2
+    fi
+    out=$(first_line "$out") || return 1
+    case $out in
+        '['*'"'*) printf '%s\n' "$out" ;;
+        *) return 1 ;;
+    esac
+}
+
+CDI_STATE=""   # on | off | unknown: set by check_cdi_spec, used by check_container_cdi
+check_cdi_spec() {
+    local dirs rc=0 out spec="" f devices count
+    dirs=$(docker_cdi_dirs) || rc=$?
+    case $rc in
+        0) CDI_STATE=on ;;
+        1)
+            CDI_STATE=off
+            skip 6 "CDI spec" "Docker has no CDI (Docker < 25 or \"features\": {\"cdi\": true} not set); the appliance uses --gpus (checks 3-4)"
+            return
+            ;;
+        *)
+            CDI_STATE=unknown
+            fail 6 "CDI spec" "cannot ask Docker whether CDI is on: ${dirs:-docker not found on PATH}" \
+                "systemctl status docker; journalctl -u docker"
+            return
+            ;;
+    esac
+    for f in "${CDI_SPECS[@]}"; do
+        if [ -s "$f" ]; then
+            spec=$f
+            break
+        fi
+    done
+    if [ -z "$spec" ]; then
+        fail 6 "CDI spec" "no CDI spec for the NVIDIA GPU (${CDI_SPECS[0]} missing or empty)" \
+            "nvidia-ctk cdi generate --output=/var/run/cdi/nvidia.yaml (the boot does this when FL_GPU_ENABLED=YES: systemctl restart flower-appliance-configure)"
+        return
+    fi
+    if ! have nvidia-ctk; then
+        fail 6 "CDI spec" "nvidia-ctk not found on PATH; cannot list the CDI devices of $spec" \
+            "install the NVIDIA Container Toolkit (see /opt/flower/scripts/install-container-toolkit.sh)"
+        return
+    fi
+    if ! out=$(nvidia-ctk cdi list 2>&1); then
+        fail 6 "CDI spec" "nvidia-ctk cdi list failed: $(first_line "$out" || echo 'no output')" \
+            "nvidia-ctk cdi generate --output=/var/run/cdi/nvidia.yaml"
+        return
+    fi
+    devices=$(grep -oE '^[[:space:]]*nvidia\.com/gpu=[^[:space:]]+' <<<"$out" | sed 's/^[[:space:]]*//' | tr '\n' ' ')
+    devices=${devices% }
+    count=$(wc -w <<<"$devices")
+    if [ "$count" -eq 0 ] || ! grep -qwF 'nvidia.com/gpu=all' <<<"$devices"; then
+        fail 6 "CDI spec" "nvidia-ctk cdi list names no nvidia.com/gpu=all device (${devices:-no nvidia.com/gpu devices})" \
+            "check the driver (check 2), then: nvidia-ctk cdi generate --output=/var/run/cdi/nvidia.yaml"
+        return
+    fi
+    pass 6 "CDI spec" "$spec; Docker reads $dirs; devices: $devices"
+}
+
+check_container_cdi() {
+    local out rc=0 count
+    local -a runner=()
+    case $CDI_STATE in
+        off)
+            skip 7 "container GPU via CDI" "Docker has no CDI; the appliance uses --gpus (check 4)"
+            return
+            ;;
+        unknown)
+            fail 7 "container GPU via CDI" "Docker did not answer (see check 6)" \
+                "systemctl status docker; journalctl -u docker"
+            return
+            ;;
+    esac
+    if ! resolve_image; then
+        fail 7 "container GPU via CDI" "no test image configured ($IMAGE_SOURCE)" \
+            "set VALIDATE_GPU_IMAGE=<local image> or pass --image <local image>"
+        return
+    fi
+    if ! out=$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>&1); then
+        fail 7 "container GPU via CDI" "image $IMAGE (from $IMAGE_SOURCE) is not in the local Docker store" \
+            "load the image at build time (docker load / docker pull while building); validation never pulls"
+        return
+    fi
+    if have timeout; then
+        runner=(timeout --kill-after=10 "$RUN_TIMEOUT")
+    fi
+    out=$("${runner[@]}" docker run --rm --pull=never --network none --device nvidia.com/gpu=all \
+        --entrypoint nvidia-smi "$IMAGE" -L 2>&1) || rc=$?
+    if [ "$rc" -eq 124 ]; then
+        fail 7 "container GPU via CDI" "docker run did not finish within ${RUN_TIMEOUT}s" \
+            "check the Docker daemon: systemctl status docker; journalctl -u docker"
+        return
+    fi
+    count=$(grep -c '^GPU [0-9]' <<<"$out")
+    if [ "$rc" -ne 0 ] || [ "$count" -eq 0 ]; then
+        fail 7 "container GPU via CDI" \
+            "container started with --device nvidia.com/gpu=all could not access the GPU (exit $rc): $(first_line "$out" || echo 'no output')" \
+            "nvidia-ctk cdi generate --output=/var/run/cdi/nvidia.yaml; nvidia-ctk runtime configure --runtime=docker --cdi.enabled && systemctl restart docker"
+        return
+    fi
+    pass 7 "container GPU via CDI" "container sees $count GPU(s) through nvidia.com/gpu=all (image $IMAGE)"
+}
+
 check_kernel_module
 check_nvidia_smi
 check_docker_runtime
 check_container_gpu
 check_driver_version
+check_cdi_spec
+check_container_cdi
 
 echo ""
 if [ "$ERRORS" -eq 0 ]; then
-    log "GPU validation PASSED: all $TOTAL_CHECKS checks successful"
+    if [ "$SKIPPED" -eq 0 ]; then
+        log "GPU validation PASSED: all $TOTAL_CHECKS checks successful"
+    else
+        log "GPU validation PASSED: $((TOTAL_CHECKS - SKIPPED)) checks successful, $SKIPPED skipped"
+    fi
     exit 0
 fi
 log "GPU validation FAILED: $ERRORS error(s) detected"

@@ -27,7 +27,10 @@ TS = r"\[\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\]"
 
 # Behaviour key per invocation:
 #   nvidia-smi: "query" (name,memory.total), "driver" (driver_version), else "default"
-#   docker:     first argument ("run", "info", ...); "image_inspect" for `docker image inspect`
+#   docker:     first argument ("run", "info", ...); "image_inspect" for `docker image inspect`;
+#               "info_cdi" for `docker info --format {{json .CDISpecDirs}}`, "run_cdi" for a
+#               `docker run` with a CDI device (nvidia.com/gpu=...)
+#   nvidia-ctk: "<arg1>_<arg2>" ("cdi_list")
 #   lspci:      "k_<addr>" for `lspci -k -s <addr>`, else "default"
 #   lsmod:      "default"
 FAKE_TOOL = r"""#!/bin/sh
@@ -43,7 +46,13 @@ case "$tool" in
     esac ;;
   docker)
     key=$1
-    [ "$1" = image ] && key="image_$2" ;;
+    [ "$1" = image ] && key="image_$2"
+    case "$*" in
+      info*CDISpecDirs*) key=info_cdi ;;
+      run*nvidia.com/gpu=*) key=run_cdi ;;
+    esac ;;
+  nvidia-ctk)
+    key="$1_$2" ;;
   lspci)
     case "$*" in
       *-k*) for a in "$@"; do last=$a; done; key="k_$last" ;;
@@ -59,7 +68,7 @@ rc=0
 exit "$rc"
 """
 
-TOOLS = ("lspci", "lsmod", "nvidia-smi", "docker")
+TOOLS = ("lspci", "lsmod", "nvidia-smi", "docker", "nvidia-ctk")
 
 
 @dataclass
@@ -201,6 +210,7 @@ nvidia              54337536  2 nvidia_uvm,nvidia_modeset
 video                  73728  1 nvidia_modeset
 """
 SUPERNODE_IMAGE = "flwr/supernode:1.22.0-gpu"
+GPU_LINE = "GPU 0: NVIDIA A100-PCIE-40GB (UUID: GPU-8f3c6a2e-0000-0000-0000-000000000000)\n"
 DRIVER = "550.127.05"
 
 
@@ -214,9 +224,15 @@ def make_vm(tmp_path: Path) -> Sandbox:
     sb.fake(
         "docker",
         "run",
-        out="GPU 0: NVIDIA A100-PCIE-40GB (UUID: GPU-8f3c6a2e-0000-0000-0000-000000000000)\n",
+        out=GPU_LINE,
     )
     sb.fake("docker", "info", out='{"io.containerd.runc.v2":{},"runc":{"path":"runc"}}\n')
+    # Docker >= 25 with the cdi feature, the spec the boot generated, nvidia-ctk listing it
+    sb.fake("docker", "info_cdi", out='["/etc/cdi","/var/run/cdi"]\n')
+    sb.fake("docker", "run_cdi", out=GPU_LINE)
+    sb.write("var/run/cdi/nvidia.yaml", "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\n")
+    sb.fake("nvidia-ctk", "cdi_list", out="nvidia.com/gpu=0\nnvidia.com/gpu=all\n",
+            err="INFO[0000] Found 2 CDI devices\n")  # fmt: skip
     sb.write_json(
         "etc/docker/daemon.json",
         {

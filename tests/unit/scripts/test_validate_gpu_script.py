@@ -7,7 +7,7 @@ import re
 import pytest
 from gpu_scripts_support import DRIVER, SUPERNODE_IMAGE, TS, VALIDATE_GPU, Result, Sandbox
 
-ALL_PASSED = "GPU validation PASSED: all 5 checks successful"
+ALL_PASSED = "GPU validation PASSED: all 7 checks successful"
 
 
 def failed(n: int) -> str:
@@ -15,16 +15,24 @@ def failed(n: int) -> str:
 
 
 def check_line(result: Result, status: str, num: int) -> str:
-    """The single `[STATUS] Check num/5 ...` line of check `num`."""
-    lines = [line for line in result.level_lines(status) if line.startswith(f"Check {num}/5 ")]
+    """The single `[STATUS] Check num/7 ...` line of check `num`."""
+    lines = [line for line in result.level_lines(status) if line.startswith(f"Check {num}/7 ")]
     assert len(lines) == 1, result.stdout
     return lines[0]
+
+
+def assert_failures(result: Result, *nums: int) -> list[str]:
+    """Exactly checks `nums` failed (every other one passed); their FAIL lines."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert failed(len(nums)) in result.stdout
+    assert len(result.level_lines("PASS")) == 7 - len(nums)
+    return [check_line(result, "FAIL", num) for num in nums]
 
 
 def assert_only_failure(result: Result, num: int) -> str:
     assert result.returncode == 1, result.stdout + result.stderr
     assert failed(1) in result.stdout
-    assert len(result.level_lines("PASS")) == 4
+    assert len(result.level_lines("PASS")) == 6
     return check_line(result, "FAIL", num)
 
 
@@ -32,9 +40,9 @@ def assert_only_failure(result: Result, num: int) -> str:
 def test_all_checks_pass(vm: Sandbox) -> None:
     r = vm.run(VALIDATE_GPU)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert len(r.level_lines("PASS")) == 5
+    assert len(r.level_lines("PASS")) == 7
     assert r.level_lines("FAIL") == []
-    for num in range(1, 6):
+    for num in range(1, 8):
         check_line(r, "PASS", num)
     assert ALL_PASSED in r.lines[-1]
     assert re.match(rf"^{TS} GPU validation PASSED", r.lines[-1])
@@ -45,7 +53,7 @@ def test_all_checks_pass(vm: Sandbox) -> None:
 def test_every_status_line_has_timestamp(vm: Sandbox) -> None:
     r = vm.run(VALIDATE_GPU)
     status = [line for line in r.lines if "[PASS]" in line or "[FAIL]" in line]
-    assert len(status) == 5
+    assert len(status) == 7
     assert all(re.match(rf"^{TS} \[(PASS|FAIL)\] ", line) for line in status)
 
 
@@ -58,15 +66,16 @@ def test_validate_root_env_equivalent_to_option(vm: Sandbox) -> None:
 
 def test_no_set_e_every_failure_is_counted(vm: Sandbox) -> None:
     # The seed script used `set -e` and stopped at the first failing command; here all
-    # five checks must run and be counted.
+    # seven checks must run and be counted (check 6 passes: the CDI spec is still listed).
     vm.remove_tool("nvidia-smi")
     vm.fake("lsmod", out="Module Size Used by\n")
     vm.remove("etc/docker/daemon.json")
     vm.fake("docker", "image_inspect", rc=1, err="Error: No such image: x\n")
     r = vm.run(VALIDATE_GPU, path=vm.path_without("nvidia-smi"))
     assert r.returncode == 1
-    assert len(r.level_lines("FAIL")) == 5
-    assert failed(5) in r.lines[-1]
+    assert len(r.level_lines("FAIL")) == 6
+    assert failed(6) in r.lines[-1]
+    assert [line.split()[1] for line in r.level_lines("PASS")] == ["6/7"]
 
 
 # ------------------------------------------------------------------- check 1: kernel module
@@ -199,7 +208,7 @@ def test_check4_command_line(vm: Sandbox) -> None:
     assert r.returncode == 0
     calls = vm.calls("docker")
     assert f"image inspect --format {{{{.Id}}}} {SUPERNODE_IMAGE}" in calls
-    run = [c for c in calls if c.startswith("run ")]
+    run = [c for c in calls if c.startswith("run ") and "--gpus" in c.split()]
     assert len(run) == 1
     argv = run[0].split()
     assert "--rm" in argv and "--pull=never" in argv
@@ -213,8 +222,9 @@ def test_check4_command_line(vm: Sandbox) -> None:
 def test_check4_fails_when_image_not_local_and_never_runs(vm: Sandbox) -> None:
     vm.fake("docker", "image_inspect", rc=1, err=f"Error: No such image: {SUPERNODE_IMAGE}\n")
     r = vm.run(VALIDATE_GPU)
-    line = assert_only_failure(r, 4)
+    line, cdi = assert_failures(r, 4, 7)  # both container checks use the local image
     assert "not in the local Docker store" in line and SUPERNODE_IMAGE in line
+    assert "not in the local Docker store" in cdi
     assert not [c for c in vm.calls("docker") if c.startswith("run ")]
 
 
@@ -236,8 +246,8 @@ def test_check4_image_option_overrides_env(vm: Sandbox) -> None:
 def test_check4_fails_without_configured_image(vm: Sandbox) -> None:
     vm.write_json("etc/flower/build.json", {"nvidia_driver_version": DRIVER})
     r = vm.run(VALIDATE_GPU)
-    line = assert_only_failure(r, 4)
-    assert "no test image configured" in line and "supernode_image" in line
+    line, cdi = assert_failures(r, 4, 7)
+    assert "no test image configured" in line and "supernode_image" in line and "no test image" in cdi
     assert not any(c.startswith("image") for c in vm.calls("docker"))
 
 
@@ -246,9 +256,10 @@ def test_check4_fails_when_build_json_missing(vm: Sandbox) -> None:
     r = vm.run(VALIDATE_GPU)
     assert r.returncode == 1
     assert "no test image configured" in check_line(r, "FAIL", 4)
+    assert "no test image configured" in check_line(r, "FAIL", 7)
     # check 5 has nothing to compare against but the driver is readable
     assert "no nvidia_driver_version" in check_line(r, "PASS", 5)
-    assert failed(1) in r.stdout
+    assert failed(2) in r.stdout
 
 
 def test_check4_fails_when_container_cannot_see_gpu(vm: Sandbox) -> None:
@@ -286,7 +297,8 @@ def test_invalid_timeout_is_usage_error(vm: Sandbox) -> None:
 def test_check4_fails_without_docker(vm: Sandbox) -> None:
     vm.remove_tool("docker")
     r = vm.run(VALIDATE_GPU, path=vm.path_without("docker"))
-    assert "docker not found" in assert_only_failure(r, 4)
+    line, spec, _ = assert_failures(r, 4, 6, 7)
+    assert "docker not found" in line and "docker not found" in spec
 
 
 # ---------------------------------------------------------------- check 5: driver version
@@ -344,3 +356,94 @@ def test_usage_errors_exit_2(vm: Sandbox, args: tuple[str, ...]) -> None:
     r = vm.run(VALIDATE_GPU, *args, root=False)
     assert r.returncode == 2
     assert "validate-gpu.sh:" in r.stderr
+
+
+# ------------------------------------------------------------- checks 6 and 7: CDI
+def test_check6_lists_the_cdi_devices(vm: Sandbox) -> None:
+    r = vm.run(VALIDATE_GPU)
+    line = check_line(r, "PASS", 6)
+    assert "var/run/cdi/nvidia.yaml" in line and "nvidia.com/gpu=0 nvidia.com/gpu=all" in line
+    assert vm.calls("nvidia-ctk") == ["cdi list"]
+    assert "info --format {{json .CDISpecDirs}}" in vm.calls("docker")
+
+
+def test_check6_fails_without_the_spec(vm: Sandbox) -> None:
+    vm.remove("var/run/cdi/nvidia.yaml")
+    line = assert_only_failure(vm.run(VALIDATE_GPU), 6)
+    assert "no CDI spec" in line
+    assert vm.calls("nvidia-ctk") == []
+
+
+def test_check6_accepts_the_static_spec_location(vm: Sandbox) -> None:
+    vm.remove("var/run/cdi/nvidia.yaml")
+    vm.write("etc/cdi/nvidia.yaml", "cdiVersion: 0.5.0\n")
+    assert "etc/cdi/nvidia.yaml" in check_line(vm.run(VALIDATE_GPU), "PASS", 6)
+
+
+def test_check6_fails_without_nvidia_ctk(vm: Sandbox) -> None:
+    vm.remove_tool("nvidia-ctk")
+    r = vm.run(VALIDATE_GPU, path=vm.path_without("nvidia-ctk"))
+    assert "nvidia-ctk not found" in assert_only_failure(r, 6)
+
+
+@pytest.mark.parametrize(
+    ("out", "rc", "expected"),
+    [
+        ("", 0, "no nvidia.com/gpu devices"),
+        ("nvidia.com/gpu=0\n", 0, "names no nvidia.com/gpu=all"),
+        ("", 1, "nvidia-ctk cdi list failed"),
+    ],
+)
+def test_check6_fails_when_the_list_lacks_the_gpu(vm: Sandbox, out: str, rc: int, expected: str) -> None:
+    vm.fake("nvidia-ctk", "cdi_list", out=out, rc=rc, err="ERROR: cannot read specs\n" if rc else "")
+    assert expected in assert_only_failure(vm.run(VALIDATE_GPU), 6)
+
+
+def test_check7_command_line(vm: Sandbox) -> None:
+    r = vm.run(VALIDATE_GPU)
+    run = [c.split() for c in vm.calls("docker") if c.startswith("run ") and "--device" in c.split()]
+    assert len(run) == 1
+    argv = run[0]
+    assert "--rm" in argv and "--pull=never" in argv and "--gpus" not in argv
+    assert argv[argv.index("--device") + 1] == "nvidia.com/gpu=all"
+    assert argv[argv.index("--entrypoint") + 1] == "nvidia-smi"
+    assert argv[-2:] == [SUPERNODE_IMAGE, "-L"]
+    assert "1 GPU(s) through nvidia.com/gpu=all" in check_line(r, "PASS", 7)
+
+
+def test_check7_fails_when_the_cdi_device_is_unresolvable(vm: Sandbox) -> None:
+    vm.fake("docker", "run_cdi", rc=125,
+            err="docker: Error response from daemon: could not select device driver \"cdi\": "
+                "unresolvable CDI devices nvidia.com/gpu=all.\n")  # fmt: skip
+    line = assert_only_failure(vm.run(VALIDATE_GPU), 7)
+    assert "unresolvable CDI devices" in line and "exit 125" in line
+
+
+def test_check7_fails_when_the_container_lists_no_gpu(vm: Sandbox) -> None:
+    vm.fake("docker", "run_cdi", out="No devices found.\n")
+    assert "No devices found" in assert_only_failure(vm.run(VALIDATE_GPU), 7)
+
+
+def test_checks6_7_skipped_without_docker_cdi(vm: Sandbox) -> None:
+    """Docker 20.10 (a debian-12 image) has no CDISpecDirs field: the --gpus checks decide."""
+    vm.fake("docker", "info_cdi", rc=1,
+            err='template: :1:8: executing "" at <.CDISpecDirs>: can\'t evaluate field CDISpecDirs\n')  # fmt: skip
+    r = vm.run(VALIDATE_GPU)
+    assert r.returncode == 0, r.stdout
+    skipped = r.level_lines("SKIP")
+    assert [line.split()[1] for line in skipped] == ["6/7", "7/7"]
+    assert "GPU validation PASSED: 5 checks successful, 2 skipped" in r.lines[-1]
+    assert not [c for c in vm.calls("docker") if "--device" in c.split()]
+    assert vm.calls("nvidia-ctk") == []
+
+
+def test_checks6_7_skipped_when_cdi_feature_off(vm: Sandbox) -> None:
+    vm.fake("docker", "info_cdi", out="[]\n")
+    r = vm.run(VALIDATE_GPU)
+    assert r.returncode == 0 and len(r.level_lines("SKIP")) == 2
+
+
+def test_checks6_7_fail_when_docker_does_not_answer(vm: Sandbox) -> None:
+    vm.fake("docker", "info_cdi", rc=1, err="Cannot connect to the Docker daemon at unix:///var/run/docker.sock.\n")
+    spec, run = assert_failures(vm.run(VALIDATE_GPU), 6, 7)
+    assert "Cannot connect to the Docker daemon" in spec and "did not answer" in run
