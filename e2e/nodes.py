@@ -10,15 +10,26 @@ process group, stopped by its pid) inside one ExitStack.
 
 :class:`LocalNodes` runs ``flower-supernode`` processes on this host instead
 (``--nodes local``): the same scenarios without VMs, to check the app, the TLS
-material and the runner quickly.
+material and the runner quickly. Its command line and environment come from the
+appliance's own validation and ``docker run`` builder (supernode_runtime.config,
+supernode_runtime.launch) fed the same CONTEXT as a VM; with ``entrypoint=True``
+(the e2e runner) the SuperNode runs under ``python -m supernode_container.entrypoint``
+as in the container, so ClientApps go through the warm launcher.
+
+Both read each node's ClientApp launch log (:mod:`e2e.launches`): a VM's from its
+SuperNode container over SSH, a local node's from its work directory.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.metadata
+import itertools
 import json
+import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +40,10 @@ from appliance_build.progress import kill_group, say
 from appliance_build.vm import appliance
 from appliance_build.vm.accel import Accelerator
 from appliance_build.vm.launcher import free_port
+from supernode_runtime import config as runtime_config
+from supernode_runtime import launch as runtime_launch
 
+from . import launches as ln
 from .superlink import flower_env, flower_exe
 from .tls import TlsMaterial
 
@@ -43,6 +57,11 @@ PROCESSES = "ps -eo pid,ppid,etime,time,pcpu,rss,args --sort=pid"
 # of the SuperExec claiming it; otherwise the claim expires and the SuperExec starts another flwr-clientapp.
 CLAIM_WINDOW_S = 30
 STUCK_CLIENTAPPS = 3
+# The launch log in the guest: the entrypoint's private directory in the SuperNode container's /tmp
+# (supernode_container/entrypoint.py prepare()), readable by the container user that docker exec runs as.
+LAUNCH_LOG_GLOB = "/tmp/flwr-warm-clientapp-*/launches.jsonl"
+LAUNCH_LOG = f"docker exec {runtime_launch.CONTAINER_NAME} sh -c {shlex.quote('cat ' + LAUNCH_LOG_GLOB)}"
+LOCAL_IMAGE = "e2e-local-supernode"  # stands in for the image name in the runtime's docker argv
 
 
 @dataclass(frozen=True)
@@ -119,7 +138,50 @@ class NodeState:
         return doc
 
 
-class VmNodes:
+class LaunchLogs:
+    """Reading the nodes' launch logs (both kinds of nodes provide ``launch_log`` and ``states``)."""
+
+    states: dict[str, NodeState]
+    launcher_poll_s = 5.0
+
+    def launch_log(self, name: str) -> str | None:
+        raise NotImplementedError
+
+    def launch_events(self, name: str) -> tuple[list[dict[str, Any]], int] | None:
+        """The node's launch events and the count of unreadable lines; None without a log."""
+        text = self.launch_log(name)
+        return None if text is None else ln.parse_events(text)
+
+    def wait_launchers(self, timeout: float) -> None:
+        """Wait (bounded) until every healthy node's warm launcher has finished its imports, so a run's
+        first tasks find it ready. Records the launcher's own import time (``launcher_import_s``, from
+        its ``ready`` event) and, the first time, how long the run had to wait for it
+        (``launcher_wait_s``). A launcher not ready in time is only said: its shims fall back, and
+        the launch counts then fail the run."""
+        started = time.monotonic()
+        pending = [name for name, state in self.states.items() if state.spec.healthy and state.started_at]
+        while pending:
+            for name in list(pending):
+                found = self.launch_events(name)
+                ready = ln.launcher_ready(found[0]) if found else None
+                if ready is None:
+                    continue
+                extra = self.states[name].extra
+                extra.setdefault("launcher_wait_s", round(time.monotonic() - started, 1))
+                extra["launcher_import_s"] = ready.get("import_seconds")
+                extra["launcher_modules"] = ready.get("modules")
+                pending.remove(name)
+            if not pending:
+                return
+            if time.monotonic() - started > timeout:
+                for name in pending:
+                    self.states[name].extra.setdefault("launcher_wait_s", None)
+                    say(f"e2e: {name}: warm ClientApp launcher not ready within {timeout:.0f} s")
+                return
+            time.sleep(self.launcher_poll_s)
+
+
+class VmNodes(LaunchLogs):
     mode = "vm"
 
     def __init__(
@@ -223,6 +285,16 @@ class VmNodes:
     def supernode_log(self, name: str) -> str:
         return self._check(name, "journalctl -b --no-pager -u flower-supernode.service") or ""
 
+    def launch_log(self, name: str) -> str | None:
+        """The SuperNode container's launch log (None: no container, or no log in it yet)."""
+        if name not in self.booted:
+            return None
+        try:
+            code, out, _ = self.booted[name].run(LAUNCH_LOG, timeout=60)
+        except Exception:
+            return None
+        return out if code == 0 else None
+
     def diagnose(self, name: str) -> None:
         """Record the guest's flwr processes; many flwr-clientapp at once mean ClientApps missed their claim window."""
         out = self._check(name, PROCESSES)
@@ -256,51 +328,88 @@ class VmNodes:
                 booted.collect(target)
             with contextlib.suppress(Exception):
                 (target / "supernode.log").write_text(self.supernode_log(name))
+            with contextlib.suppress(Exception):
+                (target / "launches.jsonl").write_text(self.launch_log(name) or "")
 
 
-class LocalNodes:
-    """flower-supernode processes on this host, one per spec (each in its own process group)."""
+def docker_env(docker_argv: list[str]) -> dict[str, str]:
+    """The ``-e NAME=VALUE`` items of a ``docker run`` argv (the container's environment from the runtime)."""
+    env: dict[str, str] = {}
+    for flag, item in itertools.pairwise(docker_argv):
+        if flag == "-e" and "=" in item:
+            key, _, value = item.partition("=")
+            env[key] = value
+    return env
+
+
+class LocalNodes(LaunchLogs):
+    """flower-supernode processes on this host, one per spec (each in its own process group).
+
+    The options and environment are what the appliance would give its container for the same
+    CONTEXT (:meth:`resolve`), except the CA path (this host's copy), ``--port`` (the container has
+    its own network namespace; here two nodes share one) and the launch log's path
+    (``FL_WARM_CLIENTAPP_LOG`` in the node's work directory, so it outlives the entrypoint's private
+    directory).
+    """
 
     mode = "local"
+    launcher_poll_s = 0.5
 
     def __init__(self, specs: list[NodeSpec], *, workdir: Path, superlink_address: str, tls: TlsMaterial,
-                 wrong_ca: Path | None = None) -> None:  # fmt: skip
+                 wrong_ca: Path | None = None, entrypoint: bool = False) -> None:  # fmt: skip
         self.specs = specs
         self.workdir = workdir
         self.superlink_address = superlink_address
         self.tls = tls
         self.wrong_ca = wrong_ca
+        self.entrypoint = entrypoint
         self.states = {spec.name: NodeState(spec) for spec in specs}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
+    def resolve(self, spec: NodeSpec) -> tuple[list[str], dict[str, str]] | str:
+        """flower-supernode's options and the container's environment, as the appliance builds them from
+        this node's CONTEXT; or why the appliance would not start the SuperNode (its validation errors)."""
+        context = appliance_context(spec, self.superlink_address, self.tls, self.wrong_ca)
+        resolution = runtime_config.resolve([("context", context)])
+        if resolution.config is None:
+            return "; ".join(error.message() for error in resolution.errors)
+        ca = self.workdir / spec.name / "ca.pem"
+        if resolution.config.ca_cert_pem is not None:  # as the boot sequence writes the guest's CA file
+            ca.parent.mkdir(parents=True, exist_ok=True)
+            ca.write_text(resolution.config.ca_cert_pem)
+        build = runtime_launch.BuildInfo(LOCAL_IMAGE, importlib.metadata.version("flwr"), "cpu")
+        docker = runtime_launch.docker_run_argv(resolution.config, None, build, ca_host_path=ca)
+        options = [str(ca) if item == runtime_launch.CONTAINER_CA_PATH else item
+                   for item in docker[docker.index(LOCAL_IMAGE) + 1:]]  # fmt: skip
+        return [*options, "--port", str(free_port())], docker_env(docker)
+
     def argv(self, spec: NodeSpec) -> list[str] | None:
-        """The SuperNode command line; None when the appliance would not start one (TLS without a CA)."""
-        if spec.tls == TLS_EMPTY_CA:
-            return None
-        ca = self.tls.ca_cert if spec.tls == TLS_GOOD else self.wrong_ca
-        if ca is None:
-            raise ValueError("the wrong-ca fault needs an unrelated CA certificate")
-        return [flower_exe("flower-supernode"), "--superlink", self.superlink_address, "--root-certificates", str(ca),
-                "--isolation", "subprocess", "--node-config", spec.node_config,
-                "--port", str(free_port())]  # fmt: skip
+        """The flower-supernode command line; None when the appliance would not start one (TLS without a CA)."""
+        resolved = self.resolve(spec)
+        return None if isinstance(resolved, str) else [flower_exe("flower-supernode"), *resolved[0]]
 
     def __enter__(self) -> LocalNodes:
         try:
             for spec in self.specs:
                 state = self.states[spec.name]
+                resolved = self.resolve(spec)
                 argv = self.argv(spec)
-                if argv is None:
-                    state.note = "not started: FL_TLS_ENABLED=YES with an empty CA (the appliance refuses this)"
+                if isinstance(resolved, str) or argv is None:
+                    state.note = f"not started: the appliance refuses this configuration ({resolved})"
                     continue
                 home = self.workdir / spec.name / "flwr-home"
                 home.mkdir(parents=True, exist_ok=True)
+                env = {**resolved[1], **flower_env(home)}  # the caller's environment wins (tests set FL_WARM_*)
+                if self.entrypoint:  # as the container runs it: tini -- python -m supernode_container.entrypoint
+                    argv = [sys.executable, "-m", "supernode_container.entrypoint", *argv[1:]]
+                    env["FL_WARM_CLIENTAPP_LOG"] = str(self.workdir / spec.name / "launches.jsonl")
                 log = self.workdir / spec.name / "supernode.log"
                 with log.open("ab") as out:
                     out.write(f"$ {' '.join(argv)}\n".encode())
                     out.flush()
                     self.processes[spec.name] = subprocess.Popen(
                         argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                        env=flower_env(home), start_new_session=True,
+                        env=env, start_new_session=True,
                     )  # fmt: skip
                 state.started_at = time.monotonic()
         except BaseException:
@@ -331,6 +440,12 @@ class LocalNodes:
     def supernode_log(self, name: str) -> str:
         path = self.workdir / name / "supernode.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def launch_log(self, name: str) -> str | None:
+        path = self.workdir / name / "launches.jsonl"
+        if not self.entrypoint or not path.exists():
+            return None
+        return path.read_text(errors="replace")
 
     def collect(self, dest: Path, quick: bool = False) -> None:
         for name in self.states:

@@ -21,6 +21,7 @@ from appliance_build.flower.superlink import TlsFiles
 from appliance_build.progress import say
 from appliance_build.vm.launcher import free_port
 
+from . import launches as ln
 from . import summary as sm
 from .flwr_cli import FlwrCli, FlwrError
 from .nodes import TLS_EMPTY_CA, TLS_WRONG_CA, LocalNodes, NodeSpec, VmNodes, node_specs
@@ -89,7 +90,7 @@ class Scenarios:
     def nodes(self, specs: list[NodeSpec], directory: Path, link: E2eSuperLink) -> Nodes:
         if self.o.nodes == "local":
             return LocalNodes(specs, workdir=directory, superlink_address=link.host_address, tls=self.tls,
-                              wrong_ca=self.wrong_ca)  # fmt: skip
+                              wrong_ca=self.wrong_ca, entrypoint=True)  # fmt: skip
         assert self.o.image_file is not None
         return VmNodes(
             specs, image=self.o.image_file, firmware=self.o.firmware, machine=self.o.machine, workdir=directory,
@@ -100,9 +101,13 @@ class Scenarios:
     def expected_helper(self) -> str | None:
         return DEVICE_HELPER if self.o.nodes == "vm" else None
 
-    def run_app(self, cli: FlwrCli, directory: Path, label: str, *, partitions: list[int], min_nodes: int,
-                wait_nodes_timeout: float | None = None) -> tuple[sm.RunReport, dict[str, Any] | None]:  # fmt: skip
-        """Submit the app, wait for the run to finish (bounded), read its results file."""
+    def run_app(self, cli: FlwrCli, nodes: Nodes, directory: Path, label: str, *, partitions: list[int],
+                min_nodes: int, wait_nodes_timeout: float | None = None,
+                expect_tasks: bool = True) -> tuple[sm.RunReport, dict[str, Any] | None]:  # fmt: skip
+        """Submit the app, wait for the run to finish (bounded), read its results file, count the ClientApp
+        launches of the run on every node (`expect_tasks`: the nodes of `partitions` must have some)."""
+        nodes.wait_launchers(self.o.ready_timeout)
+        before = {name: len(found[0]) if (found := nodes.launch_events(name)) else 0 for name in nodes.states}
         results = directory / f"results-{label}.json"
         results.unlink(missing_ok=True)
         run_config: dict[str, object] = {
@@ -125,8 +130,31 @@ class Scenarios:
         doc = sm.load_results(results)
         report.rounds = sm.round_table(doc)
         say(f"e2e: run {report.run_id} ({label}): {report.status} after {report.seconds:.0f} s; eval loss "
-            + " -> ".join(f"{r['eval_loss']:.4f}" for r in report.rounds if r["eval_loss"] is not None))  # fmt: skip
+            + " -> ".join(f"{r['eval_loss']:.4f}" for r in report.rounds if r["eval_loss"] is not None)
+            + "; round times " + ", ".join(f"{r['round_s']:.1f} s" for r in report.rounds
+                                             if r.get("round_s") is not None))  # fmt: skip
+        self.count_launches(report, nodes, before, partitions if expect_tasks else [])
         return report, doc
+
+    def count_launches(self, report: sm.RunReport, nodes: Nodes, before: dict[str, int],
+                       partitions: list[int]) -> None:  # fmt: skip
+        """The run's ClientApp launches per node and task (the log's events after `before`); a pile-up or a
+        fallback is a problem of the run, and so is a node of `partitions` without a launch to count."""
+        for name, state in nodes.states.items():
+            took_part = state.spec.partition_id in partitions
+            found = nodes.launch_events(name)
+            if found is None:
+                counted = ln.NodeLaunches(log=False)
+            else:
+                counted = ln.count(ln.since(found[0], before.get(name, 0)), bad_lines=found[1])
+            if found is None and not took_part:
+                continue  # e.g. the empty-CA node: no SuperNode, so no log, and none expected
+            report.launches[name] = counted.as_dict()
+            report.problems += ln.problems(name, counted, took_part=took_part)
+        say("e2e: ClientApp launches " + "; ".join(
+            f"{name}: {doc['launches']} for {doc['task_count']} task(s), max {doc['max_per_task']} per task, "
+            f"{doc['modes'].get(ln.FALLBACK, 0)} fallback(s)" if doc["log"] else f"{name}: no launch log"
+            for name, doc in report.launches.items()))  # fmt: skip
 
     def check_run(self, report: sm.RunReport, doc: dict[str, Any] | None, partitions: list[int]) -> None:
         if report.status != COMPLETED and not report.problems:
@@ -134,13 +162,13 @@ class Scenarios:
         report.problems += sm.check_results(doc, expected_rounds=self.o.rounds, expected_partitions=partitions,
                                             expected_helper=self.expected_helper())  # fmt: skip
 
-    def completed_run(self, report: sm.ScenarioReport, cli: FlwrCli, directory: Path, label: str, *,
+    def completed_run(self, report: sm.ScenarioReport, cli: FlwrCli, nodes: Nodes, directory: Path, label: str, *,
                       partitions: list[int], min_nodes: int = NUM_NODES) -> None:  # fmt: skip
         """A `flwr run` that must complete, checked and added to the report; with --connect-only a note instead."""
         if self.o.connect_only:
             report.notes.append(CONNECT_ONLY_NOTE)
             return
-        run, doc = self.run_app(cli, directory, label, partitions=partitions, min_nodes=min_nodes)
+        run, doc = self.run_app(cli, nodes, directory, label, partitions=partitions, min_nodes=min_nodes)
         self.check_run(run, doc, partitions)
         report.runs.append(run)
 
@@ -223,7 +251,7 @@ class Scenarios:
                 nodes.wait_ready(self.o.ready_timeout)
                 if self.wait_nodes(cli, report, NUM_NODES):
                     self.connect_timings(report, link, since, NUM_NODES)
-                    self.completed_run(report, cli, directory, "run-1", partitions=partitions)
+                    self.completed_run(report, cli, nodes, directory, "run-1", partitions=partitions)
                     report.finish()
                     if with_restart:
                         self.guarded(restart, lambda r: self._restart(r, link, cli, nodes, directory, partitions))
@@ -256,7 +284,7 @@ class Scenarios:
         if not self.wait_nodes(cli, report, NUM_NODES):
             return
         self._check_reconnected(report, nodes, before)
-        self.completed_run(report, cli, directory, "run-2-after-restart", partitions=partitions)
+        self.completed_run(report, cli, nodes, directory, "run-2-after-restart", partitions=partitions)
         self.connect_timings(report, link, since, NUM_NODES)
         if report.timings.get("first_node_s") is None:
             report.notes.append("no new node activation after the restart: the SuperNodes kept their node ids "
@@ -295,7 +323,7 @@ class Scenarios:
                 if self.wait_nodes(cli, report, NUM_NODES):
                     self.connect_timings(report, link, since, NUM_NODES)
                     report.notes.append("first_node_s/all_nodes_s count from the SuperLink's start")
-                    self.completed_run(report, cli, directory, "run-1", partitions=partitions)
+                    self.completed_run(report, cli, nodes, directory, "run-1", partitions=partitions)
 
         return self.guarded(report, body)
 
@@ -319,15 +347,17 @@ class Scenarios:
                 if not self.wait_nodes(cli, report, len(good)):
                     return
                 self.connect_timings(report, link, since, len(good))
-                self.completed_run(report, cli, directory, "run-1-min-nodes-1", partitions=good, min_nodes=1)
+                self.completed_run(report, cli, nodes, directory, "run-1-min-nodes-1", partitions=good, min_nodes=1)
                 if self.o.connect_only:
                     time.sleep(60)  # no run to wait for: give the bad node time to (wrongly) show up
                 online = cli.online_nodes()
                 if len(online) != len(good):
                     report.fail(f"{len(online)} SuperNodes online, expected only the {len(good)} good one(s)")
                 if not self.o.connect_only:
-                    strict, strict_doc = self.run_app(cli, directory, "run-2-min-nodes-2", partitions=good,
-                                                      min_nodes=NUM_NODES, wait_nodes_timeout=60.0)  # fmt: skip
+                    # fails before its first round: no task, so no launch is expected (any would still be checked)
+                    strict, strict_doc = self.run_app(cli, nodes, directory, "run-2-min-nodes-2", partitions=good,
+                                                      min_nodes=NUM_NODES, wait_nodes_timeout=60.0,
+                                                      expect_tasks=False)  # fmt: skip
                     self._check_clear_failure(strict, strict_doc)
                     report.runs.append(strict)
                 for spec in bad:

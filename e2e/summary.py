@@ -89,12 +89,33 @@ def load_results(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _stamp(entry: dict[str, Any], key: str) -> float | None:
+    value = entry.get(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _span(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round(end - start, 3)
+
+
 def round_table(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Per-round loss and node counts, for the summary."""
+    """Per-round loss, node counts and times (s), for the summary.
+
+    Times come from the ServerApp's per-round timestamps (seconds since it started): ``round_s``
+    from the start of the train phase to the end of the eval phase, ``train_s``/``eval_s`` per
+    phase (a round's first ClientApp launches are in its ``train_s``). A results file without
+    ``eval_done_s`` (an older app, or a round that never finished) gets ``round_s`` from the next
+    round's start (or the run's end).
+    """
     if doc is None:
         return []
     table = []
-    for entry in sorted(doc.get("rounds", []), key=lambda r: int(r.get("round", 0))):
+    entries = sorted(doc.get("rounds", []), key=lambda r: int(r.get("round", 0)))
+    for index, entry in enumerate(entries):
+        started, train_done = _stamp(entry, "started_s"), _stamp(entry, "train_done_s")
+        eval_started, eval_done = _stamp(entry, "eval_started_s"), _stamp(entry, "eval_done_s")
+        following = _stamp(entries[index + 1], "started_s") if index + 1 < len(entries) else _stamp(doc, "duration_s")
+        round_s = _span(started, eval_done) if eval_done is not None else _span(started, following)
         devices = sorted({f"{c.get('device')} ({c.get('helper')})" for c in entry.get("train_clients", [])
                           if "error" not in c})  # fmt: skip
         table.append({
@@ -105,6 +126,10 @@ def round_table(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
             "eval_nodes": entry.get("eval_nodes"),
             "partitions": sorted(c.get("partition_id") for c in entry.get("train_clients", []) if "error" not in c),
             "devices": devices,
+            "started_s": started,
+            "round_s": round_s,
+            "train_s": _span(started, train_done),
+            "eval_s": _span(eval_started, eval_done),
         })  # fmt: skip
     return table
 
@@ -117,6 +142,8 @@ class RunReport:
     results_file: str
     rounds: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # node -> e2e.launches.NodeLaunches.as_dict(): the run's ClientApp launches per task on that node
+    launches: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,26 +213,31 @@ def render_markdown(summary: Summary) -> str:
     for s in summary.scenarios:
         lines += ["", f"## {s.name}: {'ok' if s.ok else 'FAILED'}", "", s.description, ""]
         if s.nodes:
-            lines += ["| node | partition | TLS | SSH login | boot to ready | notes |",
-                      "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+            lines += ["| node | partition | TLS | SSH login | boot to ready | launcher import | notes |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
             for name, node in s.nodes.items():
                 lines.append(
                     f"| {name} | {node.get('partition_id')} | {node.get('tls')} | {_seconds(node.get('ssh_s'))} "
-                    f"| {_seconds(node.get('ready_s'))} | {node.get('note', '')} |"
+                    f"| {_seconds(node.get('ready_s'))} | {_seconds(node.get('launcher_import_s'))} "
+                    f"| {node.get('note', '')} |"
                 )
             lines.append("")
         for run in s.runs:
             lines.append(f"Run {run.run_id}: {run.status}, {_seconds(run.seconds)} (results `{run.results_file}`)")
             lines.append("")
             if run.rounds:
-                lines += ["| round | train loss | eval loss | nodes (train/eval) | partitions | devices |",
-                          "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+                lines += ["| round | train loss | eval loss | nodes (train/eval) | partitions | devices "
+                          "| round time | train | eval |",
+                          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
                 for r in run.rounds:
                     lines.append(
                         f"| {r['round']} | {_loss(r['train_loss'])} | {_loss(r['eval_loss'])} "
-                        f"| {r['train_nodes']}/{r['eval_nodes']} | {r['partitions']} | {', '.join(r['devices'])} |"
+                        f"| {r['train_nodes']}/{r['eval_nodes']} | {r['partitions']} | {', '.join(r['devices'])} "
+                        f"| {_seconds(r.get('round_s'))} | {_seconds(r.get('train_s'))} | {_seconds(r.get('eval_s'))} |"
                     )
                 lines.append("")
+            if run.launches:
+                lines += launch_table(run.launches)
             lines += [f"- problem: {p}" for p in run.problems]
         timings = ", ".join(f"{k} {_seconds(v)}" for k, v in s.timings.items())
         if timings:
@@ -215,6 +247,25 @@ def render_markdown(summary: Summary) -> str:
         if s.artifacts:
             lines.append(f"\nLogs: `{s.artifacts}`")
     return "\n".join(lines) + "\n"
+
+
+def launch_table(launches: dict[str, dict[str, Any]]) -> list[str]:
+    """The Markdown table of a run's ClientApp launches per node."""
+    lines = ["| node | ClientApp launches | tasks | most launches of one task | warm / fallback "
+             "| SuperExec pids | exit statuses | slowest launch | slowest task |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, node in launches.items():
+        if not node.get("log", True):
+            lines.append(f"| {name} | no launch log | - | - | - | - | - | - | - |")
+            continue
+        modes = node.get("modes") or {}
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted((node.get("exit_statuses") or {}).items()))
+        lines.append(
+            f"| {name} | {node.get('launches')} | {node.get('task_count')} | {node.get('max_per_task')} "
+            f"| {modes.get('warm', 0)} / {modes.get('fallback', 0)} | {node.get('superexec_pids')} | {statuses or '-'} "
+            f"| {_seconds(node.get('launch_s_max'))} | {_seconds(node.get('task_s_max'))} |"
+        )
+    return [*lines, ""]
 
 
 def write(summary: Summary, directory: Path) -> tuple[Path, Path]:

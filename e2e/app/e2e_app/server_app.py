@@ -12,7 +12,10 @@ Run config (``[tool.flwr.app.config]`` in pyproject.toml, overridable with
 - ``results-path``: where to write the results JSON (empty: none). The
   ServerApp runs next to the SuperLink, so this is a path on the SuperLink's
   host. The file is rewritten after every round, so even a failed run leaves
-  what it got.
+  what it got. Each round carries its timestamps in seconds since the
+  ServerApp started: ``started_s`` (train messages about to be sent),
+  ``train_done_s`` (train replies in), ``eval_started_s``, ``eval_done_s``,
+  and ``round_s`` (``eval_done_s - started_s``).
 """
 
 from __future__ import annotations
@@ -76,8 +79,20 @@ class Recorder:
         for entry in rounds:
             if entry["round"] == number:
                 return entry
-        entry = {"round": number, "started_s": round(time.time() - self.started, 3)}
+        entry = {"round": number, "started_s": self.elapsed()}
         rounds.append(entry)
+        return entry
+
+    def elapsed(self) -> float:
+        """Seconds since the ServerApp started (the round timestamps of the results file)."""
+        return round(time.time() - self.started, 3)
+
+    def mark(self, number: int, key: str) -> dict[str, Any]:
+        """Stamp `key` (seconds since start) on round `number`; with eval_done_s also its round_s."""
+        entry = self.round(number)
+        entry[key] = self.elapsed()
+        if key == "eval_done_s":
+            entry["round_s"] = round(entry[key] - entry["started_s"], 3)
         return entry
 
     def finish(self, status: str, error: str | None = None, **extra: Any) -> None:
@@ -136,14 +151,15 @@ class RecordingFedAvg(FedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:  # fmt: skip
+        self.recorder.mark(server_round, "eval_started_s")
         wait_for_nodes(grid, self.min_nodes, self.wait_timeout)
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:  # fmt: skip
         replies = list(replies)
+        entry = self.recorder.mark(server_round, "train_done_s")  # the replies are in (or the round timed out)
         arrays, metrics = super().aggregate_train(server_round, replies)
-        entry = self.recorder.round(server_round)
         entry["train_nodes"] = sum(1 for m in replies if not m.has_error())
         entry["train_failures"] = sum(1 for m in replies if m.has_error())
         entry["train_loss"] = metric(metrics, "train-loss")
@@ -156,8 +172,8 @@ class RecordingFedAvg(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
+        entry = self.recorder.mark(server_round, "eval_done_s")
         metrics = super().aggregate_evaluate(server_round, replies)
-        entry = self.recorder.round(server_round)
         entry["eval_nodes"] = sum(1 for m in replies if not m.has_error())
         entry["eval_failures"] = sum(1 for m in replies if m.has_error())
         entry["eval_loss"] = metric(metrics, "eval-loss")

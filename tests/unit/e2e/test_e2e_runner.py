@@ -146,10 +146,41 @@ def test_local_node_argv(tmp_path: Path) -> None:
                              superlink_address="127.0.0.1:5", tls=material)  # fmt: skip
     argv = group.argv(group.specs[0])
     assert argv is not None
-    assert argv[argv.index("--root-certificates") + 1] == str(material.ca_cert)
+    # the CA as the appliance writes it from FL_SUPERLINK_CA_CERT (decoded, re-encoded as PEM)
+    ca = Path(argv[argv.index("--root-certificates") + 1])
+    assert ca == tmp_path / "node-0" / "ca.pem"
+    assert ca.read_text().strip() == material.ca_cert.read_text().strip()
+    assert argv[argv.index("--superlink") + 1] == "127.0.0.1:5"
     assert argv[argv.index("--node-config") + 1] == "partition-id=0 num-partitions=2"
+    assert argv[argv.index("--isolation") + 1] == "subprocess"
+    assert int(argv[argv.index("--port") + 1]) > 0  # two local nodes share one network namespace
     assert "--insecure" not in argv
     assert group.argv(group.specs[1]) is None  # the appliance would not start it either
+    refused = group.resolve(group.specs[1])
+    assert isinstance(refused, str) and "FL_SUPERLINK_CA_CERT" in refused
+
+
+def test_local_node_environment_is_the_containers(tmp_path: Path) -> None:
+    """The runtime's `docker run -e` items become the local SuperNode's environment."""
+    from supernode_runtime import launch
+
+    material = tls.create(tmp_path)
+    group = nodes.LocalNodes(nodes.node_specs(1), workdir=tmp_path, superlink_address="127.0.0.1:5", tls=material)
+    resolved = group.resolve(group.specs[0])
+    assert not isinstance(resolved, str)
+    env = resolved[1]
+    assert env["FL_WARM_CLIENTAPP"] == "YES" and env["FLWR_LOG_LEVEL"] == "INFO"
+    for item in launch.QUIET_ENV:
+        key, _, value = item.partition("=")
+        assert env[key] == value
+    assert nodes.docker_env(["docker", "run", "-e", "A=1=2", "--name", "x", "-e", "B="]) == {"A": "1=2", "B": ""}
+
+
+def test_launch_log_command_reads_the_containers_private_directory() -> None:
+    from supernode_runtime import launch
+
+    assert nodes.LAUNCH_LOG.startswith(f"docker exec {launch.CONTAINER_NAME} sh -c ")
+    assert "'cat /tmp/flwr-warm-clientapp-*/launches.jsonl'" in nodes.LAUNCH_LOG
 
 
 def test_results_finished(tmp_path: Path) -> None:
