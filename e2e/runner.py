@@ -47,6 +47,30 @@ from .scenarios import Options, Scenarios
 BASELINE, RESTART, LATE, BAD_TLS = "baseline", "superlink-restart", "superlink-late", "bad-tls"
 SCENARIOS = (BASELINE, RESTART, LATE, BAD_TLS)
 
+# VM sizing and timeouts for this build host: 2 cores, no KVM (TCG), the SuperLink and the ServerApp
+# on the host too. TCG runs one host thread per vCPU, so two guests with 1 vCPU each already use both
+# cores; 2 vCPUs per guest measured no better (the pile-up was the same with 1 or 2). 1536 MiB holds
+# Docker, flower-supernode, flower-superexec, the warm launcher (~121 MiB) and its ~7 MiB children.
+VM_CPUS = 1
+VM_MEMORY_MIB = 1536
+# Measured under TCG (1 vCPU, 1536 MiB, two guests side by side): SSH login 120-190 s, SuperNode
+# container running 165-315 s after QEMU starts. Also bounds the wait for the warm launcher's imports
+# (1135 modules, 0.45-2 s natively) before each run.
+READY_TIMEOUT_S = 900.0
+# Measured: both nodes registered 240-510 s after QEMU start, i.e. up to ~200 s after the later
+# container ran, before the launcher shared the vCPU with flower-supernode's start-up; twice that plus
+# the launcher's import under TCG. Also the ServerApp's wait for its nodes.
+CONNECT_TIMEOUT_S = 600.0
+# One round phase (train or evaluate) at the ServerApp (flwr's send_and_receive timeout). Measured
+# natively with the warm launcher: a task's forked child uses about 0.08 s of CPU (0.25 s for a node's
+# first three tasks), its shim one `python -I -S` start; flwr's imports ran 58-142x slower under TCG
+# than natively (75-185 s vs 1.3 s), so a phase should take about a minute there and the first one
+# (the first fork's copy-on-write faults, the app's first import in the child) a few minutes at worst.
+ROUND_TIMEOUT_S = 600.0
+# One `flwr run`: above the connect wait plus a stuck first phase (600 + 600 s), so the ServerApp's own
+# RoundIncomplete / NotEnoughNodes message normally ends a bad run before the runner stops it.
+RUN_TIMEOUT_S = 2400.0
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -74,17 +98,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nodes", choices=("vm", "local"), default="vm",
                         help="SuperNodes as appliance VMs (default) or local flower-supernode processes")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default build/e2e)")
-    parser.add_argument("--vm-memory", type=positive_int, default=1536, help="MiB per VM (default 1536)")
-    parser.add_argument("--vm-cpus", type=positive_int, default=1, help="vCPUs per VM (default 1)")
-    parser.add_argument("--ready-timeout", type=positive_float, default=900.0,
-                        help="seconds for a VM to boot until its SuperNode container runs (default 900)")
-    parser.add_argument("--connect-timeout", type=positive_float, default=300.0,
-                        help="seconds for the SuperNodes to show up at the SuperLink (default 300)")
-    parser.add_argument("--run-timeout", type=positive_float, default=2400.0,
-                        help="seconds for one `flwr run` to finish (default 2400)")
-    parser.add_argument("--round-timeout", type=positive_float, default=600.0,
+    parser.add_argument("--vm-memory", type=positive_int, default=VM_MEMORY_MIB,
+                        help=f"MiB per VM (default {VM_MEMORY_MIB})")
+    parser.add_argument("--vm-cpus", type=positive_int, default=VM_CPUS, help=f"vCPUs per VM (default {VM_CPUS})")
+    parser.add_argument("--ready-timeout", type=positive_float, default=READY_TIMEOUT_S,
+                        help="seconds for a VM to boot until its SuperNode container runs, and for the warm "
+                        f"ClientApp launchers to be ready before a run (default {READY_TIMEOUT_S:.0f})")
+    parser.add_argument("--connect-timeout", type=positive_float, default=CONNECT_TIMEOUT_S,
+                        help="seconds for the SuperNodes to show up at the SuperLink "
+                        f"(default {CONNECT_TIMEOUT_S:.0f})")
+    parser.add_argument("--run-timeout", type=positive_float, default=RUN_TIMEOUT_S,
+                        help=f"seconds for one `flwr run` to finish (default {RUN_TIMEOUT_S:.0f})")
+    parser.add_argument("--round-timeout", type=positive_float, default=ROUND_TIMEOUT_S,
                         help="seconds the ServerApp waits for the replies of one round phase; fewer replies than "
-                        "needed stop the run (default 600)")
+                        f"needed stop the run (default {ROUND_TIMEOUT_S:.0f})")
     parser.add_argument("--bad-tls", choices=(TLS_EMPTY_CA, TLS_WRONG_CA), default=TLS_EMPTY_CA,
                         help="the bad-tls fault: TLS on with an empty CA (default) or with an unrelated CA")
     parser.add_argument("--connect-only", action="store_true",

@@ -18,6 +18,13 @@ def test_defaults() -> None:
     assert (args.vm_memory, args.vm_cpus, args.bad_tls) == (1536, 1, "empty-ca")
     assert not args.connect_only and not args.no_superlink_db
     assert runner.selected_scenarios(args) == ["baseline"]
+    assert (args.ready_timeout, args.connect_timeout, args.round_timeout, args.run_timeout) == (900, 600, 600, 2400)
+
+
+def test_default_timeouts_let_the_serverapp_fail_a_run_first() -> None:
+    """A run stuck in its first phase ends by the ServerApp's own RoundIncomplete (after the wait for nodes and
+    one round timeout), before the runner's run timeout stops it."""
+    assert runner.RUN_TIMEOUT_S > runner.CONNECT_TIMEOUT_S + runner.ROUND_TIMEOUT_S
 
 
 def test_faults_and_options() -> None:
