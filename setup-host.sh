@@ -21,7 +21,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     # Packer is packaged only in Debian 12 (1.6.6); elsewhere it comes from HashiCorp.
-    if [[ " ${missing[*]} " == *" packer "* ]] && ! apt-cache policy packer 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    # (captured first: `grep -q` closing the pipe early would fail the pipeline under pipefail)
+    packer_policy=$(apt-cache policy packer 2>/dev/null || true)
+    if [[ " ${missing[*]} " == *" packer "* && "$packer_policy" != *"Candidate: "[0-9]* ]]; then
         echo "setup-host.sh: this system's archive has no 'packer' package." >&2
         echo "  Install Packer from HashiCorp's apt repository (https://developer.hashicorp.com/packer/install)," >&2
         echo "  then 'packer init' fetches the qemu plugin (offline: 'packer plugins install --path FILE" >&2
