@@ -205,7 +205,11 @@ def gpu_manifest(image: ImageConfig, base: Any, inventory: dict[str, Any], plan:
     toolkit: Any = "absent" if plan.source == "absent" else inventory.get("gpu_toolkit", {"version": plan.version})
     return {
         "driver_branch": image.gpu.driver_branch,
+        "driver_support": image.gpu.support_note or None,  # NVIDIA's support status of the branch
         "driver_install": image.gpu.driver_install,
+        "kernel_modules": image.gpu.kernel_modules,  # open | proprietary (the definition's choice)
+        "kernel_module_package": image.gpu.kernel_module_package,
+        "module_license": driver.get("module_license"),  # what 60-nvidia-driver.sh found in the module
         "driver_version": driver.get("driver_version"),
         "kernel": driver.get("kernel"),
         "module_path": driver.get("module_path"),

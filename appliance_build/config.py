@@ -21,7 +21,7 @@ import re
 import tomllib
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +302,19 @@ class FlowerConfig:
         return self.local_tag or f"flwr-supernode:{self.version}"
 
 
+# The kernel-module package of each flavour of Debian's NVIDIA driver: the open modules are
+# nvidia-open-kernel-dkms (contrib, source nvidia-open-gpu-kernel-modules), the proprietary ones
+# nvidia-kernel-dkms (non-free, source nvidia-graphics-drivers); both build a module named
+# "nvidia" (dkms.conf BUILT_MODULE_NAME) and depend on firmware-nvidia-gsp.
+KERNEL_MODULE_PACKAGES = {"open": "nvidia-open-kernel-dkms", "proprietary": "nvidia-kernel-dkms"}
+# NVIDIA's support status of the branches Debian packages (535: bookworm, 550: trixie): both ended.
+NVIDIA_SUPPORT_ENDED = {
+    "535": "NVIDIA's support for R535 has ended",
+    "550": "NVIDIA's support for R550 has ended",
+}
+SUPPORTED_BRANCH_NOTE = "NVIDIA's repository route with a supported branch is a separate change"
+
+
 @dataclass(frozen=True)
 class GpuConfig:
     """The NVIDIA layers (seeds, layers 2-3): driver pre-baked, Container Toolkit."""
@@ -311,14 +324,32 @@ class GpuConfig:
     # "bootstrap": in the debian-* bootstrap chroot (host speed, DKMS built for the image's kernel)
     # "guest": by 60-nvidia-driver.sh inside the build VM (Ubuntu's precompiled modules, or DKMS under TCG)
     driver_install: str = setting("bootstrap", check=_one_of("bootstrap", "guest"))
+    # "open": NVIDIA's open GPU kernel modules, NVIDIA's recommendation from Turing on (GPUs older
+    # than Turing need "proprietary"); "proprietary": the closed modules. The kernel-module package
+    # follows this (KERNEL_MODULE_PACKAGES); the definition lists the rest of the driver.
+    kernel_modules: str = setting("open", check=_one_of(*KERNEL_MODULE_PACKAGES))
     toolkit_source: str = setting("nvidia-repo", check=_one_of("nvidia-repo", "local", "mirror"))
-    toolkit_version: str = setting("1.17.8-1", check=_deb_version)
+    # NVIDIA's package version (upstream-debian revision, as in nvidia-container-toolkit=1.20.0-1).
+    # 1.18 brought the nvidia-cdi-refresh units; 1.20.0 finds driver libraries spread over several
+    # directories, as Debian installs them (release notes of v1.20.0).
+    toolkit_version: str = setting("1.20.0-1", check=_deb_version)
     toolkit_path: str = setting("", check=_optional(_host_path))  # local: a directory of .deb files
     # mirror: an apt repository URL laid out like NVIDIA's
     toolkit_mirror: str = setting("", check=_optional(_url))
     toolkit_repo: str = setting("https://nvidia.github.io/libnvidia-container/stable/deb/amd64", check=_url)
     toolkit_key_url: str = setting("https://nvidia.github.io/libnvidia-container/gpgkey", check=_url)
     allow_missing_toolkit: bool = False  # build without it: manifest says absent, publish refuses
+
+    @property
+    def kernel_module_package(self) -> str:
+        """The Debian package of the chosen kernel modules."""
+        return KERNEL_MODULE_PACKAGES[self.kernel_modules]
+
+    @property
+    def support_note(self) -> str:
+        """What the manifest and release notes say about NVIDIA's support of the branch."""
+        ended = NVIDIA_SUPPORT_ENDED.get(self.driver_branch)
+        return f"{ended}; {SUPPORTED_BRANCH_NOTE}" if ended else ""
 
 
 @dataclass(frozen=True)
@@ -620,6 +651,17 @@ def _validate(name: str, raw: dict[str, Any], sources: tuple[Path, ...], origins
                 "is required when toolkit_source is 'local'")  # fmt: skip
         c.check(gpu.toolkit_source != "mirror" or bool(gpu.toolkit_mirror),
                 "gpu.toolkit_mirror", "must be an http(s) URL when toolkit_source is 'mirror'")  # fmt: skip
+        listed = [p for p in base.extra_packages if p.split("=", 1)[0] in KERNEL_MODULE_PACKAGES.values()]
+        c.check(not listed, "base.extra_packages",
+                f"lists {listed[0] if listed else ''}: the kernel-module package follows gpu.kernel_modules "
+                f"({', '.join(f'{k}: {v}' for k, v in KERNEL_MODULE_PACKAGES.items())})")  # fmt: skip
+        # bookworm's nvidia-open-kernel-dkms is 535.261.03 while bookworm-security's driver is 535.309.01,
+        # and the open modules depend on the driver of their own version: apt cannot install both.
+        c.check(gpu.kernel_modules == "proprietary" or base.provider != "debian-12", "gpu.kernel_modules",
+                "'open' is not installable on debian-12 (its open modules, 535.261.03, do not match "
+                "bookworm-security's 535.309.01 driver): set kernel_modules = \"proprietary\"")  # fmt: skip
+        if base.provider in SUITES and gpu.driver_install == "bootstrap":
+            base = replace(base, extra_packages=(*base.extra_packages, gpu.kernel_module_package))
     elif raw["variant"] == "gpu":
         raise c.fail("gpu", "variant 'gpu' needs a [gpu] table (driver branch, toolkit source)")
 

@@ -2,22 +2,35 @@
 # 60: the NVIDIA driver, pinned to the definition's branch, with the kernel held so that
 # kernel and driver cannot drift apart after the build. Then a build-time check in the spirit
 # of validate-gpu.sh: the nvidia module file exists for the image's kernel, modinfo reports a
-# version of the pinned branch, and every installed NVIDIA package has that same version.
+# version of the pinned branch and the licence of the chosen flavour (FLOWER_NVIDIA_KERNEL_MODULES:
+# open = NVIDIA's open GPU kernel modules, "Dual MIT/GPL"; proprietary = "NVIDIA"), and every
+# installed NVIDIA package has that same version.
 #
 # Routes:
 #   bootstrap           debian-12 base: already installed in the bootstrap chroot (DKMS built there)
-#   guest-dkms          Debian without it: nvidia-kernel-dkms etc. installed here (slow under TCG)
+#   guest-dkms          Debian without it: nvidia-open-kernel-dkms or nvidia-kernel-dkms etc.
+#                       installed here (slow under TCG)
 #   ubuntu-precompiled  Ubuntu: Canonical's signed precompiled modules, no DKMS
-#                       (linux-modules-nvidia-<branch>-server-<kernel> + nvidia-utils-<branch>-server)
+#                       (linux-modules-nvidia-<branch>-server[-open]-<kernel> + nvidia-utils-<branch>-server)
 set -euo pipefail
 : "${FLOWER_NVIDIA_BRANCH:?}"
 export DEBIAN_FRONTEND=noninteractive
 branch="$FLOWER_NVIDIA_BRANCH"
+flavour="${FLOWER_NVIDIA_KERNEL_MODULES:-open}"
+case "$flavour" in
+    # The licence each flavour's module declares (MODULE_LICENSE; modinfo -F license): NVIDIA's open
+    # GPU kernel modules are dual MIT/GPL (github.com/NVIDIA/open-gpu-kernel-modules), the closed ones "NVIDIA".
+    open) debian_module_package=nvidia-open-kernel-dkms; ubuntu_flavour="-open"; expected_license="Dual MIT/GPL" ;;
+    proprietary) debian_module_package=nvidia-kernel-dkms; ubuntu_flavour=""; expected_license="NVIDIA" ;;
+    *) echo "unknown FLOWER_NVIDIA_KERNEL_MODULES '$flavour' (open, proprietary)" >&2; exit 2 ;;
+esac
 kernel="$(uname -r)"   # the build VM runs the image's own kernel
 os_id="$(sed -n 's/^ID=//p' /etc/os-release | tr -d '"')"
 
 # The file of the module named "nvidia" for the image's kernel. Debian installs it as
-# nvidia-current.ko (an alias modinfo does not resolve), Ubuntu as nvidia.ko.
+# nvidia-current.ko (proprietary) or nvidia-current-open.ko (open; both DKMS packages build
+# "nvidia" and rename it: dkms.conf DEST_MODULE_NAME), aliases modinfo does not resolve;
+# Ubuntu as nvidia.ko.
 find_module() {
     local f
     while IFS= read -r -d '' f; do
@@ -41,13 +54,15 @@ elif [ "$os_id" = "ubuntu" ]; then
     # noble-updates/restricted (2026-11): 535, 570 and 580 server branches, 17 ABIs for 580.
     echo "== installing Canonical's precompiled, signed NVIDIA $branch modules for kernel $kernel"
     apt-get update -q
+    # The -open- variant follows Canonical's naming (linux-modules-nvidia-<branch>-server-open-<kernel>);
+    # not checked here (Ubuntu's archive is not reachable from these build machines).
     apt-get install -y -q --no-install-recommends \
-        "linux-modules-nvidia-${branch}-server-${kernel}" "nvidia-utils-${branch}-server"
+        "linux-modules-nvidia-${branch}-server${ubuntu_flavour}-${kernel}" "nvidia-utils-${branch}-server"
 else
     route="guest-dkms"
-    echo "== installing NVIDIA $branch with DKMS inside the build VM (slow under TCG)"
+    echo "== installing NVIDIA $branch ($flavour modules) with DKMS inside the build VM (slow under TCG)"
     apt-get update -q
-    apt-get install -y -q --no-install-recommends "linux-headers-${kernel}" nvidia-kernel-dkms nvidia-smi \
+    apt-get install -y -q --no-install-recommends "linux-headers-${kernel}" "$debian_module_package" nvidia-smi \
         libcuda1 libnvidia-ml1 libnvidia-ptxjitcompiler1 nvidia-persistenced nvidia-modprobe firmware-nvidia-gsp
 fi
 
@@ -58,12 +73,20 @@ case "$module_version" in
     "$branch".*) echo "PASS: $module_path is version $module_version (branch $branch)" ;;
     *) echo "FAIL: nvidia module version $module_version is not branch $branch" >&2; exit 1 ;;
 esac
+module_license="$(modinfo -F license "$module_path")"
+if [ "$module_license" = "$expected_license" ]; then
+    echo "PASS: $module_path is the $flavour flavour (license $module_license)"
+else
+    echo "FAIL: $module_path has license '$module_license', expected '$expected_license' for $flavour modules" >&2
+    exit 1
+fi
 
-# Every installed package built from the NVIDIA driver source (Debian: nvidia-graphics-drivers,
-# Ubuntu: nvidia-graphics-drivers-<branch>-server) must carry the module's version. Helpers from
-# other sources (nvidia-support, nvidia-modprobe, nvidia-persistenced) have their own versions.
+# Every installed package built from the NVIDIA driver sources (Debian: nvidia-graphics-drivers and,
+# for the open modules, nvidia-open-gpu-kernel-modules; Ubuntu: nvidia-graphics-drivers-<branch>-server)
+# must carry the module's version. Helpers from other sources (nvidia-support, nvidia-modprobe,
+# nvidia-persistenced) have their own versions.
 mapfile -t nvidia_packages < <(dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${source:Package}\n' \
-    | awk '$1 == "ii" && $3 ~ /^nvidia-graphics-drivers/ {print $2}')
+    | awk '$1 == "ii" && $3 ~ /^nvidia-(graphics-drivers|open-gpu-kernel-modules)/ {print $2}')
 [ ${#nvidia_packages[@]} -gt 0 ] || { echo "FAIL: no packages from the NVIDIA driver source installed" >&2; exit 1; }
 mismatches=0
 for pkg in "${nvidia_packages[@]}"; do
@@ -80,7 +103,7 @@ echo "PASS: ${#nvidia_packages[@]} NVIDIA packages match $module_version"
 echo "== pinning the driver branch and holding kernel + driver"
 cat > /etc/apt/preferences.d/flower-nvidia-branch <<PIN
 # Flower appliance: stay on the NVIDIA ${branch} branch the image was built and checked with.
-Package: src:nvidia-graphics-drivers src:nvidia-graphics-drivers-${branch}-server
+Package: src:nvidia-graphics-drivers src:nvidia-open-gpu-kernel-modules src:nvidia-graphics-drivers-${branch}-server
 Pin: version ${branch}.*
 Pin-Priority: 1001
 PIN
@@ -112,20 +135,23 @@ for entry in /usr/lib/modules-load.d/*.conf /lib/modules-load.d/*.conf /etc/modu
 done
 shopt -u nullglob
 
-python3 - "$route" "$branch" "$kernel" "$module_path" "$module_version" "${nvidia_packages[@]}" <<'PY'
+python3 - "$route" "$branch" "$kernel" "$module_path" "$module_version" "$flavour" "$module_license" \
+    "${nvidia_packages[@]}" <<'PY'
 import json, subprocess, sys
 from pathlib import Path
-route, branch, kernel, path, version, *packages = sys.argv[1:]
+route, branch, kernel, path, version, flavour, license_, *packages = sys.argv[1:]
 versions = {p: subprocess.run(["dpkg-query", "-W", "-f", "${Version}", p], capture_output=True, text=True).stdout
             for p in packages}
 held = subprocess.run(["apt-mark", "showhold"], capture_output=True, text=True).stdout.split()
 gpu = {"install_route": route, "driver_branch": branch, "driver_version": version, "kernel": kernel,
+       "kernel_modules": flavour, "module_license": license_,
        "module_path": path, "packages": versions, "held": held,
-       "checks": {"module_file": "PASS", "module_version_branch": "PASS", "package_versions": "PASS"}}
+       "checks": {"module_file": "PASS", "module_version_branch": "PASS", "module_flavour": "PASS",
+                  "package_versions": "PASS"}}
 Path("/etc/flower/gpu-driver.json").write_text(json.dumps(gpu, indent=2) + "\n")
 build = Path("/etc/flower/build.json")
 info = json.loads(build.read_text())
 info["nvidia_driver_version"] = version
 build.write_text(json.dumps(info, indent=2) + "\n")
 PY
-echo "driver: $route, $module_version for $kernel"
+echo "driver: $route, $module_version ($flavour modules) for $kernel"

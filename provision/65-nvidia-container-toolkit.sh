@@ -59,20 +59,34 @@ installed="$(dpkg-query -W -f '${Version}' nvidia-container-toolkit)"
 apt-mark hold "${packages[@]}" >/dev/null 2>&1 || apt-mark hold nvidia-container-toolkit >/dev/null
 
 echo "== nvidia-ctk runtime configure --runtime=docker"
+# nvidia-ctk edits /etc/docker/daemon.json in place (it reads the file and adds its keys), so the
+# keys 10-docker-engine.sh wrote (features.cdi among them) stay; checked below against a copy.
+# --cdi.enabled sets "features": {"cdi": true} (Docker >= 25 understands CDI device names;
+# https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html).
+# The CDI spec itself is not generated here: the build VM has no GPU and /var/run/cdi is emptied
+# at every boot, so the appliance's GPU step writes it on the booted VM.
 docker_major="$(docker version --format '{{.Server.Version}}' | cut -d. -f1)"
 configure=(nvidia-ctk runtime configure --runtime=docker)
 if [ "$docker_major" -ge 25 ]; then
-    configure+=(--cdi.enabled)   # Docker >= 25 understands CDI device names
+    configure+=(--cdi.enabled)
     cdi="enabled"
 else
     cdi="unsupported by docker ${docker_major}"
 fi
+before="$(mktemp)"
+if [ -s /etc/docker/daemon.json ]; then cp /etc/docker/daemon.json "$before"; else echo '{}' > "$before"; fi
 "${configure[@]}"
 systemctl restart docker
-python3 - <<'PY'
-import json
-runtimes = json.load(open("/etc/docker/daemon.json")).get("runtimes", {})
-assert "nvidia" in runtimes, "nvidia-ctk did not add the nvidia runtime to /etc/docker/daemon.json"
+python3 - "$before" "$cdi" <<'PY'
+import json, sys
+before = json.load(open(sys.argv[1]))
+after = json.load(open("/etc/docker/daemon.json"))
+assert "nvidia" in after.get("runtimes", {}), "nvidia-ctk did not add the nvidia runtime to /etc/docker/daemon.json"
+lost = sorted(set(before) - set(after))
+assert not lost, f"nvidia-ctk dropped daemon.json keys {lost}"
+if sys.argv[2] == "enabled":
+    assert after.get("features", {}).get("cdi") is True, "daemon.json lacks \"features\": {\"cdi\": true}"
 PY
+rm -f "$before"
 write_record present "$installed" "docker runtime configured; CDI ${cdi}"
 echo "toolkit ${installed} installed from ${source_kind}; CDI ${cdi}"

@@ -88,16 +88,25 @@ def render(
     add(f"| SuperNode container | {_cell(container.get('tag'))} |")
     if variant == "gpu":
         gpu = manifest.get("gpu") or {}
-        add(f"| NVIDIA driver | {_cell(gpu.get('driver_version'))} |")
+        flavour = gpu.get("kernel_modules")
+        modules = f", {_cell(flavour)} kernel modules ({_cell(gpu.get('kernel_module_package'))})" if flavour else ""
+        branch = _cell(gpu.get("driver_branch"))
+        add(f"| NVIDIA driver | {_cell(gpu.get('driver_version'))} (branch {branch}{modules}) |")
         add(
             f"| NVIDIA Container Toolkit | {_cell(toolkit_version(gpu))} (source: {_cell(gpu.get('toolkit_source'))}) |"
         )
     packages = contents.get("packages") or {}
+    support = (manifest.get("gpu") or {}).get("driver_support") if variant == "gpu" else None
     add(f"| Debian packages | {len(packages)} installed (full list in manifest.json) |")
     held = contents.get("held_packages") or []
     if held:
         add(f"| Held packages | {_cell(', '.join(map(str, held)))} |")
     add("")
+
+    if support:
+        add(f"**NVIDIA driver support:** {support}. The driver is Debian's package of branch "
+            f"{(manifest.get('gpu') or {}).get('driver_branch')}, the newest the distribution carries.")  # fmt: skip
+        add("")
 
     add("## Build")
     add("")

@@ -99,6 +99,7 @@ def test_extends_merges_and_appends(tmp_path: Path) -> None:
         tmp_path,
         "child",
         'extends = "parent"\nvariant = "gpu"\n[disk]\nfirmware = "uefi"\n[gpu]\ndriver_branch = "550"\n'
+        'kernel_modules = "proprietary"\n'  # the parent is debian-12, whose open modules cannot be installed
         "[extend]\npackages = ['pciutils']\nprovision = ['30-supernode-container.sh']\n",
     )
     child = config.load("child", tmp_path)
@@ -157,5 +158,7 @@ def test_gpu_variant_needs_gpu_table(tmp_path: Path) -> None:
 def test_shipped_gpu_definition() -> None:
     gpu = config.load("supernode-gpu")
     assert gpu.gpu is not None and gpu.gpu.driver_branch == "550"  # Debian 13 packages 550
-    assert "non-free" in gpu.base.components and "nvidia-kernel-dkms" in gpu.base.extra_packages
+    assert "non-free" in gpu.base.components and "contrib" in gpu.base.components
+    assert gpu.gpu.kernel_modules == "open" and gpu.base.extra_packages.count("nvidia-open-kernel-dkms") == 1
+    assert "nvidia-kernel-dkms" not in gpu.base.extra_packages
     assert config.load("supernode-cpu").gpu is None

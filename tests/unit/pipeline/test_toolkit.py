@@ -133,3 +133,13 @@ def test_toolkit_source_override_is_checked_like_the_definition(text: str, named
     assert gpu is not None
     with pytest.raises(ConfigError, match=named):
         toolkit.parse_override(text, gpu)
+
+
+def test_provisioning_configures_docker_for_cdi_and_keeps_daemon_json() -> None:
+    """65 runs `nvidia-ctk runtime configure --runtime=docker --cdi.enabled` (Docker >= 25) and
+    checks that no daemon.json key written before (10-docker-engine's features.cdi) was lost."""
+    script = (Path(__file__).resolve().parents[3] / "provision" / "65-nvidia-container-toolkit.sh").read_text()
+    assert "configure=(nvidia-ctk runtime configure --runtime=docker)" in script
+    assert "configure+=(--cdi.enabled)" in script
+    assert 'lost = sorted(set(before) - set(after))' in script
+    assert 'after.get("features", {}).get("cdi") is True' in script

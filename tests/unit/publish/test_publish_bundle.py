@@ -124,7 +124,10 @@ def test_release_notes(fake_build: Make) -> None:
     notes = (out / "RELEASE_NOTES.md").read_text()
     for text in (
         "Debian GNU/Linux 12 (bookworm)", "6.1.0-37-amd64", "| Docker | 20.10.24+dfsg1 |", "| flwr | 1.41.0 |",
-        "| NVIDIA driver | 535.247.01 |", "| NVIDIA Container Toolkit | 1.17.8-1", "| packer build | 612.3 s |",
+        "| NVIDIA driver | 535.247.01 (branch 535, proprietary kernel modules (nvidia-kernel-dkms)) |",
+        "**NVIDIA driver support:** NVIDIA's support for R535 has ended; NVIDIA's repository route with a "
+        "supported branch is a separate change.",
+        "| NVIDIA Container Toolkit | 1.17.8-1", "| packer build | 612.3 s |",
         "| **total** | 660.1 s |", "| 14 | 12 | 0 | 0 | 2 |", "| default-context | 41.2 s |", "64.0 MiB virtual",
         "already carries a Container Toolkit", sha256(build.qcow2), "`ONEAPP_FL_GPU_MEMORY_FRACTION`",
         "| gpu-passthrough | yes | 2 | 2 | 0 | 0 | 0 |", "| toolkit-local-fixture | no | 2 | 0 | 0 | 0 | 2 |",
