@@ -372,7 +372,7 @@ class LocalNodes(LaunchLogs):
         context = appliance_context(spec, self.superlink_address, self.tls, self.wrong_ca)
         resolution = runtime_config.resolve([("context", context)])
         if resolution.config is None:
-            return "; ".join(error.message() for error in resolution.errors)
+            return "; ".join(f"{error.variable}: {error.reason}" for error in resolution.errors)
         ca = self.workdir / spec.name / "ca.pem"
         if resolution.config.ca_cert_pem is not None:  # as the boot sequence writes the guest's CA file
             ca.parent.mkdir(parents=True, exist_ok=True)

@@ -129,10 +129,10 @@ class Scenarios:
         report.seconds = round(time.monotonic() - started, 1)
         doc = sm.load_results(results)
         report.rounds = sm.round_table(doc)
-        say(f"e2e: run {report.run_id} ({label}): {report.status} after {report.seconds:.0f} s; eval loss "
-            + " -> ".join(f"{r['eval_loss']:.4f}" for r in report.rounds if r["eval_loss"] is not None)
-            + "; round times " + ", ".join(f"{r['round_s']:.1f} s" for r in report.rounds
-                                             if r.get("round_s") is not None))  # fmt: skip
+        losses = " -> ".join(f"{r['eval_loss']:.4f}" for r in report.rounds if r["eval_loss"] is not None)
+        times = ", ".join(f"{r['round_s']:.1f} s" for r in report.rounds if r.get("round_s") is not None)
+        say(f"e2e: run {report.run_id} ({label}): {report.status} after {report.seconds:.0f} s; "
+            f"eval loss {losses or '-'}; round times {times or '-'}")  # fmt: skip
         self.count_launches(report, nodes, before, partitions if expect_tasks else [])
         return report, doc
 
