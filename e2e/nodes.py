@@ -152,6 +152,17 @@ class LaunchLogs:
         text = self.launch_log(name)
         return None if text is None else ln.parse_events(text)
 
+    def launch_events_of_healthy(self, name: str, attempts: int = 3) -> tuple[list[dict[str, Any]], int] | None:
+        """launch_events, tried again (after `launcher_poll_s`) for a healthy node, whose container should have
+        a log: under TCG one `docker exec` over SSH can time out while the guest is busy."""
+        for attempt in range(attempts if self.states[name].spec.healthy else 1):
+            if attempt:
+                time.sleep(self.launcher_poll_s)
+            found = self.launch_events(name)
+            if found is not None:
+                return found
+        return None
+
     def wait_launchers(self, timeout: float) -> None:
         """Wait (bounded) until every healthy node's warm launcher has finished its imports, so a run's
         first tasks find it ready. Records the launcher's own import time (``launcher_import_s``, from

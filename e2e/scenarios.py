@@ -107,7 +107,8 @@ class Scenarios:
         """Submit the app, wait for the run to finish (bounded), read its results file, count the ClientApp
         launches of the run on every node (`expect_tasks`: the nodes of `partitions` must have some)."""
         nodes.wait_launchers(self.o.ready_timeout)
-        before = {name: len(found[0]) if (found := nodes.launch_events(name)) else 0 for name in nodes.states}
+        before = {name: len(found[0]) if (found := nodes.launch_events_of_healthy(name)) else 0
+                  for name in nodes.states}  # fmt: skip
         results = directory / f"results-{label}.json"
         results.unlink(missing_ok=True)
         run_config: dict[str, object] = {
@@ -142,7 +143,7 @@ class Scenarios:
         fallback is a problem of the run, and so is a node of `partitions` without a launch to count."""
         for name, state in nodes.states.items():
             took_part = state.spec.partition_id in partitions
-            found = nodes.launch_events(name)
+            found = nodes.launch_events_of_healthy(name)
             if found is None:
                 counted = ln.NodeLaunches(log=False)
             else:
