@@ -17,9 +17,14 @@ per event to ``$FL_WARM_CLIENTAPP_LOG`` (supernode_container/flwr_clientapp_shim
 
 flower-superexec claims a task for ``HEARTBEAT_DEFAULT_INTERVAL`` = 30 s (flwr/common/constant.py);
 a ClientApp that has not pulled it by then is too late, the task goes back to PENDING and the
-SuperExec launches another process for the same token (flwr/supercore/superexec/executor/
-subprocess_executor.py). So a token launched twice is a pile-up, and a shim that fell back ran the
-slow stock start-up that causes it. Pure functions: the unit tests feed them JSON lines.
+SuperExec claims it again and launches another process (flwr/supercore/superexec/executor/
+subprocess_executor.py). Every claim mints a new token (``claim_task`` in
+flwr/supercore/corestate/in_memory_corestate.py: ``secrets.token_hex``), so a relaunched task shows
+up under a *new* digest: the pile-up is seen by comparing a node's launches with the tasks it
+answered (one ClientApp per message, i.e. per train/evaluate reply in the ServerApp's results). The
+same digest launched twice is the other double launch (a shim that handed its task over and then
+fell back). A shim that fell back ran the slow stock start-up that causes pile-ups. Pure
+functions: the unit tests feed them JSON lines.
 """
 
 from __future__ import annotations
@@ -136,22 +141,38 @@ def count(events: Iterable[dict[str, Any]], bad_lines: int = 0) -> NodeLaunches:
     )  # fmt: skip
 
 
-def problems(name: str, launches: NodeLaunches, *, took_part: bool, allow_relaunch: bool = False,
-             allow_fallback: bool = False) -> list[str]:  # fmt: skip
-    """What fails a run on this node: a pile-up (a task launched more than once), a shim that fell back,
-    or, on a node that took part in the run, no launch log or no launch at all (nothing to count)."""
+def problems(name: str, launches: NodeLaunches, *, took_part: bool, replies: int | None = None,
+             allow_relaunch: bool = False, allow_fallback: bool = False) -> list[str]:  # fmt: skip
+    """What fails a run on this node; [] = passed.
+
+    - a pile-up: more launches than the `replies` (train + evaluate, with errors) the node sent in
+      the run, i.e. tasks launched again after their claim expired (None: unknown, not checked);
+    - a token launched more than once;
+    - fewer launches than replies (the log misses some: nothing to count on);
+    - a shim that fell back to the stock flwr-clientapp, or a ClientApp that exited non-zero;
+    - on a node that `took_part`: no launch log, or no launch in it.
+    `allow_relaunch` / `allow_fallback`: a scenario that expects those.
+    """
     out: list[str] = []
     if not launches.log:
         return [f"{name}: no ClientApp launch log could be read"] if took_part else []
     if took_part and launches.launches == 0:
         out.append(f"{name}: the launch log shows no ClientApp launch, but the node took part in the run")
+    if replies is not None and launches.launches > replies and not allow_relaunch:
+        out.append(
+            f"{name}: ClientApp pile-up: {launches.launches} launches for the {replies} task(s) it answered: "
+            "a ClientApp missed flwr's 30 s claim window and flower-superexec launched the task again "
+            "(or a task never answered)"
+        )
+    elif replies is not None and 0 < launches.launches < replies:
+        out.append(f"{name}: the launch log has {launches.launches} launches for {replies} answered task(s): "
+                   "it misses some")  # fmt: skip
     relaunched = launches.relaunched
     if relaunched and not allow_relaunch:
         worst = sorted(relaunched.items(), key=lambda item: -item[1])[:3]
         out.append(
-            f"{name}: ClientApp pile-up: {len(relaunched)} of {len(launches.tasks)} task(s) launched more than once "
-            f"(" + ", ".join(f"task {task} x{n}" for task, n in worst) + "): a ClientApp missed flwr's 30 s claim "
-            "window and flower-superexec started another"
+            f"{name}: {len(relaunched)} of {len(launches.tasks)} task token(s) launched more than once "
+            "(" + ", ".join(f"task {task} x{n}" for task, n in worst) + ")"
         )
     fallbacks = launches.modes.get(FALLBACK, 0)
     if fallbacks and not allow_fallback:
@@ -159,4 +180,8 @@ def problems(name: str, launches: NodeLaunches, *, took_part: bool, allow_relaun
             f"{name}: {fallbacks} of {launches.launches} ClientApp launch(es) fell back to the stock flwr-clientapp "
             f"(warm launcher absent or not ready): {'; '.join(sorted(set(launches.fallback_reasons)))}"
         )
+    failed = {status: n for status, n in launches.exit_statuses.items() if status != "0"}
+    if failed:
+        out.append(f"{name}: ClientApp(s) exited non-zero (status: count) {failed}: e.g. a late one on an "
+                   "expired task token")  # fmt: skip
     return out

@@ -134,15 +134,17 @@ class Scenarios:
         times = ", ".join(f"{r['round_s']:.1f} s" for r in report.rounds if r.get("round_s") is not None)
         say(f"e2e: run {report.run_id} ({label}): {report.status} after {report.seconds:.0f} s; "
             f"eval loss {losses or '-'}; round times {times or '-'}")  # fmt: skip
-        self.count_launches(report, nodes, before, partitions if expect_tasks else [])
+        self.count_launches(report, nodes, before, partitions if expect_tasks else [], sm.replies_per_partition(doc))
         return report, doc
 
-    def count_launches(self, report: sm.RunReport, nodes: Nodes, before: dict[str, int],
-                       partitions: list[int]) -> None:  # fmt: skip
-        """The run's ClientApp launches per node and task (the log's events after `before`); a pile-up or a
-        fallback is a problem of the run, and so is a node of `partitions` without a launch to count."""
+    def count_launches(self, report: sm.RunReport, nodes: Nodes, before: dict[str, int], partitions: list[int],
+                       replies: dict[int, int] | None) -> None:  # fmt: skip
+        """The run's ClientApp launches per node and task (the log's events after `before`), against the
+        tasks each node answered (`replies` per partition, from the results file); a pile-up or a fallback
+        is a problem of the run, and so is a node of `partitions` without a launch to count."""
         for name, state in nodes.states.items():
-            took_part = state.spec.partition_id in partitions
+            answered = None if replies is None else replies.get(state.spec.partition_id, 0)
+            took_part = state.spec.partition_id in partitions or bool(answered)
             found = nodes.launch_events_of_healthy(name)
             if found is None:
                 counted = ln.NodeLaunches(log=False)
@@ -150,10 +152,10 @@ class Scenarios:
                 counted = ln.count(ln.since(found[0], before.get(name, 0)), bad_lines=found[1])
             if found is None and not took_part:
                 continue  # e.g. the empty-CA node: no SuperNode, so no log, and none expected
-            report.launches[name] = counted.as_dict()
-            report.problems += ln.problems(name, counted, took_part=took_part)
+            report.launches[name] = {**counted.as_dict(), "replies": answered}
+            report.problems += ln.problems(name, counted, took_part=took_part, replies=answered)
         say("e2e: ClientApp launches " + "; ".join(
-            f"{name}: {doc['launches']} for {doc['task_count']} task(s), max {doc['max_per_task']} per task, "
+            f"{name}: {doc['launches']} for {doc['replies']} answered task(s), max {doc['max_per_task']} per token, "
             f"{doc['modes'].get(ln.FALLBACK, 0)} fallback(s)" if doc["log"] else f"{name}: no launch log"
             for name, doc in report.launches.items()))  # fmt: skip
 

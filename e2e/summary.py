@@ -81,6 +81,21 @@ def check_results(
     return problems
 
 
+def replies_per_partition(doc: dict[str, Any] | None) -> dict[int, int] | None:
+    """Train + evaluate replies per partition in a results file (error replies too, matched by node id):
+    the ClientApp tasks each node ran, one per message. None without a results file."""
+    if doc is None:
+        return None
+    entries = [c for r in doc.get("rounds", []) for phase in PHASES for c in (r.get(f"{phase}_clients") or [])]
+    partition_of = {c.get("node_id"): int(c["partition_id"]) for c in entries if "partition_id" in c}
+    counts: dict[int, int] = {}
+    for client in entries:
+        partition = client.get("partition_id", partition_of.get(client.get("node_id")))
+        if partition is not None:
+            counts[int(partition)] = counts.get(int(partition), 0) + 1
+    return counts
+
+
 def load_results(path: Path) -> dict[str, Any] | None:
     try:
         doc = json.loads(path.read_text())
@@ -251,17 +266,19 @@ def render_markdown(summary: Summary) -> str:
 
 def launch_table(launches: dict[str, dict[str, Any]]) -> list[str]:
     """The Markdown table of a run's ClientApp launches per node."""
-    lines = ["| node | ClientApp launches | tasks | most launches of one task | warm / fallback "
-             "| SuperExec pids | exit statuses | slowest launch | slowest task |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = ["| node | ClientApp launches | tasks answered | task tokens | most launches of one token "
+             "| warm / fallback | SuperExec pids | exit statuses | slowest launch | slowest task |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, node in launches.items():
         if not node.get("log", True):
-            lines.append(f"| {name} | no launch log | - | - | - | - | - | - | - |")
+            replies = "-" if node.get("replies") is None else node.get("replies")
+            lines.append(f"| {name} | no launch log | {replies} | - | - | - | - | - | - | - |")
             continue
         modes = node.get("modes") or {}
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted((node.get("exit_statuses") or {}).items()))
         lines.append(
-            f"| {name} | {node.get('launches')} | {node.get('task_count')} | {node.get('max_per_task')} "
+            f"| {name} | {node.get('launches')} | {'-' if node.get('replies') is None else node.get('replies')} "
+            f"| {node.get('task_count')} | {node.get('max_per_task')} "
             f"| {modes.get('warm', 0)} / {modes.get('fallback', 0)} | {node.get('superexec_pids')} | {statuses or '-'} "
             f"| {_seconds(node.get('launch_s_max'))} | {_seconds(node.get('task_s_max'))} |"
         )

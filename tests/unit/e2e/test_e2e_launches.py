@@ -48,35 +48,58 @@ def test_one_launch_per_task_passes() -> None:
     assert result.modes == {"warm": 2} and result.superexec_pids == [SUPEREXEC]
     assert result.exit_statuses == {"0": 2} and result.launcher_starts == 1
     assert result.launch_s_max == 0.2 and result.task_s_max == 3.0
-    assert ln.problems("node-0", result, took_part=True) == []
+    assert ln.problems("node-0", result, took_part=True, replies=2) == []
     doc = result.as_dict()
     assert doc["task_count"] == 2 and doc["max_per_task"] == 1 and doc["log"] is True
 
 
-def test_a_task_launched_twice_is_a_pile_up() -> None:
-    text = log(*warm_task("aaa"), shim("bbb"), shim("bbb"), shim("bbb"), shim("ccc"), shim("ccc"))
+def test_more_launches_than_answered_tasks_is_a_pile_up() -> None:
+    """flwr mints a new token per claim: a task launched again after its claim expired has a new digest,
+    so the pile-up shows as more launches than the node's replies."""
+    text = log(*warm_task("aaa"), *warm_task("bbb"), *warm_task("ccc"))
     result = counted(text)
-    assert result.tasks == {"aaa": 1, "bbb": 3, "ccc": 2} and result.relaunched == {"bbb": 3, "ccc": 2}
-    (problem,) = ln.problems("node-1", result, took_part=True)
-    assert problem.startswith("node-1: ClientApp pile-up: 2 of 3 task(s) launched more than once")
-    assert "task bbb x3, task ccc x2" in problem and "30 s claim window" in problem
-    assert ln.problems("node-1", result, took_part=True, allow_relaunch=True) == []
+    assert result.max_per_task == 1  # every token once: the digests alone cannot see it
+    (problem,) = ln.problems("node-1", result, took_part=True, replies=2)
+    assert problem.startswith("node-1: ClientApp pile-up: 3 launches for the 2 task(s) it answered")
+    assert "30 s claim window" in problem
+    assert ln.problems("node-1", result, took_part=True, replies=2, allow_relaunch=True) == []
+    assert ln.problems("node-1", result, took_part=True, replies=None) == []  # no results file: not checked
+
+
+def test_fewer_launches_than_answered_tasks_means_an_incomplete_log() -> None:
+    (problem,) = ln.problems("node-0", counted(log(*warm_task("aaa"))), took_part=True, replies=6)
+    assert "1 launches for 6 answered task(s): it misses some" in problem
+
+
+def test_one_token_launched_twice_fails() -> None:
+    text = log(shim("bbb"), shim("bbb", mode="fallback", reason="the launcher accepted the task but no child started"),
+               shim("bbb"), shim("ccc"), shim("ccc"))  # fmt: skip
+    result = counted(text)
+    assert result.tasks == {"bbb": 3, "ccc": 2} and result.relaunched == {"bbb": 3, "ccc": 2}
+    problems = ln.problems("node-1", result, took_part=True, replies=2, allow_fallback=True)
+    assert len(problems) == 2 and problems[0].startswith("node-1: ClientApp pile-up: 5 launches for the 2")
+    assert problems[1] == "node-1: 2 of 2 task token(s) launched more than once (task bbb x3, task ccc x2)"
+    assert ln.problems("node-1", result, took_part=True, replies=2, allow_relaunch=True, allow_fallback=True) == []
 
 
 def test_a_fallback_fails_unless_expected() -> None:
     text = log(shim("aaa", mode="fallback", reason="FileNotFoundError: no socket"), *warm_task("bbb"))
     result = counted(text)
     assert result.modes == {"fallback": 1, "warm": 1} and result.max_per_task == 1
-    (problem,) = ln.problems("node-0", result, took_part=True)
+    (problem,) = ln.problems("node-0", result, took_part=True, replies=2)
     assert "1 of 2 ClientApp launch(es) fell back" in problem and "FileNotFoundError: no socket" in problem
-    assert ln.problems("node-0", result, took_part=True, allow_fallback=True) == []
+    assert ln.problems("node-0", result, took_part=True, replies=2, allow_fallback=True) == []
 
 
-def test_a_stock_relaunch_after_a_fallback_is_both() -> None:
-    """The TCG failure: the launcher is not ready, the shims fall back, the slow stock start misses the claim."""
-    text = log(shim("aaa", mode="fallback", reason="x"), shim("aaa", mode="fallback", reason="x"))
-    problems = ln.problems("node-0", counted(text), took_part=True)
-    assert len(problems) == 2 and "pile-up" in problems[0] and "fell back" in problems[1]
+def test_the_tcg_failure_is_a_pile_up_of_fallbacks_with_late_clientapps_failing() -> None:
+    """The launcher is not ready, the shims fall back, the slow stock start misses the claim, the task is
+    claimed again (new token), and the late ClientApp exits with an error on its expired token."""
+    text = log(shim("aaa", mode="fallback", reason="x"), shim("bbb", mode="fallback", reason="x"),
+               line("shim-exit", status=1, task="aaa"))  # fmt: skip
+    problems = ln.problems("node-0", counted(text), took_part=True, replies=1)
+    assert len(problems) == 3
+    assert "pile-up: 2 launches for the 1" in problems[0] and "fell back" in problems[1]
+    assert problems[2].startswith("node-0: ClientApp(s) exited non-zero (status: count) {'1': 1}")
 
 
 def test_no_log_or_no_launch_fails_only_a_node_that_took_part() -> None:
@@ -118,10 +141,21 @@ def test_launcher_ready_is_the_last_ready_event() -> None:
     assert ln.launcher_ready(ln.parse_events(log(shim("aaa")))[0]) is None
 
 
+def test_replies_per_partition_count_the_tasks_each_node_ran() -> None:
+    ok0, ok1 = {"node_id": 10, "partition_id": 0}, {"node_id": 11, "partition_id": 1}
+    doc = {"rounds": [
+        {"round": 1, "train_clients": [ok0, ok1], "eval_clients": [ok0, {"node_id": 11, "error": "timeout"}]},
+        {"round": 2, "train_clients": [ok0]},
+    ]}  # fmt: skip
+    assert sm.replies_per_partition(doc) == {0: 3, 1: 2}
+    assert sm.replies_per_partition({"rounds": []}) == {}
+    assert sm.replies_per_partition(None) is None
+
+
 def test_launch_counts_and_round_times_in_the_summary(tmp_path: Any) -> None:
     run = sm.RunReport(7, "finished:completed", 30.0, "results.json")
-    run.launches = {"node-0": counted(log(*warm_task("aaa"), shim("bbb"), shim("bbb"))).as_dict(),
-                    "node-1": ln.NodeLaunches(log=False).as_dict()}  # fmt: skip
+    run.launches = {"node-0": {**counted(log(*warm_task("aaa"), shim("bbb"), shim("bbb"))).as_dict(), "replies": 2},
+                    "node-1": {**ln.NodeLaunches(log=False).as_dict(), "replies": None}}  # fmt: skip
     run.rounds = sm.round_table({"rounds": [
         {"round": 1, "started_s": 0.5, "train_done_s": 40.5, "eval_started_s": 40.6, "eval_done_s": 60.5,
          "round_s": 60.0},
@@ -135,6 +169,6 @@ def test_launch_counts_and_round_times_in_the_summary(tmp_path: Any) -> None:
     assert doc["scenarios"][0]["runs"][0]["launches"]["node-0"]["tasks"] == {"aaa": 1, "bbb": 2}
     assert doc["scenarios"][0]["runs"][0]["rounds"][0]["round_s"] == 60.0
     md = md_path.read_text()
-    assert "| node-0 | 3 | 2 | 2 | 3 / 0 | [4242] | 0: 1 | 0.1 s | 1.5 s |" in md
-    assert "| node-1 | no launch log |" in md
+    assert "| node-0 | 3 | 2 | 2 | 2 | 3 / 0 | [4242] | 0: 1 | 0.1 s | 1.5 s |" in md
+    assert "| node-1 | no launch log | - |" in md
     assert "| 60.0 s | 40.0 s | 19.9 s |" in md
