@@ -16,8 +16,8 @@ provision = ["10-docker-engine.sh", "90-cleanup.sh"]
 [base]
 provider = "debian-12"
 [flower]
-version = "1.41.0"
-lock = "locks/flwr-1.41.0.txt"
+version = "1.42.0"
+lock = "locks/flwr-1.42.0-py311.txt"
 """
 
 
@@ -56,8 +56,8 @@ def test_config_is_frozen() -> None:
         (VALID + "[vm]\ncpus = 'two'\n", "vm.cpus", "integer"),
         (VALID + "[vm]\nmemory = 64\n", "vm.memory", "512"),
         (VALID + "[vm]\nnics = 2\n", "vm.nics", "unknown key"),
-        (VALID.replace('"1.41.0"', '"latest"'), "flower.version", "X.Y.Z"),
-        (VALID.replace("locks/flwr-1.41.0.txt", "locks/nope.txt"), "flower.lock", "no lock file"),
+        (VALID.replace('"1.42.0"', '"latest"'), "flower.version", "X.Y.Z"),
+        (VALID.replace("locks/flwr-1.42.0-py311.txt", "locks/nope.txt"), "flower.lock", "no lock file"),
         (VALID.replace('"debian-12"', '"arch"'), "base.provider", "debian-12"),
         (VALID.replace('"90-cleanup.sh"', '"cleanup.sh"'), "provision[1]", "10-docker-engine.sh"),
         (VALID.replace('"90-cleanup.sh"', '"91-missing.sh"'), "provision[1]", "no script"),
