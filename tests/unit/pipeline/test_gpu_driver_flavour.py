@@ -26,7 +26,7 @@ components = ["main", "contrib", "non-free", "non-free-firmware"]
 extra_packages = [{packages}]
 [flower]
 version = "{flwr}"
-lock = "locks/flwr-{flwr}.txt"
+lock = "{lock}"
 [gpu]
 driver_branch = "{branch}"
 {gpu}
@@ -35,8 +35,8 @@ REST = '"linux-headers-amd64", "nvidia-smi", "libcuda1", "firmware-nvidia-gsp"'
 
 
 def load(tmp_path: Path, gpu: str = "", provider: str = "debian-13", packages: str = REST) -> config.ImageConfig:
-    flwr, branch = ("1.42.0", "550") if provider == "debian-13" else ("1.41.0", "535")
-    text = GPU.format(provider=provider, packages=packages, flwr=flwr, branch=branch, gpu=gpu)
+    lock, branch = ("flwr-1.42.0.txt", "550") if provider == "debian-13" else ("flwr-1.42.0-py311.txt", "535")
+    text = GPU.format(provider=provider, packages=packages, flwr="1.42.0", lock=f"locks/{lock}", branch=branch, gpu=gpu)
     (tmp_path / "img.toml").write_text(text)
     return config.load("img", tmp_path)
 

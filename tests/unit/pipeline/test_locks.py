@@ -37,7 +37,8 @@ def requirements(path: Path) -> dict[str, tuple[str, list[str]]]:
 @pytest.mark.parametrize("lock", LOCKS, ids=lambda p: p.name)
 def test_every_requirement_is_pinned_with_hashes(lock: Path) -> None:
     pins = requirements(lock)
-    assert pins["flwr"][0] == lock.stem.removeprefix("flwr-")
+    # flwr-<version>.txt or flwr-<version>-py<XY>.txt
+    assert pins["flwr"][0] == lock.stem.removeprefix("flwr-").split("-py")[0]
     for name, (_, hashes) in pins.items():
         assert hashes and all(HASH.fullmatch(h) for h in hashes), name
 
@@ -53,4 +54,18 @@ def test_flwr_1_42_lock() -> None:
     # resolved against PyPI alone: no local index, find-links or extra index baked in
     assert not re.search(r"^\s*--(?:index-url|extra-index-url|find-links|trusted-host)", text, re.MULTILINE)
     assert config.LOCK_PYTHON_RE.findall(text) == ["3.13"]
+    assert config.FLWR_PIN_RE.findall(text) == ["1.42.0"]
+
+
+def test_flwr_1_42_lock_for_python_3_11() -> None:
+    """Debian 12's container (CPython 3.11) runs flwr 1.42.0 too: the same pins as the cp313
+    lock but numpy, whose 2.5 releases need Python >= 3.12."""
+    lock = IMAGES_DIR / "locks/flwr-1.42.0-py311.txt"
+    pins, cp313 = requirements(lock), requirements(IMAGES_DIR / "locks/flwr-1.42.0.txt")
+    assert pins["flwr"][0] == "1.42.0"
+    assert Version(pins["numpy"][0]) < Version("2.5")
+    assert {n: v for n, (v, _) in pins.items() if n != "numpy"} == {n: v for n, (v, _) in cp313.items() if n != "numpy"}
+    text = lock.read_text()
+    assert not re.search(r"^\s*--(?:index-url|extra-index-url|find-links|trusted-host)", text, re.MULTILINE)
+    assert config.LOCK_PYTHON_RE.findall(text) == ["3.11"]
     assert config.FLWR_PIN_RE.findall(text) == ["1.42.0"]

@@ -23,6 +23,7 @@ from appliance_build.vm.firmware import Uefi
 LEGACY = render.PackerTarget.parse("1.6.6")
 PLUGIN = render.PackerTarget.parse("1.11.2")
 FIRMWARE = Uefi(Path("/fw/OVMF_CODE_4M.fd"), Path("/fw/OVMF_VARS_4M.fd"), Path("/fw/OVMF.fd"))
+SHIPPED = config.available()  # every images/*.toml, the Debian 12 CPU image too
 
 
 def do_render(
@@ -58,7 +59,7 @@ def source_block(doc: dict[str, Any], name: str) -> dict[str, Any]:
     return source["qemu"][name]  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("name", ["supernode-cpu", "supernode-gpu"])
+@pytest.mark.parametrize("name", SHIPPED)
 @pytest.mark.parametrize("target", [LEGACY, PLUGIN], ids=["packer-1.6", "packer-1.11"])
 def test_hcl_structure(tmp_path: Path, name: str, target: render.PackerTarget) -> None:
     image = config.load(name)
@@ -136,7 +137,7 @@ needs_packer = pytest.mark.skipif(shutil.which("packer") is None, reason="packer
 
 
 @needs_packer
-@pytest.mark.parametrize("name", ["supernode-cpu", "supernode-gpu"])
+@pytest.mark.parametrize("name", SHIPPED)
 def test_packer_validate_installed_target(tmp_path: Path, name: str) -> None:
     """The installed Packer accepts what is rendered for it (real `packer validate`)."""
     target = render.detect_packer()

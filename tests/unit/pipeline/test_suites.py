@@ -27,14 +27,19 @@ provision = ["10-docker-engine.sh", "90-cleanup.sh"]
 provider = "{provider}"
 [flower]
 version = "{flwr}"
-lock = "locks/flwr-{flwr}.txt"
+lock = "{lock}"
 """
 BOOKWORM = BaseConfig(provider="debian-12")
 TRIXIE = BaseConfig(provider="debian-13")
 
 
-def load(tmp_path: Path, provider: str, flwr: str, extra: str = "") -> config.ImageConfig:
-    (tmp_path / "img.toml").write_text(DEFINITION.format(provider=provider, flwr=flwr) + extra)
+# flwr 1.42.0's lock for each suite's python3 (numpy 2.5 in the cp313 lock needs 3.12+)
+LOCKS = {"debian-13": "locks/flwr-1.42.0.txt", "debian-12": "locks/flwr-1.42.0-py311.txt"}
+
+
+def load(tmp_path: Path, provider: str, flwr: str, extra: str = "", lock: str = "") -> config.ImageConfig:
+    text = DEFINITION.format(provider=provider, flwr=flwr, lock=lock or f"locks/flwr-{flwr}.txt")
+    (tmp_path / "img.toml").write_text(text + extra)
     return config.load("img", tmp_path)
 
 
@@ -49,17 +54,29 @@ def test_shipped_definitions_default_to_debian_13_and_flwr_1_42() -> None:
         assert image.flower.image_tag == "flwr-supernode:1.42.0"
 
 
-@pytest.mark.parametrize(
-    ("provider", "flwr"), [("debian-13", "1.42.0"), ("debian-12", "1.41.0"), ("debian-13", "1.41.0")]
-)
-def test_both_debian_providers_accepted(tmp_path: Path, provider: str, flwr: str) -> None:
-    image = load(tmp_path, provider, flwr)
-    assert image.base.provider == provider and image.flower.version == flwr
+@pytest.mark.parametrize("provider", ["debian-13", "debian-12"])
+def test_both_debian_providers_accepted(tmp_path: Path, provider: str) -> None:
+    image = load(tmp_path, provider, "1.42.0", lock=LOCKS[provider])
+    assert image.base.provider == provider and image.flower.version == "1.42.0"
+
+
+def test_shipped_debian_12_cpu_image() -> None:
+    """supernode-cpu on Debian 12 with the same flwr as the Debian 13 images (the host's
+    SuperLink is 1.42.0), from the lock resolved for bookworm's Python 3.11."""
+    old, new = config.load("supernode-cpu-debian12"), config.load("supernode-cpu")
+    assert old.base.provider == "debian-12" and old.variant == "cpu" and "Debian 12" in old.description
+    assert (old.flower.version, old.flower.lock) == ("1.42.0", "locks/flwr-1.42.0-py311.txt")
+    assert old.flower.image_tag == new.flower.image_tag == "flwr-supernode:1.42.0"
+    # everything else is the CPU image's
+    assert replace(old.base, provider=new.base.provider) == new.base
+    assert (old.disk, old.vm, old.packages, old.provision, old.files, old.gpu) == (
+        new.disk, new.vm, new.packages, new.provision, new.files, new.gpu,
+    )  # fmt: skip
 
 
 def test_gpu_bootstrap_route_on_debian_13(tmp_path: Path) -> None:
     (tmp_path / "img.toml").write_text(
-        DEFINITION.format(provider="debian-13", flwr="1.42.0").replace('"cpu"', '"gpu"')
+        DEFINITION.format(provider="debian-13", flwr="1.42.0", lock=LOCKS["debian-13"]).replace('"cpu"', '"gpu"')
         + "[gpu]\ndriver_branch = '550'\n"
     )
     gpu = config.load("img", tmp_path).gpu
@@ -82,6 +99,9 @@ def test_lock_for_another_python_is_refused(tmp_path: Path) -> None:
         load(tmp_path, "debian-12", "1.42.0")
     message = str(err.value)
     assert "key 'flower.lock'" in message and "Python 3.13" in message and "bookworm's Python 3.11" in message
+    # and the other way round: the py311 lock is not for trixie's 3.13
+    with pytest.raises(ConfigError, match=r"Python 3\.11, but .* trixie's Python 3\.13"):
+        load(tmp_path, "debian-13", "1.42.0", lock=LOCKS["debian-12"])
 
 
 # --- the base recipe --------------------------------------------------------------------
@@ -211,12 +231,13 @@ def test_wheels_downloaded_for_the_suites_python(
 # --- rendering ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("provider", "flwr"), [("debian-13", "1.42.0"), ("debian-12", "1.41.0")])
+@pytest.mark.parametrize("provider", ["debian-13", "debian-12"])
 @pytest.mark.parametrize("target", ["1.6.6", "1.11.2"])
-def test_render_per_suite(tmp_path: Path, provider: str, flwr: str, target: str) -> None:
+def test_render_per_suite(tmp_path: Path, provider: str, target: str) -> None:
     """Both suites render for both Packer targets; the provisioning environment carries the
     definition's flwr version and image tag (the container follows the suite, not the HCL)."""
-    image = load(tmp_path, provider, flwr)
+    flwr = "1.42.0"
+    image = load(tmp_path, provider, flwr, lock=LOCKS[provider])
     upload = tmp_path / "flower-build"
     upload.mkdir()
     rendered = render.render(
