@@ -2,11 +2,13 @@
 
     nox -s build_cpu              build build/supernode-cpu/supernode-cpu.qcow2
     nox -s build_gpu              build build/supernode-gpu/supernode-gpu.qcow2
+    nox -s build -- IMAGE         build any images/IMAGE.toml, e.g. supernode-cpu-debian12
     nox -s measure_dkms           time DKMS inside the TCG build VM (build/measurements/)
     nox -s render                 only render Packer HCL + cloud-init for every image
     nox -s tests                  unit + integration tests (what CI runs)
     nox -s fresh_host             setup-host.sh + lint + unit tests in a fresh Debian 12 root (CI runs it)
     nox -s test_cpu / test_gpu    boot the built image under QEMU and test inside it
+    nox -s test_image -- IMAGE    the same for any built image, e.g. supernode-cpu-debian12
     nox -s lint                   ruff, mypy, shellcheck
     nox -s check_context -- PATH  validate an OpenNebula context.sh like the appliance does
     nox -s e2e [-- --faults]      SuperLink on the host + two appliance VMs + flwr run, into build/e2e/
@@ -55,6 +57,15 @@ def build_gpu(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def build(session: nox.Session) -> None:
+    """Build any image definition: nox -s build -- IMAGE [build options]."""
+    if not session.posargs:
+        session.error("usage: nox -s build -- IMAGE [--packer-target VERSION ...], e.g. supernode-cpu-debian12")
+    _install(session)
+    session.run("python", "-m", "appliance_build", "build", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def measure_dkms(session: nox.Session) -> None:
     """Time the NVIDIA DKMS install inside a TCG guest (the route the GPU build avoids)."""
     _install(session)
@@ -75,13 +86,13 @@ def fresh_host(session: nox.Session) -> None:
     session.run("python", "-m", "appliance_build.fresh_host", *session.posargs)
 
 
-def _test_image(session: nox.Session, image: str) -> None:
+def _test_image(session: nox.Session, image: str, args: list[str] | None = None) -> None:
     _install(session, "test", "flower")
     results = Path("build", image, "test-results")
     (results / "tested-image.json").unlink(missing_ok=True)
     session.run(
         "pytest", "-ra", "-p", "no:cacheprovider", "tests/image", f"--image={image}",
-        f"--junitxml={results}/junit.xml", *session.posargs, success_codes=[0, 1],
+        f"--junitxml={results}/junit.xml", *(session.posargs if args is None else args), success_codes=[0, 1],
     )  # fmt: skip
     # records which file was tested and, per scenario, what passed, failed and was skipped (publish
     # checks it); exits 1 unless every required scenario ran and passed (so a -k subset exits 1 too)
@@ -98,6 +109,15 @@ def test_cpu(session: nox.Session) -> None:
 def test_gpu(session: nox.Session) -> None:
     """Boot the GPU image; `-- --vfio 0000:e1:00.0` passes a GPU through."""
     _test_image(session, "supernode-gpu")
+
+
+@nox.session(python=PYTHON)
+def test_image(session: nox.Session) -> None:
+    """Boot any built image and run the in-image tests: nox -s test_image -- IMAGE [pytest options]."""
+    if not session.posargs or session.posargs[0].startswith("-"):
+        session.error("usage: nox -s test_image -- IMAGE [pytest options], e.g. supernode-cpu-debian12")
+    image, *rest = session.posargs
+    _test_image(session, image, rest)
 
 
 @nox.session(python=PYTHON)

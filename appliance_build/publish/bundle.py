@@ -56,8 +56,12 @@ def bundle_dir(build_root: Path, image_name: str) -> Path:
     return build_root / "publish" / image_name
 
 
-def _test_command(variant: str) -> str:
-    return f"nox -s test_{variant}"
+def _test_command(image_name: str, variant: str, *args: str) -> str:
+    """The nox command that tests this image: test_cpu/test_gpu for supernode-cpu/-gpu, the
+    generic test_image session for any other definition (supernode-cpu-debian12)."""
+    if image_name == f"supernode-{variant}":
+        return " ".join([f"nox -s test_{variant}", *(["--", *args] if args else [])])
+    return " ".join(["nox -s test_image --", image_name, *args])
 
 
 def _load_manifest(path: Path, image_name: str) -> dict[str, Any]:
@@ -114,7 +118,7 @@ def _check_tested(
 ) -> tuple[JunitCounts, Verdict, dict[str, Any]]:
     tested_path = image_dir / RESULTS_DIR / TESTED_FILE
     record = read_tested_record(image_dir)
-    again = f"run {_test_command(variant)}"
+    again = f"run {_test_command(image_dir.name, variant)}"
     if record is None:
         raise Refused(f"tests have not been run for this image: no {tested_path} ({again})")
     if record.get("sha256") != sha256:
@@ -146,9 +150,10 @@ def _check_tested(
             f"{'; '.join(verdict.reasons)}; {again}"
         )
     if verdict.gpu_passthrough_verified is False and not allow_unverified_gpu:
+        vfio = _test_command(image_dir.name, variant, "--vfio <PCI address>")
         raise Refused(
             f"GPU passthrough not verified for this build ({verdict.gpu_unverified_reason}). Test it on a host "
-            f"with a vfio-bound GPU ({_test_command(variant)} -- --vfio <PCI address>), or publish it as "
+            f"with a vfio-bound GPU ({vfio}), or publish it as "
             "unverified with --allow-unverified-gpu (the release notes and the marketplace description then say so)"
         )
     return counts, verdict, record

@@ -3,6 +3,7 @@
     nox -s test_cpu                      # build/supernode-cpu/supernode-cpu.qcow2
     nox -s test_gpu                      # build/supernode-gpu/supernode-gpu.qcow2
     nox -s test_gpu -- --vfio 0000:e1:00.0[,0000:e1:00.1]
+    nox -s test_image -- supernode-cpu-debian12   # any other built image
 
 Each scenario boots its own VM (a throw-away overlay; the built file is never
 written) with an OpenNebula CONTEXT CD, and keeps its serial console, guest
@@ -48,7 +49,8 @@ def image_dir(image_name: str) -> Path:
 def image_file(image_dir: Path, image_name: str) -> Path:
     path = image_dir / f"{image_name}.qcow2"
     if not path.is_file():
-        pytest.fail(f"{path} does not exist: build it first (nox -s build_{image_name.split('-')[-1]})")
+        session = {"supernode-cpu": "build_cpu", "supernode-gpu": "build_gpu"}.get(image_name, f"build -- {image_name}")
+        pytest.fail(f"{path} does not exist: build it first (nox -s {session})")
     return path
 
 

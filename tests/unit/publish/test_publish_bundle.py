@@ -165,6 +165,15 @@ def test_refuses_when_tests_never_ran(fake_build: Make) -> None:
     _assert_nothing_left(build)
 
 
+def test_refusal_names_the_test_session_of_another_definition(build_root: Path) -> None:
+    """supernode-cpu-debian12 is tested by the generic test_image session, not test_cpu."""
+    build = FakeBuild(build_root, "supernode-cpu-debian12", "cpu")
+    build.make_image()
+    with pytest.raises(Refused, match=r"nox -s test_image -- supernode-cpu-debian12\)"):
+        publish(build.name, URL_PREFIX, build.root)
+    _assert_nothing_left(build)
+
+
 @pytest.mark.parametrize(
     "cases", [counted_run("cpu", failures=1), counted_run("cpu", errors=2), []], ids=["failure", "errors", "no-tests"]
 )
