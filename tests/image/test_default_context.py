@@ -4,6 +4,8 @@ the reboot test comes last in this file)."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,6 +51,31 @@ def test_supernode_container_runs_with_expected_arguments(host: Any, superlink: 
     env = host.check_output("docker inspect -f '{{json .Config.Env}}' flower-supernode")
     assert "FL_GPU_MEMORY_FRACTION=0.8" in env and "TF_FORCE_GPU_ALLOW_GROWTH=true" in env
     assert "NVIDIA_DRIVER_CAPABILITIES" not in env
+
+
+LAUNCH_LOG = "docker exec flower-supernode sh -c 'cat /tmp/flwr-warm-clientapp-*/launches.jsonl'"
+
+
+def test_warm_clientapp_launcher_ready_without_cuda(host: Any) -> None:
+    """The warm ClientApp launcher runs in the container (both images), got ready, and its
+    server process loaded no CUDA, NVIDIA or GPU-framework library (CUDA belongs in the child)."""
+    env = host.check_output("docker inspect -f '{{json .Config.Env}}' flower-supernode")
+    for item in ("FL_WARM_CLIENTAPP=YES", "FLWR_TELEMETRY_ENABLED=0", "FLWR_DISABLE_UPDATE_CHECK=1"):
+        assert item in env
+    deadline = time.monotonic() + 600  # its one-time import takes about 80 s under TCG
+    ready: list[dict[str, Any]] = []
+    while not ready and time.monotonic() < deadline:
+        lines = host.run(LAUNCH_LOG).stdout.splitlines()
+        ready = [e for e in map(json.loads, filter(None, lines)) if e.get("event") == "ready"]
+        if not ready:
+            time.sleep(10)
+    assert ready, "the warm launcher never logged 'ready'"
+    assert ready[-1]["gpu_modules"] == [] and ready[-1]["flower_supernode"] is False
+    pid = host.check_output("pgrep -o -f 'supernode_container.warm_clientapp'").strip()
+    maps = host.check_output(f"cat /proc/{pid}/maps")
+    for library in ("libcuda", "libnvidia", "libcudart", "libtorch", "libtensorflow"):
+        assert library not in maps, f"the launcher server mapped {library}"
+    assert "Threads:\t1" in host.check_output(f"cat /proc/{pid}/status")
 
 
 def test_no_failed_units(host: Any) -> None:
