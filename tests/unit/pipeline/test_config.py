@@ -8,17 +8,7 @@ import pytest
 
 from appliance_build import config
 from appliance_build.errors import ConfigError
-
-VALID = """
-description = "test image"
-variant = "cpu"
-provision = ["10-docker-engine.sh", "90-cleanup.sh"]
-[base]
-provider = "debian-12"
-[flower]
-version = "1.42.0"
-lock = "locks/flwr-1.42.0-py311.txt"
-"""
+from tests.fixtures.definitions import VALID
 
 
 def write(dir_: Path, name: str, text: str) -> None:

@@ -20,17 +20,8 @@ import pytest
 from appliance_build import config
 from appliance_build.errors import BuildError, ConfigError
 from appliance_build.stages.base import debian
+from tests.fixtures.definitions import VALID
 
-VALID = """
-description = "test image"
-variant = "cpu"
-provision = ["10-docker-engine.sh", "90-cleanup.sh"]
-[base]
-provider = "debian-12"
-[flower]
-version = "1.42.0"
-lock = "locks/flwr-1.42.0-py311.txt"
-"""
 GPU_TABLE = "[gpu]\n"
 
 
