@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -457,7 +456,6 @@ def test_hook_refuses_what_is_not_a_package(tmp_path: Path) -> None:
         debian._extra_packages_hooks(("jq; touch /tmp/pwned",), tmp_path)
 
 
-@pytest.mark.skipif(shutil.which("perl") is None, reason="perl (mmdebstrap's language) is not installed")
 def test_upload_hook_survives_mmdebstraps_word_splitting(tmp_path: Path) -> None:
     """mmdebstrap splits special hooks with Text::ParseWords::shellwords: a scratch path with
     spaces and quotes is still one argument."""
