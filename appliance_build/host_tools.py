@@ -81,3 +81,18 @@ def require(*stages: str) -> None:
         f"missing on this host for {', '.join(stages)}:\n  " + "\n  ".join(lines)
         + f"\ninstall with ./setup-host.sh, or: apt-get install {install}"
     )  # fmt: skip
+
+
+def main() -> int:
+    """`python3 -m appliance_build.host_tools`: list every entry as ok/MISSING; exit 1 if any is
+    missing (stdlib only, so it runs on a machine where only setup-host.sh has run)."""
+    missing = [tool for tool in table() if not tool.present()]
+    for tool in table():
+        print(("MISSING " if tool in missing else "ok      ") + f"{tool.name} ({tool.package})")
+    if missing:
+        print(f"not installed: {', '.join(t.name for t in missing)}; run ./setup-host.sh")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

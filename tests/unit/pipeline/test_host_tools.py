@@ -166,3 +166,14 @@ def test_build_cli_exits_2_naming_the_missing_tool(
     err = capsys.readouterr().err
     assert "(package kmod)" in err and "Traceback" not in err
     assert not (tmp_path / "build" / "supernode-cpu").exists()  # checked before any output is touched
+
+
+def test_the_check_command_lists_missing_tools(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What fresh_host runs in the chroot after setup-host.sh: exit 1 naming what is missing."""
+    assert host_tools.main() == 0
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert host_tools.main() == 1
+    out = capsys.readouterr().out
+    assert "MISSING modinfo (kmod)" in out and "not installed:" in out
