@@ -73,6 +73,13 @@ def measure_dkms(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def measure_warm(session: nox.Session) -> None:
+    """A cold build (empty cache) and a warm one with one provisioning step changed, in a copy of the checkout."""
+    _install(session)
+    session.run("python", "-m", "appliance_build.measure_warm", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Unit and integration tests, JUnit XML in build/test-results/."""
     _install(session, "test", "flower")

@@ -1,7 +1,9 @@
 """An image build as a straight list of stages.
 
-    definition -> base -> accelerator -> container -> upload tree -> render
-               -> packer validate -> packer build -> compress -> manifest
+    request (plan.check) -> base -> accelerator -> container -> render (plan.write)
+      -> system layer (cached: Packer runs the steps below 50 on the base)
+      -> upload tree -> packer validate -> packer build (the other steps, on the layer)
+      -> compress -> manifest
 
 Everything external is held by a context manager (the build key pair, the
 Packer process group, the partial output), so a failure or Ctrl-C leaves no
@@ -13,19 +15,18 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import platform
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import cache, config, host_tools
+from . import cache, plan
 from .cache import file_sha256
 from .config import ImageConfig
-from .errors import ConfigError
+from .errors import BuildError
 from .paths import (
     PROVISION_DIR,
     REPO,
@@ -38,11 +39,11 @@ from .paths import (
 from .progress import StageTimer, say
 from .stages import base as base_stage
 from .stages import container as container_stage
-from .stages import finalize, packer, render
-from .stages import toolkit as toolkit_stage
+from .stages import finalize, packer
+from .stages import layer as layer_stage
+from .stages.render import PackerRun
 from .stages.toolkit import ToolkitPlan
 from .vm import accel as accel_probe
-from .vm.firmware import Uefi, find_uefi
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,14 @@ class Outputs:
         return self.root / "flower-build"  # uploaded as /var/tmp/flower-build
 
     @property
+    def layer(self) -> Path:
+        return self.root / "layer"  # the system layer run's HCL, seed and upload tree
+
+    @property
+    def inventory(self) -> Path:
+        return self.root / "inventory.json"
+
+    @property
     def packer_output(self) -> Path:
         return self.root / "packer-output"
 
@@ -116,6 +125,8 @@ def _only_a_complete_image_replaces(out: Outputs) -> Iterator[None]:
     finally:
         shutil.rmtree(out.packer_output, ignore_errors=True)
         shutil.rmtree(out.upload, ignore_errors=True)
+        shutil.rmtree(out.layer / "packer-output", ignore_errors=True)
+        shutil.rmtree(out.layer / "flower-build", ignore_errors=True)
 
 
 def _swap_in(out: Outputs) -> None:
@@ -144,18 +155,10 @@ def choose_accelerator(base_disk: Path) -> accel_probe.Accelerator:
     return accel_probe.choose(kernel)
 
 
-def prepare_upload(
-    image: ImageConfig, container: container_stage.ContainerImage, out: Outputs, toolkit: ToolkitPlan | None
-) -> None:
-    """The tree Packer uploads to the VM before the provisioning steps run."""
+def prepare_upload(image: ImageConfig, container_tag: str, out: Outputs, toolkit: ToolkitPlan | None) -> None:
+    """The tree the configure run uploads before its steps (the layer has its own)."""
     shutil.rmtree(out.upload, ignore_errors=True)
-    (out.upload / "container").mkdir(parents=True)
-    target = out.upload / "container" / "rootfs.tar.gz"
-    try:
-        os.link(container.rootfs, target)
-    except OSError:
-        shutil.copy2(container.rootfs, target)
-    (out.upload / "container" / "import-changes.txt").write_text("\n".join(container.import_changes()) + "\n")
+    out.upload.mkdir(parents=True)
     shutil.copytree(RUNTIME_DIR, out.upload / "supernode_runtime",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
     shutil.copy2(PROVISION_DIR / "finalize.sh", out.upload / "finalize.sh")
@@ -164,8 +167,6 @@ def prepare_upload(
         shutil.copy2(script, out.upload / "scripts" / script.name)
     if toolkit is not None:
         toolkit.stage_into(out.upload)
-        (out.upload / "provision").mkdir()
-        shutil.copy2(PROVISION_DIR / "65-nvidia-container-toolkit.sh", out.upload / "provision")
     for spec in image.files:
         dest = out.upload / "files" / spec.dest.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +175,7 @@ def prepare_upload(
         "image": image.name,
         "variant": image.variant,
         "flwr_version": image.flower.version,
-        "supernode_image": container.tag,
+        "supernode_image": container_tag,
         "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     (out.upload / "build.json").write_text(json.dumps(build_info, indent=2) + "\n")
@@ -193,16 +194,16 @@ def input_hashes(image: ImageConfig) -> dict[str, Any]:
     }
 
 
-def _firmware(image: ImageConfig) -> Uefi | None:
-    return find_uefi() if image.disk.firmware == "uefi" else None
-
-
-def gpu_manifest(image: ImageConfig, base: Any, inventory: dict[str, Any], plan: ToolkitPlan | None) -> dict[str, Any]:
+def gpu_manifest(
+    image: ImageConfig, base: Any, inventory: dict[str, Any], toolkit: ToolkitPlan | None
+) -> dict[str, Any]:
     """What a GPU image carries: driver (route, version, module, checks) and toolkit status."""
-    if image.gpu is None or plan is None:
+    if image.gpu is None or toolkit is None:
         return {}
     driver = inventory.get("gpu_driver", {})
-    toolkit: Any = "absent" if plan.source == "absent" else inventory.get("gpu_toolkit", {"version": plan.version})
+    carried: Any = (
+        "absent" if toolkit.source == "absent" else inventory.get("gpu_toolkit", {"version": toolkit.version})
+    )
     return {
         "driver_branch": image.gpu.driver_branch,
         "driver_support": image.gpu.support_note or None,  # NVIDIA's support status of the branch
@@ -217,37 +218,19 @@ def gpu_manifest(image: ImageConfig, base: Any, inventory: dict[str, Any], plan:
         "driver_packages": driver.get("packages"),
         "held_packages": driver.get("held"),
         "driver_install_seconds_in_bootstrap_chroot": base.facts.get("timings_s", {}).get("extra_packages_in_chroot"),
-        "toolkit": toolkit,
-        "toolkit_source": plan.source,
-        "toolkit_absent_reason": plan.reason or None,
+        "toolkit": carried,
+        "toolkit_source": toolkit.source,
+        "toolkit_absent_reason": toolkit.reason or None,
     }
-
-
-def _checked_request(
-    name: str, packer_target: str | None, toolkit_source: str | None, allow_missing_toolkit: bool
-) -> tuple[ImageConfig, render.PackerTarget, ToolkitPlan | None]:
-    """Everything that can fail fast, before anything under build/<image>/ is touched: the
-    definition, the flags, the host tools, the Packer target and the toolkit source."""
-    image = config.load(name)
-    if image.gpu is None and (toolkit_source or allow_missing_toolkit):
-        raise ConfigError(f"{name} is not a GPU image: --toolkit-source/--allow-missing-toolkit do not apply")
-    if image.gpu is not None and toolkit_source:
-        image = replace(image, gpu=toolkit_stage.parse_override(toolkit_source, image.gpu))
-    stages = ["base", "container", "packer", "finalize"] + (["gpu"] if image.gpu is not None else [])
-    host_tools.require(*stages)
-    target = render.PackerTarget.parse(packer_target) if packer_target else render.detect_packer()
-    _firmware(image)  # a UEFI image needs OVMF on this host
-    plan = None
-    if image.gpu is not None:
-        plan = toolkit_stage.resolve(image.gpu, allow_missing=allow_missing_toolkit)
-    return image, target, plan
 
 
 def build_image(
     name: str, *, packer_target: str | None = None, toolkit_source: str | None = None,
     allow_missing_toolkit: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    image, target, plan = _checked_request(name, packer_target, toolkit_source, allow_missing_toolkit)
+    request = plan.check(name, packer_target=packer_target, toolkit_source=toolkit_source,
+                         allow_missing_toolkit=allow_missing_toolkit)  # fmt: skip
+    image, target, toolkit = request.image, request.target, request.toolkit
     out = Outputs.for_image(name)
     out.root.mkdir(parents=True, exist_ok=True)
     timer = StageTimer()
@@ -257,29 +240,38 @@ def build_image(
         _fresh_logs(out)
         say(f"building {name}: {image.description}")
         say(f"packer: {target.label}")
-        if plan is not None:
-            say(f"NVIDIA Container Toolkit: {plan.source}" + (f" ({plan.reason})" if plan.reason else ""))
+        if toolkit is not None:
+            say(f"NVIDIA Container Toolkit: {toolkit.source}" + (f" ({toolkit.reason})" if toolkit.reason else ""))
+        runs = plan.runs(request, out)
         with timer.stage("base image"):
             base = base_stage.ensure(image.base, out.logs)
         with timer.stage("accelerator probe"):
             accel = choose_accelerator(base.disk)
         with timer.stage("supernode container"):
             container = container_stage.ensure(image.flower, image.base, out.logs)
-        with timer.stage("upload tree"):
-            prepare_upload(image, container, out, plan)
+        if (base.key, container.key) != (runs.base_key, runs.container_key):  # plan.runs() derives them too
+            raise BuildError(f"cache keys drifted: base {base.key} / {runs.base_key}, "
+                             f"container {container.key} / {runs.container_key}")  # fmt: skip
+        variables = {"accelerator": accel.name, "cpu_model": accel.cpu}
         with packer.build_keypair(name) as key:
+
+            def packer_run(run: PackerRun, log: Path) -> dict[str, float]:
+                packer.validate(run.hcl, target, key, log, variables)
+                return packer.build(run.hcl, run.output_dir, key, log, variables)
+
             with timer.stage("render"):
-                rendered = render.render(
-                    image, out.root, target=target, accel=accel, base_disk=base.disk,
-                    base_checksum="none", upload_dir=out.upload, ssh_public_key=key.public,
-                    firmware=_firmware(image), extra_env=plan.env() if plan else None,
-                )  # fmt: skip
-            with timer.stage("packer validate"):
-                packer.validate(rendered, target, key, out.logs / "packer.log")
+                plan.write(request, runs, out, key.public)
+            layer = None
+            if runs.layer is not None:
+                with timer.stage("system layer"):
+                    layer = layer_stage.ensure(image, runs.layer, base.key, container, packer_run, out.logs)
+            with timer.stage("upload tree"):
+                prepare_upload(image, container.tag, out, toolkit)
             with timer.stage("packer build"):
-                packer.build(rendered, out.packer_output, key, out.logs / "packer.log")
+                provisioners = packer_run(runs.configure, out.logs / "packer.log")
         with timer.stage("compress"):
-            artifact = finalize.compress(out.packer_output / f"{name}.qcow2", out.qcow2, out.logs / "compress.log")
+            artifact = finalize.compress(runs.configure.output_disk, out.qcow2, out.logs / "compress.log",
+                                         image.disk.compression)  # fmt: skip
         inventory_path = out.root / "inventory.json"
         inventory = json.loads(inventory_path.read_text()) if inventory_path.exists() else {}
         manifest = {
@@ -308,7 +300,16 @@ def build_image(
             },
             "contents": inventory,
             "inputs": input_hashes(image),
-            "gpu": gpu_manifest(image, base, inventory, plan),
+            "gpu": gpu_manifest(image, base, inventory, toolkit),
+            "layer": None if layer is None else {
+                "key": layer.key,
+                "cached": layer.cached,
+                "steps": layer.facts.get("steps", []),
+                # of the run that made the cached layer (a reused layer: an earlier build's)
+                "provisioners_s": layer.facts.get("provisioners_s", {}),
+                "build_seconds": layer.facts.get("build_seconds"),
+            },
+            "provisioners_s": {"configure": provisioners},
             "stages_s": timer.durations,
             "total_s": round(time.monotonic() - started, 1),
             "artifact": artifact,

@@ -12,15 +12,11 @@ import json
 import sys
 from dataclasses import asdict
 
-from . import config
+from . import config, plan
+from .build import Outputs
 from .errors import BuildError
-from .opennebula_templates import render_vm_template
-from .paths import build_root
 from .progress import interrupt_on_sigterm
-from .stages import base as base_stage
-from .stages import packer, render
-from .vm import accel as accel_probe
-from .vm.firmware import find_uefi
+from .stages import packer
 
 
 def _image_names(names: list[str]) -> list[str]:
@@ -32,24 +28,14 @@ def _image_names(names: list[str]) -> list[str]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    target = render.PackerTarget.parse(args.packer_target) if args.packer_target else render.detect_packer()
+    """The build's own front half (plan.check, plan.runs, plan.write) without the build."""
     for name in _image_names(args.images):
-        image = config.load(name)
-        base_disk = base_stage.cache_entry(image.base)[1] / "disk.qcow2"
-        accel = accel_probe.Accelerator("tcg", "max", "render only: the build probes")
-        out = build_root() / name
-        firmware = find_uefi() if image.disk.firmware == "uefi" else None
+        request = plan.check(name, packer_target=args.packer_target, toolkit_source=args.toolkit_source,
+                             allow_missing_toolkit=args.allow_missing_toolkit, stages=("packer",))  # fmt: skip
+        out = Outputs.for_image(name)
         with packer.build_keypair(name) as key_pair:
-            rendered = render.render(
-                image, out, target=target, accel=accel, base_disk=base_disk, base_checksum="none",
-                upload_dir=out / "flower-build", ssh_public_key=key_pair.public, firmware=firmware,
-            )  # fmt: skip
-        vm_template = out / "opennebula" / f"{name}.tmpl"
-        vm_template.parent.mkdir(parents=True, exist_ok=True)
-        vm_template.write_text(render_vm_template(image.variant, name))
-        print(
-            f"{name}: {target.label}\n  {rendered.hcl}\n  {rendered.user_data}\n  {rendered.meta_data}\n  {vm_template}"
-        )
+            written = plan.write(request, plan.runs(request, out), out, key_pair.public)
+        print(f"{name}: {request.target.label}" + "".join(f"\n  {path}" for path in written))
     return 0
 
 
@@ -67,6 +53,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _request_options(p: argparse.ArgumentParser) -> None:
+    """The options of plan.check(): `build` and `render` take the same ones."""
+    p.add_argument("--packer-target", help="render for this Packer version (e.g. 1.6.6, 1.11.2), not the installed one")
+    p.add_argument("--toolkit-source", help="GPU image: nvidia-repo, mirror:URL or local:/dir/of/debs")
+    p.add_argument("--allow-missing-toolkit", action="store_true",
+                   help="GPU image: build without the NVIDIA Container Toolkit if no source is reachable "
+                        "(recorded as absent; publishing refuses the image)")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     interrupt_on_sigterm()
     parser = argparse.ArgumentParser(prog="appliance_build", description=__doc__,
@@ -74,15 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build", help="build one image into build/IMAGE/")
     p.add_argument("image")
-    p.add_argument("--packer-target", help="render for this Packer version instead of the installed one")
-    p.add_argument("--toolkit-source", help="GPU image: nvidia-repo, mirror:URL or local:/dir/of/debs")
-    p.add_argument("--allow-missing-toolkit", action="store_true",
-                   help="GPU image: build without the NVIDIA Container Toolkit if no source is reachable "
-                        "(recorded as absent; publishing refuses the image)")  # fmt: skip
+    _request_options(p)
     p.set_defaults(func=cmd_build)
-    p = sub.add_parser("render", help="only render Packer HCL and cloud-init into build/IMAGE/")
+    p = sub.add_parser("render", help="only render what a build with the same options would run, into build/IMAGE/")
     p.add_argument("images", nargs="*")
-    p.add_argument("--packer-target", help="e.g. 1.6.6 or 1.11.2 (default: the installed packer)")
+    _request_options(p)
     p.set_defaults(func=cmd_render)
     p = sub.add_parser("show", help="print the merged, validated definition")
     p.add_argument("image")

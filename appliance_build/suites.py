@@ -23,6 +23,11 @@ class DebianSuite:
     #               (Debian 13 marks isc-dhcp-client deprecated: ISC ended the client,
     #               https://www.isc.org/blogs/isc-dhcp-eol/; networkd has its own DHCP client)
     networking: str
+    # The Docker engine the appliance runs, installed in the bootstrap chroot with the rest of
+    # the base. apparmor: Debian's kernel has AppArmor on and dockerd needs apparmor_parser for
+    # its docker-default profile (only a Recommends of docker.io). docker-cli: from Debian 13 on
+    # the `docker` command is its own binary package of the docker.io source (a Recommends).
+    engine_packages: tuple[str, ...] = ("docker.io", "apparmor")
 
     @property
     def manylinux_platforms(self) -> list[str]:
@@ -36,7 +41,9 @@ class DebianSuite:
 
 SUITES = {
     "debian-12": DebianSuite("debian-12", "bookworm", "12", "3.11", 36, "ifupdown"),
-    "debian-13": DebianSuite("debian-13", "trixie", "13", "3.13", 41, "networkd"),
+    "debian-13": DebianSuite(
+        "debian-13", "trixie", "13", "3.13", 41, "networkd", ("docker.io", "apparmor", "docker-cli")
+    ),
 }
 DEFAULT = "debian-13"
 

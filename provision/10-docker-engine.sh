@@ -1,21 +1,31 @@
 #!/bin/bash
 # 10: Docker engine from the distribution (Debian's docker.io), listening on its unix socket only.
+# Runs in the build VM of the cached system layer (steps below 50): configures and checks the engine.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-echo "== apt-get update"
-apt-get update -q -o Acquire::Languages=none   # no translation indexes: smaller, faster
-# apparmor: Debian's kernel has AppArmor on, and dockerd needs apparmor_parser to
-# load its docker-default profile (a Recommends of docker.io, so named here).
-# docker-cli: from Debian 13 on the `docker` command is its own package (built from the same
-# docker.io source; only a Recommends of docker.io); Debian 12's docker.io contains it.
+# A bootstrapped Debian base already has every package (installed in its chroot at host
+# speed); only a downloaded cloud image (ubuntu-24.04) still needs them here.
 engine_packages=(docker.io apparmor)
 if apt-cache show --no-all-versions docker-cli >/dev/null 2>&1; then
     engine_packages+=(docker-cli)
 fi
-echo "== installing ${engine_packages[*]} ${FLOWER_EXTRA_PACKAGES:-}"
-# shellcheck disable=SC2086  # the package list is meant to split (validated names)
-apt-get install -y -q --no-install-recommends "${engine_packages[@]}" ${FLOWER_EXTRA_PACKAGES:-}
+# shellcheck disable=SC2206  # the package list is meant to split (validated names)
+wanted=("${engine_packages[@]}" ${FLOWER_EXTRA_PACKAGES:-})
+missing=()
+for package in "${wanted[@]}"; do
+    name="${package%%=*}"
+    if [ "$(dpkg-query -W -f '${db:Status-Status}' "$name" 2>/dev/null)" != installed ]; then
+        missing+=("$package")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "== apt-get update; installing ${missing[*]}"
+    apt-get update -q -o Acquire::Languages=none   # no translation indexes: smaller, faster
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    echo "== ${wanted[*]}: installed in the bootstrap chroot"
+fi
 
 # No TCP listener: Debian's unit starts dockerd with -H fd:// only; make sure nothing adds one.
 install -d -m 0755 /etc/docker

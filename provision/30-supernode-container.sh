@@ -21,11 +21,14 @@ else
     rm -f "${FLOWER_UPLOAD}/container/rootfs.tar.gz"
 fi
 
-echo "== checking the image runs flower-supernode ${FLWR_VERSION}"
-# The expected version reaches the container as an environment variable, never as script text.
-docker run --rm --network none -e "EXPECTED_FLWR=${FLWR_VERSION}" --entrypoint /bin/sh "${FLOWER_SUPERNODE_IMAGE}" -c \
-    'python3 -c "import flwr, os, sys; print(\"flwr\", flwr.__version__); sys.exit(flwr.__version__ != os.environ[\"EXPECTED_FLWR\"])" && flower-supernode --help >/dev/null'
+# flwr itself was checked on the host when the root was built (appliance_build/stages/container.py:
+# the venv imports flwr at the pinned version, flower-supernode starts); here only what the import
+# made: the image exists under its tag with the user the appliance relies on.
+echo "== docker image inspect ${FLOWER_SUPERNODE_IMAGE}"
+docker image inspect --format 'user={{.Config.User}} entrypoint={{json .Config.Entrypoint}}' "${FLOWER_SUPERNODE_IMAGE}"
+user="$(docker image inspect --format '{{.Config.User}}' "${FLOWER_SUPERNODE_IMAGE}")"
+if [ -z "${FLOWER_REGISTRY_IMAGE:-}" ] && [ "$user" != app ]; then
+    echo "FAIL: ${FLOWER_SUPERNODE_IMAGE} runs as '${user}', expected the unprivileged 'app'" >&2
+    exit 1
+fi
 docker image ls "${FLOWER_SUPERNODE_IMAGE}"
-
-install -d -m 0755 /etc/flower
-install -m 0644 "${FLOWER_UPLOAD}/build.json" /etc/flower/build.json

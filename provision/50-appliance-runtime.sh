@@ -5,6 +5,9 @@ set -euo pipefail
 : "${FLOWER_UPLOAD:?}"
 
 install -d -m 0755 /opt/flower/lib /opt/flower/scripts /etc/flower
+# what this build was (image, flwr, container tag, time): written by every build, read by the
+# inventory and by `flower-appliance`
+install -m 0644 "${FLOWER_UPLOAD}/build.json" /etc/flower/build.json
 rm -rf /opt/flower/lib/supernode_runtime
 cp -r "${FLOWER_UPLOAD}/supernode_runtime" /opt/flower/lib/supernode_runtime
 find /opt/flower/lib/supernode_runtime -name '__pycache__' -prune -exec rm -rf {} +

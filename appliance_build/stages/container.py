@@ -21,12 +21,14 @@ from typing import Any
 
 from .. import cache, host_tools
 from ..config import BaseConfig, FlowerConfig
+from ..errors import BuildError
 from ..paths import IMAGES_DIR, REPO, RUNTIME_DIR
 from ..progress import run, say
 from ..suites import DebianSuite, container_suite
 
 # 2: the root also gets the suite's -updates and -security (security_mirror)
-RECIPE_VERSION = 2
+# 3: the "flwr runs" check moved here from the build VM (host speed, chroot into the root)
+RECIPE_VERSION = 3
 VENV = "/opt/flwr"
 APP_UID = 49999
 DEVICE_HELPER = RUNTIME_DIR / "flower_device.py"
@@ -138,10 +140,17 @@ def _build(flower: FlowerConfig, base: BaseConfig, scratch: Path, logs: Path) ->
         f"-r /tmp/requirements.txt",
         f'--customize-hook=chroot "$1" {VENV}/bin/pip freeze --all > "$1/tmp/freeze.txt"',
         f"--customize-hook=copy-out /tmp/freeze.txt {scratch}",
+        # The check the appliance depends on, run here at host speed instead of in the build VM:
+        # the venv imports flwr and flower-supernode starts (its --help). The version it prints is
+        # compared with the definition's in Python below (no value in this shell text).
+        f'--customize-hook=chroot "$1" {VENV}/bin/python -c "import flwr; print(flwr.__version__)" '
+        '> "$1/tmp/flwr-version"',
+        f'--customize-hook=chroot "$1" {VENV}/bin/flower-supernode --help > /dev/null',
+        f"--customize-hook=copy-out /tmp/flwr-version {scratch}",
         f'--customize-hook=chroot "$1" useradd --uid {APP_UID} --create-home --shell /usr/sbin/nologin app',
         '--customize-hook=mkdir -p "$1/app" && chown 49999:49999 "$1/app"',
         '--customize-hook=rm -rf "$1/tmp/wheels" "$1/tmp/requirements.txt" "$1/tmp/freeze.txt" '
-        '"$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin',
+        '"$1/tmp/flwr-version" "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin',
     ]
     site = f"{VENV}/lib/python{suite.python}/site-packages"
     if DEVICE_HELPER.exists():
@@ -163,6 +172,13 @@ def _build(flower: FlowerConfig, base: BaseConfig, scratch: Path, logs: Path) ->
         log, label="mmdebstrap (container rootfs)", timeout=1800,
     )  # fmt: skip
     run(["gzip", "-1", str(tar)], log, label="gzip rootfs")
+    runs = (scratch / "flwr-version").read_text().strip()
+    (scratch / "flwr-version").unlink()
+    if runs != flower.version:
+        raise BuildError(
+            f"the container's venv imports flwr {runs!r}, the definition wants {flower.version} "
+            f"(flower.version; lock {flower.lock}): re-resolve the lock for this version"
+        )
     freeze = dict(line.split("==", 1) for line in (scratch / "freeze.txt").read_text().splitlines() if "==" in line)
     facts = {
         "tag": flower.image_tag,
@@ -170,6 +186,7 @@ def _build(flower: FlowerConfig, base: BaseConfig, scratch: Path, logs: Path) ->
         "python_packages": freeze,
         "base": f"debian {suite.codename} (mmdebstrap minbase)",
         "python": suite.python,
+        "flwr_runs": runs,  # what `import flwr` in the root printed; flower-supernode --help ran
         "rootfs_bytes": (scratch / "rootfs.tar.gz").stat().st_size,
         "build_seconds": round(time.monotonic() - started, 1),
     }

@@ -21,15 +21,16 @@ def staged(final: Path) -> Path:
     return final.with_name(final.name + ".new")
 
 
-def compress(overlay: Path, final: Path, log: Path) -> dict[str, Any]:
-    """Write staged(final) and staged(final.sha256); the checksum line names `final`."""
+def compress(overlay: Path, final: Path, log: Path, compression: str = "zstd") -> dict[str, Any]:
+    """Write staged(final) and staged(final.sha256); the checksum line names `final`.
+    `compression` is the qcow2 compression_type of its clusters (zstd or zlib)."""
     partial = final.with_name(final.name + ".partial")
     partial.unlink(missing_ok=True)
     try:
         run(
-            ["qemu-img", "convert", "-p", "-c", "-O", "qcow2", "-o", "compression_type=zlib",
+            ["qemu-img", "convert", "-p", "-c", "-O", "qcow2", "-o", f"compression_type={compression}",
              str(overlay), str(partial)],
-            log, label="qemu-img convert -c", timeout=3600,
+            log, label=f"qemu-img convert -c ({compression})", timeout=3600,
         )  # fmt: skip
         sha = file_sha256(partial)
         info = json.loads(
@@ -47,5 +48,6 @@ def compress(overlay: Path, final: Path, log: Path) -> dict[str, Any]:
         "sha256": sha,
         "file_bytes": staged(final).stat().st_size,
         "virtual_bytes": info["virtual-size"],
-        "format": "qcow2 (zlib-compressed)",
+        "format": f"qcow2 ({compression}-compressed)",
+        "compression": compression,
     }

@@ -25,7 +25,6 @@ import jinja2
 from ..config import ImageConfig
 from ..errors import BuildError, ConfigError
 from ..paths import PROVISION_DIR, TEMPLATES_DIR
-from ..vm.accel import Accelerator
 from ..vm.firmware import Uefi
 
 BUILD_USER = "flbuild"
@@ -144,9 +143,19 @@ class Phase:
         return "sudo env {{ .Vars }} /bin/bash '{{ .Path }}'" + self.args
 
 
-def phases(image: ImageConfig, inventory_dest: Path) -> list[Phase]:
-    """Steps before clean-up, then the inventory (downloaded), then clean-up steps."""
-    steps = image.provision_paths
+LAYER_BEFORE = 50  # steps numbered below this build the cached system layer (stages/layer.py)
+
+
+def layer_steps(image: ImageConfig) -> tuple[Path, ...]:
+    """The steps that only need the base and the container (engine, container import): their
+    result is cached as a disk layer, so a build that changes nothing here starts from it."""
+    return tuple(s for s in image.provision_paths if int(s.name[:2]) < LAYER_BEFORE)
+
+
+def configure_phases(image: ImageConfig, inventory_dest: Path) -> tuple[Phase, ...]:
+    """The steps of every build, on top of the layer: runtime and GPU steps, then the inventory
+    (downloaded), then clean-up and hardening."""
+    steps = [s for s in image.provision_paths if int(s.name[:2]) >= LAYER_BEFORE]
     before = tuple(s for s in steps if int(s.name[:2]) < CLEANUP_FROM)
     after = tuple(s for s in steps if int(s.name[:2]) >= CLEANUP_FROM)
     out = [Phase("provisioning steps", before)] if before else []
@@ -160,7 +169,41 @@ def phases(image: ImageConfig, inventory_dest: Path) -> list[Phase]:
     )
     if after:
         out.append(Phase("clean-up and hardening", after))
-    return out
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class PackerRun:
+    """One Packer build: the disk it boots, the steps it runs, where its files go.
+
+    A build has up to two: "layer" (base + steps below LAYER_BEFORE, cached by its inputs) and
+    "configure" (the layer + the other steps: what every build runs)."""
+
+    name: str
+    source: str  # the Packer source name
+    disk: Path  # the disk it starts from
+    work: Path  # its HCL (packer/), seed (seed/) and upload tree (flower-build/)
+    output_dir: Path
+    vm_name: str
+    console_log: Path
+    phases: tuple[Phase, ...]
+    env: dict[str, str]
+
+    @property
+    def hcl(self) -> Path:
+        return self.work / "packer" / f"{self.source}.pkr.hcl"
+
+    @property
+    def seed_dir(self) -> Path:
+        return self.work / "seed"
+
+    @property
+    def upload_dir(self) -> Path:
+        return self.work / PurePosixPath(UPLOAD_DEST).name
+
+    @property
+    def output_disk(self) -> Path:
+        return self.output_dir / self.vm_name
 
 
 @dataclass(frozen=True)
@@ -189,50 +232,39 @@ def provision_env(image: ImageConfig, container_tag: str, extra: dict[str, str] 
 
 def render(
     image: ImageConfig,
-    out_dir: Path,
+    run: PackerRun,
     *,
     target: PackerTarget,
-    accel: Accelerator,
-    base_disk: Path,
-    base_checksum: str,
-    upload_dir: Path,
     ssh_public_key: str,
     firmware: Uefi | None,
-    extra_env: dict[str, str] | None = None,
+    instance_id: str,
 ) -> Rendered:
-    """Write <out_dir>/packer/<image>.pkr.hcl and <out_dir>/seed/{user-data,meta-data}."""
-    if upload_dir.name != PurePosixPath(UPLOAD_DEST).name:
-        raise BuildError(f"the upload tree must be named {PurePosixPath(UPLOAD_DEST).name}, not {upload_dir.name}")
+    """Write the run's <work>/packer/<source>.pkr.hcl and <work>/seed/{user-data,meta-data}."""
     if image.disk.firmware == "uefi" and firmware is None:
         raise BuildError(f"{image.name}: disk.firmware is uefi but no UEFI firmware was found")
     env = environment()
-    seed_dir = out_dir / "seed"
-    packer_dir = out_dir / "packer"
-    seed_dir.mkdir(parents=True, exist_ok=True)
-    packer_dir.mkdir(parents=True, exist_ok=True)
+    run.seed_dir.mkdir(parents=True, exist_ok=True)
+    run.hcl.parent.mkdir(parents=True, exist_ok=True)
     values: dict[str, Any] = {
         "image": image,
+        "run": run,
         "target": target,
-        "accel": accel,
-        "base_disk": base_disk,
-        "base_checksum": base_checksum,
-        "output_dir": out_dir / "packer-output",
-        "seed_dir": seed_dir,
-        "logs_dir": out_dir / "logs",
-        "upload_dir": upload_dir,
         "upload_dest": UPLOAD_DEST,
         "upload_parent": str(PurePosixPath(UPLOAD_DEST).parent),
         "build_user": BUILD_USER,
         "ssh_public_key": ssh_public_key,
         "firmware": firmware,
-        "provision_env": provision_env(image, image.flower.image_tag, extra_env),
-        "phases": phases(image, out_dir / "inventory.json"),
-        "instance_id": f"flower-build-{uuid.uuid4()}",
+        "instance_id": instance_id,
     }
-    hcl = packer_dir / f"{image.name}.pkr.hcl"
-    hcl.write_text(env.get_template("packer/image.pkr.hcl.j2").render(values))
-    user_data = seed_dir / "user-data"
+    run.hcl.write_text(env.get_template("packer/image.pkr.hcl.j2").render(values))
+    user_data = run.seed_dir / "user-data"
     user_data.write_text(env.get_template("cloud-init/user-data.j2").render(values))
-    meta_data = seed_dir / "meta-data"
+    meta_data = run.seed_dir / "meta-data"
     meta_data.write_text(env.get_template("cloud-init/meta-data.j2").render(values))
-    return Rendered(hcl, user_data, meta_data)
+    return Rendered(run.hcl, user_data, meta_data)
+
+
+def new_instance_id() -> str:
+    """cloud-init's instance-id of one build VM: a new one makes it a first boot again (the
+    configure run boots a layer that has booted once already)."""
+    return f"flower-build-{uuid.uuid4()}"

@@ -22,8 +22,10 @@ from pathlib import Path
 
 from ..config import GpuConfig
 from ..errors import BuildError, ConfigError
+from ..paths import PROVISION_DIR
 from ..progress import say, warn
 
+INSTALLER = PROVISION_DIR / "65-nvidia-container-toolkit.sh"
 REQUIRED = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
             "libnvidia-container1")  # fmt: skip
 HOW_TO = (
@@ -53,7 +55,11 @@ class ToolkitPlan:
                 "FLOWER_TOOLKIT_REPO": self.repo}  # fmt: skip
 
     def stage_into(self, upload: Path) -> None:
-        """Put the key or the .deb files where 65-nvidia-container-toolkit.sh expects them."""
+        """Put the key or the .deb files where 65-nvidia-container-toolkit.sh expects them, and
+        the script itself under provision/: 70-gpu-tools.sh installs it in the image as
+        install-container-toolkit.sh, for a toolkit added later (air-gapped sites)."""
+        (upload / "provision").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(INSTALLER, upload / "provision" / INSTALLER.name)
         target = upload / "toolkit"
         target.mkdir(parents=True, exist_ok=True)
         if self.key:

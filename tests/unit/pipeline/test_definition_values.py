@@ -307,6 +307,8 @@ def _with(table: str, key: str, value: str) -> str:
 def test_accepted_values(tmp_path: Path, table: str, key: str, value: str) -> None:
     image = loads(tmp_path, _with(table, key, value))
     got = getattr(getattr(image, table), key)
+    if (table, key) == ("base", "extra_packages"):  # after the suite's engine and `packages`
+        got = got[-1:]
     assert got == ((value,) if isinstance(got, tuple) else value)
 
 

@@ -45,6 +45,7 @@ def test_open_modules_by_default(tmp_path: Path) -> None:
     image = load(tmp_path)
     assert image.gpu is not None and image.gpu.kernel_modules == "open"
     assert image.base.extra_packages == (
+        "docker.io", "apparmor", "docker-cli",  # the suite's engine, installed in the chroot too
         "linux-headers-amd64", "nvidia-smi", "libcuda1", "firmware-nvidia-gsp", "nvidia-open-kernel-dkms",
     )  # fmt: skip
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from appliance_build import build, cli
+from appliance_build import build, cli, config
+from appliance_build.cache import inputs_hash
 from appliance_build.errors import BuildError
 from appliance_build.stages import finalize
 
@@ -73,9 +74,10 @@ class FakeStages:
         monkeypatch.setattr(build, "choose_accelerator", lambda *a: fake.step("accel", fake.accel()))
         monkeypatch.setattr(build.container_stage, "ensure", lambda *a, **k: fake.step("container", fake.container()))
         monkeypatch.setattr(build, "prepare_upload", lambda *a, **k: fake.step("upload", None))
-        monkeypatch.setattr(build.render, "render", lambda *a, **k: fake.step("render", None))
+        monkeypatch.setattr(build.plan, "write", lambda *a, **k: fake.step("render", []))
+        monkeypatch.setattr(build.layer_stage, "ensure", lambda *a, **k: fake.step("layer", fake.layer()))
         monkeypatch.setattr(build.packer, "validate", lambda *a, **k: fake.step("validate", None))
-        monkeypatch.setattr(build.packer, "build", lambda *a, **k: fake.step("packer", None))
+        monkeypatch.setattr(build.packer, "build", lambda *a, **k: fake.step("packer", {"50-x.sh": 1.0}))
         monkeypatch.setattr(build.finalize, "compress", fake.compress)
 
     def step(self, name: str, value: Any) -> Any:
@@ -87,7 +89,13 @@ class FakeStages:
     def base(self) -> Any:
         from appliance_build.stages.base import BaseImage
 
-        return BaseImage(Path("/nonexistent/disk.qcow2"), "k" * 64, True, {})
+        key = build.base_stage.cache_entry(config.load("supernode-cpu").base)[0]  # what plan.runs() derives
+        return BaseImage(Path("/nonexistent/disk.qcow2"), key, True, {})
+
+    def layer(self) -> Any:
+        from appliance_build.stages.layer import SystemLayer
+
+        return SystemLayer(Path("/nonexistent/layer.qcow2"), "l" * 64, True, {"steps": ["30-x.sh"]})
 
     def accel(self) -> Any:
         from appliance_build.vm.accel import Accelerator
@@ -97,16 +105,18 @@ class FakeStages:
     def container(self) -> Any:
         from appliance_build.stages.container import ContainerImage
 
-        return ContainerImage(Path("/nonexistent/rootfs.tar.gz"), "flwr-supernode:x", "c" * 64, True, {})
+        image = config.load("supernode-cpu")
+        key = inputs_hash(build.container_stage.inputs(image.flower, image.base))
+        return ContainerImage(Path("/nonexistent/rootfs.tar.gz"), "flwr-supernode:x", key, True, {})
 
-    def compress(self, overlay: Path, final: Path, log: Path) -> dict[str, Any]:
+    def compress(self, overlay: Path, final: Path, log: Path, compression: str) -> dict[str, Any]:
         finalize.staged(final).write_text("new image\n")
         finalize.staged(final.with_name(final.name + ".sha256")).write_text(f"abc  {final.name}\n")
         self.step("compress", None)
         return {"file": final.name, "sha256": "abc", "file_bytes": 10, "virtual_bytes": 2**30}
 
 
-@pytest.mark.parametrize("stage", ["base", "container", "packer", "compress"])
+@pytest.mark.parametrize("stage", ["base", "container", "layer", "packer", "compress"])
 def test_a_failing_stage_keeps_the_previous_image(
     stage: str, monkeypatch: pytest.MonkeyPatch, build_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

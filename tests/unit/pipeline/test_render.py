@@ -13,10 +13,10 @@ import hcl2
 import jinja2
 import pytest
 
-from appliance_build import config
+from appliance_build import config, plan
+from appliance_build.build import Outputs
 from appliance_build.errors import ConfigError
 from appliance_build.stages import packer, render
-from appliance_build.vm.accel import Accelerator
 from appliance_build.vm.firmware import Uefi
 
 LEGACY = render.PackerTarget.parse("1.6.6")
@@ -25,16 +25,28 @@ FIRMWARE = Uefi(Path("/fw/OVMF_CODE_4M.fd"), Path("/fw/OVMF_VARS_4M.fd"), Path("
 SHIPPED = config.available()  # every images/*.toml, the Debian 12 CPU image too
 
 
+def runs_for(tmp_path: Path, image: config.ImageConfig, target: render.PackerTarget) -> plan.Runs:
+    request = plan.Request(image, target, toolkit=None, firmware=FIRMWARE)
+    return plan.runs(request, Outputs(tmp_path / image.name, image.name))
+
+
 def do_render(
-    tmp_path: Path, name: str, target: render.PackerTarget, key: str = "ssh-ed25519 AAAA test"
+    tmp_path: Path,
+    name: str,
+    target: render.PackerTarget,
+    key: str = "ssh-ed25519 AAAA test",
+    *,
+    image: config.ImageConfig | None = None,
+    layer: bool = False,
 ) -> render.Rendered:
-    image = config.load(name)
-    (tmp_path / "flower-build").mkdir(exist_ok=True)
+    """Render one run of the build the way plan.write() does: the configure run, or the layer."""
+    image = image or config.load(name)
+    runs = runs_for(tmp_path, image, target)
+    run = runs.layer if layer else runs.configure
+    assert run is not None
     return render.render(
-        image, tmp_path / name, target=target, accel=Accelerator("tcg", "max", "test"),
-        base_disk=tmp_path / "base.qcow2", base_checksum="none", upload_dir=tmp_path / "flower-build",
-        ssh_public_key=key, firmware=FIRMWARE,
-    )  # fmt: skip
+        image, run, target=target, ssh_public_key=key, firmware=FIRMWARE, instance_id=render.new_instance_id()
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -88,16 +100,35 @@ def test_hcl_structure(tmp_path: Path, name: str, target: render.PackerTarget) -
         assert "packer" not in doc, "Packer 1.6 rejects a packer {} block with required_plugins"
         assert not any(k.startswith("efi_") for k in src)
         assert (["-bios", str(FIRMWARE.combined)] in qemuargs) is uefi
+    assert src["iso_url"] == str(runs_for(tmp_path, image, target).configure.disk)  # the cached layer
+    assert "/layer/" in src["iso_url"]
+    assert ["-cpu", "${var.cpu_model}"] in qemuargs  # the build passes what it probed
     (build,) = doc["build"]
     shells = [p["shell"] for p in build["provisioner"] if "shell" in p]
     scripts = [Path(s).name for shell in shells for s in shell["scripts"]]
     assert scripts == [
-        *[s for s in image.provision if s < "90"],
+        *[s for s in image.provision if "50" <= s < "90"],
         "inventory.sh",
         *[s for s in image.provision if s >= "90"],
     ]
     downloads = [p["file"] for p in build["provisioner"] if "file" in p and p["file"].get("direction") == "download"]
     assert downloads and downloads[0]["destination"].endswith("inventory.json")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_layer_hcl_runs_the_steps_below_50_on_the_base(tmp_path: Path, name: str) -> None:
+    image = config.load(name)
+    doc = parse(do_render(tmp_path, name, LEGACY, layer=True).hcl)
+    src = source_block(doc, f"{name}-layer")
+    assert src["iso_url"].endswith("disk.qcow2") and "/base/" in src["iso_url"]
+    assert src["output_directory"] == str(tmp_path / name / "layer" / "packer-output")
+    assert ["-serial", f"file:{tmp_path / name / 'logs' / 'packer-layer-console.log'}"] in src["qemuargs"]
+    (build,) = doc["build"]
+    scripts = [Path(s).name for p in build["provisioner"] if "shell" in p for s in p["shell"]["scripts"]]
+    assert scripts == [s for s in image.provision if s < "50"]
+    assert not any(p["file"].get("direction") == "download" for p in build["provisioner"] if "file" in p)
+    env = [e for p in build["provisioner"] if "shell" in p for e in p["shell"]["environment_vars"]]
+    assert not [e for e in env if e.startswith("FLOWER_TOOLKIT_")]  # the toolkit is not the layer's
 
 
 def test_cloud_init_seed_has_only_the_build_key(tmp_path: Path) -> None:
@@ -136,13 +167,20 @@ def test_packer_version_parsing() -> None:
 def test_packer_validate_installed_target(tmp_path: Path, name: str) -> None:
     """The installed Packer accepts what is rendered for it (real `packer validate`)."""
     target = render.detect_packer()
+    image = config.load(name)
+    runs = runs_for(tmp_path, image, target)
     with packer.build_keypair("test") as key:
-        rendered = do_render(tmp_path, name, target, key=key.public)
-        result = subprocess.run(
-            ["packer", "validate", f"-var=ssh_private_key_file={key.private}", str(rendered.hcl)],
-            capture_output=True, text=True, env=packer.packer_env(), check=False,
-        )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+        for run in (runs.layer, runs.configure):
+            assert run is not None
+            run.upload_dir.mkdir(parents=True)  # the build makes it before validating
+            rendered = render.render(image, run, target=target, ssh_public_key=key.public, firmware=FIRMWARE,
+                                     instance_id="i-test")  # fmt: skip
+            result = subprocess.run(
+                ["packer", "validate", f"-var=ssh_private_key_file={key.private}", "-var=accelerator=kvm",
+                 "-var=cpu_model=host", str(rendered.hcl)],
+                capture_output=True, text=True, env=packer.packer_env(), check=False,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_cloud_init_schema(tmp_path: Path) -> None:
@@ -259,12 +297,7 @@ def test_hostile_values_stay_one_string_in_the_hcl(tmp_path: Path, target: rende
     name = "supernode-gpu"
     (tmp_path / "clean").mkdir()
     clean = parse(do_render(tmp_path / "clean", name, target).hcl)
-    (tmp_path / "evil" / "flower-build").mkdir(parents=True)
-    hcl = render.render(
-        hostile_image(name), tmp_path / "evil" / name, target=target, accel=Accelerator("tcg", "max", "test"),
-        base_disk=tmp_path / "base.qcow2", base_checksum="none", upload_dir=tmp_path / "evil" / "flower-build",
-        ssh_public_key="ssh-ed25519 AAAA test", firmware=FIRMWARE,
-    ).hcl  # fmt: skip
+    hcl = do_render(tmp_path / "evil", name, target, image=hostile_image(name)).hcl
     doc = parse(hcl)
     assert set(doc) == set(clean)
     assert [list(v) for v in doc["variable"]] == [list(v) for v in clean["variable"]]
@@ -285,7 +318,7 @@ def test_hostile_values_stay_one_string_in_the_hcl(tmp_path: Path, target: rende
 
 
 def test_execute_command_keeps_packers_template() -> None:
-    (phase,) = [p for p in render.phases(config.load("supernode-cpu"), Path("/x")) if p.args]
+    (phase,) = [p for p in render.configure_phases(config.load("supernode-cpu"), Path("/x")) if p.args]
     assert render.hcl_string(phase.execute_command) == (
         "\"sudo env {{ .Vars }} /bin/bash '{{ .Path }}' " + render.INVENTORY_GUEST + '"'
     )

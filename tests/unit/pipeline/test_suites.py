@@ -11,13 +11,13 @@ import hcl2
 import pytest
 import yaml
 
-from appliance_build import config, suites
+from appliance_build import config, plan, suites
+from appliance_build.build import Outputs
 from appliance_build.config import BaseConfig, FlowerConfig
 from appliance_build.errors import ConfigError
 from appliance_build.stages import base, container, render
 from appliance_build.stages.base import debian
 from appliance_build.stages.base.disk_layout import Layout
-from appliance_build.vm.accel import Accelerator
 
 DEFINITION = """
 description = "test image"
@@ -68,7 +68,10 @@ def test_shipped_debian_12_cpu_image() -> None:
     assert (old.flower.version, old.flower.lock) == ("1.42.0", "locks/flwr-1.42.0-py311.txt")
     assert old.flower.image_tag == new.flower.image_tag == "flwr-supernode:1.42.0"
     # everything else is the CPU image's
-    assert replace(old.base, provider=new.base.provider) == new.base
+    assert replace(old.base, provider=new.base.provider, extra_packages=new.base.extra_packages) == new.base
+    # the chroot installs each suite's own engine: docker-cli is its own package from Debian 13 on
+    assert old.base.extra_packages == ("docker.io", "apparmor", *old.packages)
+    assert new.base.extra_packages == ("docker.io", "apparmor", "docker-cli", *new.packages)
     assert (old.disk, old.vm, old.packages, old.provision, old.files, old.gpu) == (
         new.disk, new.vm, new.packages, new.provision, new.files, new.gpu,
     )  # fmt: skip
@@ -238,13 +241,10 @@ def test_render_per_suite(tmp_path: Path, provider: str, target: str) -> None:
     definition's flwr version and image tag (the container follows the suite, not the HCL)."""
     flwr = "1.42.0"
     image = load(tmp_path, provider, flwr, lock=LOCKS[provider])
-    upload = tmp_path / "flower-build"
-    upload.mkdir()
-    rendered = render.render(
-        image, tmp_path / "out", target=render.PackerTarget.parse(target), accel=Accelerator("tcg", "max", "test"),
-        base_disk=tmp_path / "base.qcow2", base_checksum="none", upload_dir=upload,
-        ssh_public_key="ssh-ed25519 AAAA test", firmware=None,
-    )  # fmt: skip
+    request = plan.Request(image, render.PackerTarget.parse(target), toolkit=None, firmware=None)
+    run = plan.runs(request, Outputs(tmp_path / "out", image.name)).configure
+    rendered = render.render(image, run, target=request.target, ssh_public_key="ssh-ed25519 AAAA test",
+                             firmware=None, instance_id="i-test")  # fmt: skip
     with rendered.hcl.open() as handle:
         doc = hcl2.load(handle)
     assert doc["build"] and doc["source"]

@@ -110,7 +110,7 @@ def test_gpu_build_without_source_stops_before_anything_slow(monkeypatch: pytest
         assert image.gpu is not None
         return replace(image, gpu=replace(image.gpu, toolkit_repo=UNREACHABLE, toolkit_key_url=UNREACHABLE))
 
-    monkeypatch.setattr(build.config, "load", load)
+    monkeypatch.setattr(build.plan.config, "load", load)
     with pytest.raises(BuildError, match="--allow-missing-toolkit"):
         build.build_image("supernode-gpu", packer_target="1.6.6")
     assert calls == []
