@@ -1,6 +1,6 @@
 """Scenario "gpu requested, none present": FL_GPU_ENABLED=YES on a VM without a GPU.
 
-The seeds' rule: a missing GPU is a WARNING, never FATAL. The SuperNode runs on
+The rule: a missing GPU is a WARNING, never FATAL. The SuperNode runs on
 CPU without --gpus and FL_GPU_AVAILABLE=NO is recorded. On the GPU image the
 driver, nvidia-smi and validate-gpu.sh are present, and validate-gpu.sh reports
 FAIL with its error count.
