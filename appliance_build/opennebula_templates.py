@@ -8,12 +8,14 @@ table (supernode_runtime.variables), never from a hand-written list; the
 marketplace YAML (appliance_build.publish) uses the same functions, so the VM
 template and the marketplace entry cannot disagree.
 
-The GPU template carries the seeds' layer-2 attributes (plan 06-01):
-UEFI firmware, the q35 machine, the host-passthrough CPU model, a pinned
-TOPOLOGY and the PCI device. OpenNebula's KVM driver reads the machine type
-from OS/MACHINE (as the marketplace's GPU appliances nim and vllm write it);
-the seeds write FEATURES/MACHINE, which the driver does not read. The template
-has both: OS/MACHINE takes effect, FEATURES/MACHINE keeps the seeds' text.
+The GPU template adds what PCI passthrough of a modern GPU needs: UEFI
+firmware (OVMF maps the GPU's large 64-bit BARs), the q35 machine (a PCIe
+topology), the host-passthrough CPU model, a pinned TOPOLOGY and the PCI
+device (https://docs.opennebula.io/6.8/open_cluster_deployment/kvm_node/pci_passthrough.html).
+OpenNebula's KVM driver reads the machine type from OS/MACHINE (as the
+marketplace's GPU appliances nim and vllm write it). FEATURES/MACHINE is not an
+attribute the driver reads; the template also writes it because the appliance
+was first specified with that spelling, and it is harmless (docs/publishing.md).
 
 `parse_template` reads OpenNebula template syntax back (``KEY = "v"``,
 ``KEY = [ A = "x", B = "y" ]``, ``#`` comments), for checks and tests.

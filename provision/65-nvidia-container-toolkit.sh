@@ -1,5 +1,7 @@
 #!/bin/bash
-# 65: NVIDIA Container Toolkit for Docker (seeds, layer 3; nvidia-docker2 is deprecated).
+# 65: NVIDIA Container Toolkit for Docker, which gives containers the GPU (nvidia-docker2 is
+# deprecated in its favour: https://github.com/NVIDIA/nvidia-docker, install guide:
+# https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html).
 # The source was resolved on the build host (appliance_build/stages/toolkit.py):
 #   nvidia-repo  NVIDIA's apt repository, its signing key (fetched on the host), pinned version
 #   mirror       an apt mirror laid out like NVIDIA's repository, same key and pin

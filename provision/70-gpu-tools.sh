@@ -1,5 +1,5 @@
 #!/bin/bash
-# 70: GPU tools in the image: validate-gpu.sh (the seeds' five in-VM checks) and the toolkit
+# 70: GPU tools in the image: validate-gpu.sh (the in-VM GPU checks, see its header) and the toolkit
 # installer for later air-gapped installs; the persistence daemon only where a GPU is.
 set -euo pipefail
 : "${FLOWER_UPLOAD:?}"

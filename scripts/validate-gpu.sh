@@ -31,10 +31,10 @@
 #   GPU validation FAILED: N error(s) detected                (exit 1)
 # Exit 2: usage error.
 #
-# Differences from the original (seed) script, on purpose:
-#   * No "set -e". With set -e the seed aborted at the first failing command substitution
-#     (e.g. check 5 when nvidia-smi is missing) and never printed the summary, and any
-#     non-zero helper inside a check could end the run before ERRORS was counted.
+# Design choices, on purpose:
+#   * No "set -e". With set -e a script aborts at the first failing command substitution
+#     (e.g. check 5 when nvidia-smi is missing) and never prints the summary, and any
+#     non-zero helper inside a check could end the run before ERRORS is counted.
 #     We use "set -u -o pipefail" and handle every exit status explicitly.
 #   * Command output is captured first and searched afterwards ("grep -q <<<$out") instead
 #     of "lsmod | grep -q": under pipefail, grep -q exiting early can kill the producer with
@@ -43,14 +43,14 @@
 #     (nvidia_uvm/nvidiafb alone do not mean the driver is usable).
 #   * Check 3 parses daemon.json as JSON (python3) instead of grepping for '"nvidia"'
 #     anywhere in the file; grep is only the fallback when python3 is missing.
-#   * Check 4: the seed used "nvidia/cuda:12.0-base", a tag that no longer exists on Docker
-#     Hub (NVIDIA only publishes full versions such as 12.x.y-base-ubuntu24.04), and it
-#     would have needed a registry at boot anyway. We use an image that is already in the
+#   * Check 4: "nvidia/cuda:12.0-base", the image older guides use, no longer exists on
+#     Docker Hub (NVIDIA only publishes full versions such as 12.x.y-base-ubuntu24.04), and
+#     pulling any image would need a registry at boot. We use an image that is already in the
 #     local store (the SuperNode image recorded at build time) with --pull=never, and
 #     --entrypoint nvidia-smi because the SuperNode image's ENTRYPOINT is flower-supernode.
 #     nvidia-smi itself is injected by the NVIDIA Container Toolkit because of the
 #     "utility" driver capability.
-#   * Check 5 FAILS when the driver version cannot be read (the seed only printed INFO),
+#   * Check 5 FAILS when the driver version cannot be read (not just an INFO line),
 #     and compares it with the version recorded at build time.
 #
 # Test hooks: --root DIR (or VALIDATE_ROOT) prefixes etc/docker/daemon.json and

@@ -16,11 +16,12 @@
 # Check 4 without --devices: every PCI function with vendor ID 10de (lspci -Dnn):
 #   bound to vfio-pci = OK, no driver = WARNING, another driver (nvidia, nouveau,
 #   snd_hda_intel, ...) = ERROR, no NVIDIA function at all = WARNING.
-#   Unlike the seed script we do NOT skip the HDMI/DP audio function (nor the USB-C/UCSI
+#   The HDMI/DP audio function is NOT skipped (nor are the USB-C/UCSI
 #   functions of Turing cards): VFIO hands an IOMMU group to a guest only when every device
 #   in it is bound to vfio-pci (or to no driver), and a GPU's functions share one group. An
 #   audio function left on snd_hda_intel makes QEMU fail with "group N is not viable", so it
-#   is reported like the GPU itself.
+#   is reported like the GPU itself (https://docs.kernel.org/driver-api/vfio.html, "Groups,
+#   Devices, and IOMMUs").
 # Check 4 with --devices A,B: only the named addresses; each must exist and be bound to
 #   vfio-pci, anything else (missing device, no driver, other driver) is an ERROR.
 #
@@ -31,9 +32,9 @@
 #   ... summary line ...
 #   RESULT: errors=N warnings=M                   (always the last line, no timestamp)
 # With --json, stdout is a single JSON document instead (see usage).
-# Exit status: 0 no errors (warnings allowed, as in the seed), 1 errors, 2 usage error.
+# Exit status: 0 no errors (warnings allowed), 1 errors, 2 usage error.
 #
-# No "set -e": with set -e the seed script stopped at the first failing command (for
+# No "set -e": with set -e a script stops at the first failing command (for
 # instance "ls" on a missing /sys/kernel/iommu_groups) before counting the error and
 # never printed the summary. Every exit status is handled explicitly instead.
 #
@@ -478,8 +479,8 @@ check_vfio_udev() {
 # Check 6: OpenNebula PCI probe filter includes NVIDIA
 # ---------------------------------------------------------------------------
 # pci_filter_values FILE -> the values of the ":filter:" key (inline or YAML list), comments
-# stripped. The stock pci.conf mentions '10de:*' in comments only, which fooled the seed's
-# plain grep.
+# stripped. The stock pci.conf mentions '10de:*' in comments only, so a plain grep for 10de
+# would report a filter that is not there.
 pci_filter_values() {
     local line in_filter=0 values=""
     while IFS= read -r line || [ -n "$line" ]; do

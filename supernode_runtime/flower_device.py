@@ -2,8 +2,8 @@
 
 Standalone module (standard library only at import time): copy it into the
 image or the app. PyTorch and TensorFlow are imported lazily inside the
-functions, so it works when neither is installed (CPU-only fallback, seeds
-pattern 5)::
+functions, so it works when neither is installed (the ClientApp then trains
+on CPU)::
 
     from flower_device import get_device, apply_memory_fraction
     device = get_device()           # torch.device("cuda:0") or torch.device("cpu")
@@ -64,7 +64,11 @@ def get_device() -> Any:
 
 
 def configure_device() -> int:
-    """TensorFlow: enable memory growth on every GPU (seeds pitfall 4).
+    """TensorFlow: enable memory growth on every GPU.
+
+    By default TensorFlow maps nearly all GPU memory at start-up; with memory growth it
+    allocates as needed, so a second process on the GPU is not starved
+    (https://www.tensorflow.org/guide/gpu#limiting_gpu_memory_growth).
 
     Returns the number of GPUs configured; 0 when TensorFlow is missing or no
     GPU is visible (training then runs on CPU).
@@ -103,7 +107,8 @@ def apply_memory_fraction(fraction: float | None = None) -> float | None:
     """Cap PyTorch's CUDA caching allocator at ``fraction`` of GPU memory.
 
     ``fraction`` defaults to ``FL_GPU_MEMORY_FRACTION`` (then 0.8). This is a
-    SOFT limit (seeds pitfall 5): it only bounds PyTorch's caching allocator;
+    SOFT limit: it only bounds PyTorch's caching allocator
+    (https://pytorch.org/docs/stable/generated/torch.cuda.set_per_process_memory_fraction.html);
     the CUDA context, cuDNN workspaces and other processes are not counted, so
     real usage can exceed it. Use MIG or separate GPUs for real isolation.
     Returns the fraction applied, or None when nothing was applied (no

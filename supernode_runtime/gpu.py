@@ -1,8 +1,8 @@
-"""GPU detection boot step (plan 06-02, "Step 9: GPU Detection"), GPU access through CDI.
+"""The gpu-detection boot step (step 5 of the boot sequence), GPU access through CDI.
 
 When FL_GPU_ENABLED=YES the GPU counts as available only if the ``nvidia`` kernel module
 is loaded (``lsmod`` has a line starting with ``nvidia ``) AND ``nvidia-smi`` exits 0 (the
-seeds' two checks) AND the container can be given the GPU:
+driver answers) AND the container can be given the GPU:
 
 - **CDI** (Docker >= 25 with ``"features": {"cdi": true}``, the default images): ``docker
   info`` reports CDI spec directories, ``nvidia-ctk cdi generate
@@ -234,7 +234,8 @@ def docker_gpu_flags(access: GpuAccess | None, cuda_visible_devices: str) -> lis
 
     CDI: one ``--device`` per device name; the container sees exactly those GPUs, numbered
     from 0, so no CUDA_VISIBLE_DEVICES (the host's index 1 is the container's 0). ``--gpus``:
-    every GPU, narrowed by CUDA_VISIBLE_DEVICES as in the seeds' DOCKER_GPU_FLAGS."""
+    every GPU, narrowed by CUDA_VISIBLE_DEVICES
+    (https://docs.docker.com/engine/containers/resource_constraints/#gpu)."""
     if access is None:
         return []
     if access.route == "cdi":

@@ -9,7 +9,9 @@ def user_input(var: Variable) -> str:
     """OpenNebula USER_INPUT string ``M|O|type|description|options|default``.
 
     All SuperNode inputs are optional (``O``). Options is a single space for
-    non-list types, as in the seeds (``O|boolean|...| |NO``).
+    non-list types (``O|boolean|...| |NO``), so every string has all six fields
+    (https://docs.opennebula.io/7.0/product/operation_references/configuration_references/template,
+    "User Inputs").
     """
     if "|" in var.help:
         raise ValueError(f"{var.name}: help text must not contain '|'")

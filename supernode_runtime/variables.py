@@ -199,7 +199,9 @@ VARIABLES: tuple[Variable, ...] = (
         help="GPU memory fraction for PyTorch (0.0-1.0)",
         stage=STAGE_LAUNCH,
         secret=False,
-        # The seeds (plan 06-02) define this input as type "number".
+        # USER_INPUT type "number" (not "number-float") as the appliance was first specified; a
+        # front-end that takes only whole numbers there needs the value in CONTEXT instead
+        # (docs/gpu-guide.md, section 2).
         user_input_type="number",
     ),
     Variable(

@@ -55,7 +55,7 @@ class VmSpec:
     host_forwards: tuple[int, ...] = ()  # extra guest TCP ports forwarded from 127.0.0.1
 
     def effective(self) -> VmSpec:
-        """VFIO passthrough forces what the seeds require: UEFI, q35, -cpu host (KVM)."""
+        """VFIO passthrough forces what a passed-through GPU needs: UEFI, q35, -cpu host (KVM)."""
         if not self.vfio:
             return self
         return VmSpec(

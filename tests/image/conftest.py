@@ -8,6 +8,7 @@
 Each scenario boots its own VM (a throw-away overlay; the built file is never
 written) with an OpenNebula CONTEXT CD, and keeps its serial console, guest
 journal and boot-to-ready time under build/<image>/test-results/<scenario>/.
+Tests look inside through a testinfra Host on the VM's SSH connection (guest.py).
 """
 
 from __future__ import annotations
@@ -122,30 +123,6 @@ def superlink(results_dir: Path) -> Iterator[Any]:
         yield link
 
 
-def infra_host(booted: appliance.BootedAppliance) -> Any:
-    """A testinfra host over paramiko, always on a new connection: testinfra's get_host()
-    caches hosts by spec, and a cached one keeps its dead connection after a guest reboot."""
-    import testinfra.backend
-    import testinfra.host
-
-    backend = testinfra.backend.get_backend(
-        f"paramiko://root@127.0.0.1:{booted.vm.ssh_port}", ssh_identity_file=str(booted.key_file), timeout=60
-    )
-    host = testinfra.host.Host(backend)
-    backend.set_host(host)
-    return host
-
-
-def docker_args(host: Any) -> list[str]:
-    """The SuperNode container's arguments, as Docker reports them."""
-    out = host.check_output("docker inspect -f '{{json .Args}}' flower-supernode")
-    return json.loads(out)  # type: ignore[no-any-return]
-
-
-def status(host: Any) -> dict[str, Any]:
-    return json.loads(host.file("/run/flower/status.json").content_string)  # type: ignore[no-any-return]
-
-
 # The scenario of each test module (the name its VM's results are kept under), formatted
 # with the test's parameters. Every test case carries it as the JUnit property `scenario`,
 # a skipped one too, so publishing can tell which of the image's required scenarios ran
@@ -166,7 +143,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # item.user_properties, not the record_property fixture: a test skipped by a module-scoped
     # fixture never gets to a function-scoped one, and its property would be lost
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else item.name
+        test_module = getattr(item, "module", None)  # pytest.Function has one; other items may not
+        module = test_module.__name__.rsplit(".", 1)[-1] if test_module else item.name
         params = getattr(item, "callspec", None)
         scenario = SCENARIOS.get(module, module).format(**(params.params if params else {}))
         item.user_properties.append(("scenario", scenario))

@@ -1,6 +1,6 @@
 """Scenario "gpu requested, none present": FL_GPU_ENABLED=YES on a VM without a GPU.
 
-The seeds' rule: a missing GPU is a WARNING, never FATAL. The SuperNode runs on
+The rule: a missing GPU is a WARNING, never FATAL. The SuperNode runs on
 CPU without --gpus and FL_GPU_AVAILABLE=NO is recorded. On the GPU image the
 driver, nvidia-smi and validate-gpu.sh are present, and validate-gpu.sh reports
 FAIL with its error count.
@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import guest
 import pytest
-from conftest import docker_args, infra_host, status
+from guest import Host
 
 from appliance_build.vm import appliance
 
@@ -31,8 +32,9 @@ def booted(boot_scenario: Any, superlink: Any, vfio: tuple[str, ...]) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def host(booted: appliance.BootedAppliance) -> Any:
-    return infra_host(booted)
+def host(booted: appliance.BootedAppliance) -> Iterator[Host]:
+    with guest.connect(booted) as host:
+        yield host
 
 
 @pytest.fixture
@@ -41,29 +43,29 @@ def gpu_image(manifest: dict[str, Any]) -> None:
         pytest.skip("the CPU image carries no NVIDIA driver, nvidia-smi or validate-gpu.sh")
 
 
-def test_warning_logged_and_gpu_unavailable_recorded(host: Any) -> None:
-    journal = host.run("journalctl -b -u flower-appliance-configure --no-pager -o cat").stdout
-    assert WARNING in journal
-    doc = status(host)
+def test_warning_logged_and_gpu_unavailable_recorded(host: Host) -> None:
+    assert WARNING in guest.journal(host, "flower-appliance-configure")
+    doc = guest.status(host)
     assert doc["gpu"]["FL_GPU_AVAILABLE"] == "NO"
     assert doc["errors"] == [], "a missing GPU is a warning, not an error"
     assert any("GPU requested but not available" in w for w in doc["warnings"])
 
 
-def test_supernode_runs_on_cpu_without_gpus(host: Any) -> None:
+def test_supernode_runs_on_cpu_without_gpus(host: Host) -> None:
     assert host.service("flower-supernode").is_running
-    args = host.check_output("docker inspect -f '{{json .HostConfig.DeviceRequests}}' flower-supernode")
-    assert args in ("null", "[]")
-    env = host.check_output("docker inspect -f '{{json .Config.Env}}' flower-supernode")
-    assert "NVIDIA_DRIVER_CAPABILITIES" not in env and "CUDA_VISIBLE_DEVICES" not in env
-    assert "--superlink" in docker_args(host)
+    assert guest.inspect(host, ".HostConfig.DeviceRequests") in (None, [])
+    env = guest.container_env(host)
+    assert not any("NVIDIA_DRIVER_CAPABILITIES" in item or "CUDA_VISIBLE_DEVICES" in item for item in env)
+    assert "--superlink" in guest.container_args(host)
 
 
 @pytest.mark.usefixtures("gpu_image")
-def test_driver_and_tools_are_present(host: Any, manifest: dict[str, Any]) -> None:
+def test_driver_and_tools_are_present(host: Host, manifest: dict[str, Any]) -> None:
     # the module file the build checked (Debian: nvidia-current.ko, an alias modinfo does not resolve)
     module = manifest["gpu"]["module_path"]
-    assert module.startswith(f"/lib/modules/{host.check_output('uname -r')}/")
+    kernel = host.file("/proc/sys/kernel/osrelease").content_string.strip()  # what uname -r prints
+    assert module.startswith(f"/lib/modules/{kernel}/")
+    assert host.file(module).is_file
     assert host.check_output(f"modinfo -F name {module}") == "nvidia"
     assert host.check_output(f"modinfo -F version {module}") == manifest["gpu"]["driver_version"]
     assert host.exists("nvidia-smi")
@@ -71,7 +73,7 @@ def test_driver_and_tools_are_present(host: Any, manifest: dict[str, Any]) -> No
 
 
 @pytest.mark.usefixtures("gpu_image")
-def test_validate_gpu_reports_failures(host: Any) -> None:
+def test_validate_gpu_reports_failures(host: Host) -> None:
     result = host.run("/opt/flower/scripts/validate-gpu.sh")
     assert result.rc == 1
     assert "[FAIL]" in result.stdout
@@ -79,13 +81,14 @@ def test_validate_gpu_reports_failures(host: Any) -> None:
 
 
 @pytest.mark.usefixtures("gpu_image")
-def test_nvidia_units_do_not_fail_without_a_gpu(host: Any) -> None:
+def test_nvidia_units_do_not_fail_without_a_gpu(host: Host) -> None:
     # the driver's modules-load.d entry is masked (udev loads nvidia when a GPU is there)
     assert host.file("/etc/modules-load.d/nvidia.conf").linked_to == "/dev/null"
-    assert host.run("systemctl is-failed systemd-modules-load").stdout.strip() == "active"
+    assert host.service("systemd-modules-load").systemd_properties["ActiveState"] == "active"
     # nvidia-persistenced: not enabled at boot, and a start without a GPU is a skip, not a failure
-    assert host.run("systemctl is-enabled nvidia-persistenced").stdout.strip() == "disabled"
+    assert host.service("nvidia-persistenced").systemd_properties["UnitFileState"] == "disabled"
     host.run("systemctl start nvidia-persistenced")
-    assert host.check_output("systemctl show -p ConditionResult --value nvidia-persistenced") == "no"
-    assert host.run("systemctl is-failed nvidia-persistenced").stdout.strip() != "failed"
-    assert host.run("systemctl list-units --failed --no-legend --plain").stdout.strip() == ""
+    persistenced = host.service("nvidia-persistenced").systemd_properties  # read after the start
+    assert persistenced["ConditionResult"] == "no"
+    assert persistenced["ActiveState"] != "failed"
+    assert guest.failed_units(host) == []

@@ -15,8 +15,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import guest
 import pytest
-from conftest import docker_args, infra_host, status
+from guest import Host
 
 from appliance_build.vm import appliance
 
@@ -54,20 +55,21 @@ def booted(boot_scenario: Any, superlink: Any) -> Iterator[appliance.BootedAppli
 
 
 @pytest.fixture(scope="module")
-def host(booted: appliance.BootedAppliance) -> Any:
-    return infra_host(booted)
+def host(booted: appliance.BootedAppliance) -> Iterator[Host]:
+    with guest.connect(booted) as host:
+        yield host
 
 
-def test_values_accepted_and_supernode_started(host: Any) -> None:
-    doc = status(host)
+def test_values_accepted_and_supernode_started(host: Host) -> None:
+    doc = guest.status(host)
     assert doc["errors"] == [], doc["errors"]
     assert doc["supernode_will_start"] is True
     assert doc["config"]["FL_NODE_CONFIG"]["value"] == NODE_CONFIG
     assert host.service("flower-supernode").is_running
 
 
-def test_flower_supernode_received_the_node_config_verbatim(host: Any, superlink: Any) -> None:
-    args = docker_args(host)  # what Docker passed to the container's entrypoint
+def test_flower_supernode_received_the_node_config_verbatim(host: Host, superlink: Any) -> None:
+    args = guest.container_args(host)  # what Docker passed to the container's entrypoint
     assert args.count("--node-config") == 1
     assert args[args.index("--node-config") + 1] == NODE_CONFIG
     assert args.count("--superlink") == 1 and args[args.index("--superlink") + 1] == superlink.guest_address
@@ -77,23 +79,23 @@ def test_flower_supernode_received_the_node_config_verbatim(host: Any, superlink
     assert spec["argv"][spec["argv"].index("--node-config") + 1] == NODE_CONFIG
 
 
-def test_flower_supernode_parsed_it_and_keeps_running(host: Any) -> None:
+def test_flower_supernode_parsed_it_and_keeps_running(host: Host) -> None:
     time.sleep(20)  # flwr parses --node-config at start-up; a bad one exits at once
-    assert host.check_output("docker inspect -f '{{.State.Running}}' flower-supernode") == "true"
-    assert host.check_output("systemctl show -p NRestarts --value flower-supernode") == "0"
-    logs = host.run("docker logs flower-supernode 2>&1").stdout
+    assert guest.inspect(host, ".State.Running") is True
+    assert host.service("flower-supernode").systemd_properties["NRestarts"] == "0"
+    logs = guest.container_logs(host)
     assert "Traceback" not in logs
     assert "invalid format" not in logs
 
 
-def test_nothing_ran_in_the_guest_or_the_container(host: Any) -> None:
+def test_nothing_ran_in_the_guest_or_the_container(host: Host) -> None:
     assert host.run(FIND_PWNED).stdout.strip() == "0"
-    inside = host.run(f"docker exec flower-supernode sh -c \"{FIND_PWNED}\"")
+    inside = host.run("docker exec flower-supernode sh -c %s", FIND_PWNED)
     assert inside.rc == 0 and inside.stdout.strip() == "0", inside.stderr
-    assert host.run("systemctl is-system-running --wait").stdout.strip() in ("running", "degraded")
+    assert guest.system_state(host) in ("running", "degraded")
 
 
-def test_ca_certificates_are_parsed_for_real_in_the_image(host: Any) -> None:
+def test_ca_certificates_are_parsed_for_real_in_the_image(host: Host) -> None:
     """check-context is the boot's own code: a real CA passes, a private key is refused."""
     route = host.run("python3 -c 'import cryptography.x509'").rc == 0 or host.run("openssl version").rc == 0
     assert route, "neither python3-cryptography nor openssl in the image: every TLS context would be refused"

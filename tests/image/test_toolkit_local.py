@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import guest
 import pytest
-from conftest import infra_host
+from guest import Host
 
 from appliance_build.cache import file_sha256
 from appliance_build.vm import appliance
@@ -51,8 +52,9 @@ def installed(booted: appliance.BootedAppliance) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def host(booted: appliance.BootedAppliance, installed: dict[str, Any]) -> Any:
-    return infra_host(booted)
+def host(booted: appliance.BootedAppliance, installed: dict[str, Any]) -> Iterator[Host]:
+    with guest.connect(booted) as host:
+        yield host
 
 
 def test_installer_succeeds(installed: dict[str, Any]) -> None:
@@ -60,7 +62,7 @@ def test_installer_succeeds(installed: dict[str, Any]) -> None:
     assert f"toolkit {toolkit_debs.FIXTURE_VERSION} installed from local" in installed["out"]
 
 
-def test_packages_installed_and_held(host: Any) -> None:
+def test_packages_installed_and_held(host: Host) -> None:
     for name in toolkit_debs.PACKAGES:
         package = host.package(name)
         assert package.is_installed and package.version == toolkit_debs.FIXTURE_VERSION
@@ -68,25 +70,25 @@ def test_packages_installed_and_held(host: Any) -> None:
     assert set(toolkit_debs.PACKAGES) <= set(held)
 
 
-def test_docker_has_nvidia_runtime(host: Any) -> None:
-    runtimes = json.loads(host.check_output("docker info --format '{{json .Runtimes}}'"))
+def test_docker_has_nvidia_runtime(host: Host) -> None:
+    runtimes = guest.docker_info(host, ".Runtimes")
     assert "nvidia" in runtimes
     daemon = json.loads(host.file("/etc/docker/daemon.json").content_string)
     assert daemon["runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
 
 
-def test_record_says_present(host: Any) -> None:
+def test_record_says_present(host: Host) -> None:
     record = json.loads(host.file("/etc/flower/gpu-toolkit.json").content_string)
     assert record["toolkit"] == "present" and record["source"] == "local"
     assert record["version"] == toolkit_debs.FIXTURE_VERSION
 
 
-def test_supernode_back_after_docker_restart(booted: appliance.BootedAppliance, host: Any) -> None:
+def test_supernode_back_after_docker_restart(booted: appliance.BootedAppliance, host: Host) -> None:
     assert host.service("docker").is_running
     assert booted.wait_until_ready(timeout=300) is not None, "the SuperNode container did not come back"
 
 
-def test_local_route_without_debs_fails_clearly(host: Any) -> None:
+def test_local_route_without_debs_fails_clearly(host: Host) -> None:
     result = host.run(f"FLOWER_TOOLKIT_SOURCE=local FLOWER_UPLOAD=/nonexistent {INSTALLER}")
     assert result.rc == 1 and "no .deb files in /nonexistent/toolkit" in result.stderr
 

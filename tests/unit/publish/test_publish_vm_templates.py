@@ -1,4 +1,4 @@
-"""The OpenNebula VM templates: parsed back structurally, every attribute the seeds require,
+"""The OpenNebula VM templates: parsed back structurally, every attribute GPU passthrough needs,
 and CONTEXT / USER_INPUTS / INPUTS_ORDER exactly from the runtime's variable table."""
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from appliance_build.opennebula_templates import (
 from supernode_runtime.variable_docs import user_input
 from supernode_runtime.variables import VARIABLES
 
-# Plan 06-02's USER_INPUT definitions of the GPU variables (seed 002), verbatim.
-SEED_GPU_INPUTS = {
+# The GPU variables' USER_INPUT strings exactly as the appliance publishes them: a change
+# here changes the instantiate dialog operators know, so it must be deliberate.
+PUBLISHED_GPU_INPUTS = {
     "ONEAPP_FL_GPU_ENABLED": "O|boolean|Enable GPU passthrough (requires GPU-enabled VM template)| |NO",
     "ONEAPP_FL_CUDA_VISIBLE_DEVICES": "O|text|GPU device IDs visible to container (e.g., 0 or 0,1)| |all",
     "ONEAPP_FL_GPU_MEMORY_FRACTION": "O|number|GPU memory fraction for PyTorch (0.0-1.0)| |0.8",
@@ -71,8 +72,8 @@ def test_context_and_user_inputs_come_from_the_variable_table(variant: str) -> N
     assert isinstance(inputs, dict)
     assert inputs == {var.oneapp_name: user_input(var) for var in VARIABLES}
     assert single(parsed, "INPUTS_ORDER") == ",".join(var.oneapp_name for var in VARIABLES)
-    for name, seed in SEED_GPU_INPUTS.items():
-        assert inputs[name] == seed
+    for name, published in PUBLISHED_GPU_INPUTS.items():
+        assert inputs[name] == published
 
 
 def test_cpu_template_structure() -> None:
@@ -86,14 +87,14 @@ def test_cpu_template_structure() -> None:
     assert not names & {"PCI", "TOPOLOGY", "CPU_MODEL"}, "the CPU template must schedule on any host"
 
 
-def test_gpu_template_has_every_seed_attribute() -> None:
+def test_gpu_template_has_every_passthrough_attribute() -> None:
     parsed = parse_template(render_vm_template("gpu", "supernode-gpu", pci_short_address="e1:00.0", cores=8))
     os_attr = single(parsed, "OS")
     assert isinstance(os_attr, dict)
     assert os_attr["ARCH"] == "x86_64"
     assert os_attr["FIRMWARE"] == "UEFI"
     assert os_attr["MACHINE"] == "q35"  # where OpenNebula's KVM driver reads it
-    assert single(parsed, "FEATURES") == {"MACHINE": "q35"}  # the seeds' spelling
+    assert single(parsed, "FEATURES") == {"MACHINE": "q35"}  # kept for reference, not read by the driver
     assert single(parsed, "CPU_MODEL") == {"MODEL": "host-passthrough"}
     assert single(parsed, "TOPOLOGY") == {"PIN_POLICY": "CORE", "CORES": "8", "SOCKETS": "1"}
     assert single(parsed, "VCPU") == "8"

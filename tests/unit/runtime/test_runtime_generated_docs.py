@@ -15,7 +15,7 @@ from supernode_runtime.variables import BY_NAME, VARIABLES
 PKG = REPO_ROOT / "supernode_runtime"
 
 
-def test_gpu_user_inputs_match_the_seeds_exactly() -> None:
+def test_gpu_user_inputs_are_the_published_strings() -> None:
     inputs = user_inputs()
     assert inputs["ONEAPP_FL_GPU_ENABLED"] == (
         "O|boolean|Enable GPU passthrough (requires GPU-enabled VM template)| |NO"

@@ -31,7 +31,7 @@ def test_script_is_executable_bash(script: Path) -> None:
     first = script.read_text().splitlines()[0]
     assert first == "#!/usr/bin/env bash"
     body = script.read_text()
-    # The seed scripts used `set -e`, which aborted before failures were counted.
+    # `set -e` would abort at the first failing command, before failures are counted.
     assert "\nset -u -o pipefail\n" in body
     errexit = re.compile(r"^\s*set\s+(-[a-zA-Z]*e|-o\s+errexit)", re.MULTILINE)
     assert not errexit.search(body)

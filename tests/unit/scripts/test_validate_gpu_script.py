@@ -65,8 +65,8 @@ def test_validate_root_env_equivalent_to_option(vm: Sandbox) -> None:
 
 
 def test_no_set_e_every_failure_is_counted(vm: Sandbox) -> None:
-    # The seed script used `set -e` and stopped at the first failing command; here all
-    # seven checks must run and be counted (check 6 passes: the CDI spec is still listed).
+    # With `set -e` the script would stop at the first failing command; all seven checks
+    # must run and be counted (check 6 passes: the CDI spec is still listed).
     vm.remove_tool("nvidia-smi")
     vm.fake("lsmod", out="Module Size Used by\n")
     vm.remove("etc/docker/daemon.json")
@@ -88,7 +88,8 @@ def test_check1_fails_without_nvidia_module(vm: Sandbox) -> None:
 
 
 def test_check1_requires_exact_module_name(vm: Sandbox) -> None:
-    # nvidia_uvm / nvidiafb alone contain "nvidia" but are not the driver (seed: grep nvidia).
+    # nvidia_uvm / nvidiafb alone contain "nvidia" but are not the driver (a plain
+    # `grep nvidia` would accept them).
     vm.fake("lsmod", out="Module Size Used by\nnvidia_uvm 1 0\nnvidiafb 1 0\n")
     r = vm.run(VALIDATE_GPU)
     assert_only_failure(r, 1)
@@ -151,7 +152,7 @@ def test_check3_fails_without_nvidia_runtime(vm: Sandbox) -> None:
 
 
 def test_check3_parses_json_not_substring(vm: Sandbox) -> None:
-    # The seed's grep '"nvidia"' would accept this; the JSON parse does not.
+    # A plain grep '"nvidia"' would accept this; the JSON parse does not.
     vm.write_json("etc/docker/daemon.json", {"labels": ["nvidia"], "data-root": "/var/lib/docker"})
     r = vm.run(VALIDATE_GPU)
     assert_only_failure(r, 3)

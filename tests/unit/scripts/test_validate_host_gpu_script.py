@@ -385,7 +385,7 @@ def test_check6_warning_when_missing(host: Sandbox) -> None:
 
 
 def test_check6_stock_file_with_10de_only_in_comments(host: Sandbox) -> None:
-    # The stock pci.conf mentions '10de:*' in comments; the seed's grep accepted it.
+    # The stock pci.conf mentions '10de:*' in comments; a plain grep would accept it.
     host.write(PCI_CONF, PCI_CONF_DEFAULT)
     r = host.run(VALIDATE_HOST_GPU)
     assert_single(r, "WARNING", "one_pci_filter", 0)
