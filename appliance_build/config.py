@@ -322,7 +322,7 @@ SUPPORTED_BRANCH_NOTE = "NVIDIA's repository route with a supported branch is a 
 
 @dataclass(frozen=True)
 class GpuConfig:
-    """The NVIDIA layers (seeds, layers 2-3): driver pre-baked, Container Toolkit."""
+    """The NVIDIA GPU layers: the driver pre-baked in the image, the Container Toolkit for Docker."""
 
     # Debian 12 non-free ships 535.x
     driver_branch: str = setting("535", check=_pattern(r"[0-9]{3}", "must be a driver branch like 535 or 550"))
