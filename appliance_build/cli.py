@@ -30,8 +30,10 @@ def _image_names(names: list[str]) -> list[str]:
 def cmd_render(args: argparse.Namespace) -> int:
     """The build's own front half (plan.check, plan.runs, plan.write) without the build."""
     for name in _image_names(args.images):
-        request = plan.check(name, packer_target=args.packer_target, toolkit_source=args.toolkit_source,
-                             allow_missing_toolkit=args.allow_missing_toolkit, stages=("packer",))  # fmt: skip
+        gpu = config.load(name).gpu is not None  # GPU options apply to the GPU images of the list
+        request = plan.check(name, packer_target=args.packer_target,
+                             toolkit_source=args.toolkit_source if gpu else None,
+                             allow_missing_toolkit=args.allow_missing_toolkit and gpu, stages=("packer",))  # fmt: skip
         out = Outputs.for_image(name)
         with packer.build_keypair(name) as key_pair:
             written = plan.write(request, plan.runs(request, out), out, key_pair.public)
