@@ -16,7 +16,7 @@ from . import config
 from .errors import BuildError
 from .opennebula_templates import render_vm_template
 from .paths import build_root
-from .progress import interrupt_on_sigterm
+from .progress import run_main
 from .stages import base as base_stage
 from .stages import packer, render
 from .vm import accel as accel_probe
@@ -68,7 +68,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    interrupt_on_sigterm()
     parser = argparse.ArgumentParser(prog="appliance_build", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,14 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("image")
     p.set_defaults(func=cmd_show)
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except BuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the previous image (if any) is unchanged, logs kept", file=sys.stderr)
-        return 130
+    return run_main(lambda: int(args.func(args)), interrupted="the previous image (if any) is unchanged, logs kept")
 
 
 if __name__ == "__main__":

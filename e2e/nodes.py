@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any
 
 from appliance_build.progress import kill_group, say
+from appliance_build.vm import accel as accel_probe
 from appliance_build.vm import appliance
 from appliance_build.vm.accel import Accelerator
 from appliance_build.vm.launcher import free_port
@@ -230,7 +231,7 @@ class VmNodes(LaunchLogs):
         self._stack.close()
 
     def _boot(self) -> None:
-        accel = self.accel or appliance.probe_accelerator(self.image)
+        accel = self.accel or accel_probe.for_disk(self.image)
         started: dict[str, appliance.StartedAppliance] = {}
         for spec in self.specs:  # start every VM before waiting for any, so they boot side by side
             workdir = self.workdir / spec.name

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from appliance_build.artifacts import ImageArtifacts
 from appliance_build.vm import appliance
 
 pytestmark = pytest.mark.vm
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.vm
 
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
 def test_boots_to_ssh_with_key_from_context(
-    firmware: str, image_file: Path, manifest: dict[str, Any], accel: Any, results_dir: Path,
+    firmware: str, image_file: Path, accel: Any, artifacts: ImageArtifacts,
     timings: dict[str, Any], tmp_path: Path,
 ) -> None:  # fmt: skip
     before = image_file.stat().st_mtime_ns
@@ -25,7 +26,7 @@ def test_boots_to_ssh_with_key_from_context(
             "test -d /sys/firmware/efi && echo EFI || echo BIOS; "
             "grep -c . /root/.ssh/authorized_keys; cat /etc/machine-id | wc -c"
         )
-        booted.collect(results_dir / f"boot-{firmware}")
+        booted.collect(artifacts.scenario_results(f"boot-{firmware}"))
     timings[f"boot-{firmware}"] = {"ssh_login_s": round(booted.ssh_seconds, 1)}
     lines = out.split()
     assert code == 0

@@ -4,6 +4,7 @@ SIGINT each leave the previous qcow2, .sha256, manifest.json and test-results/ a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from appliance_build import build, cli
+from appliance_build.artifacts import ImageArtifacts, Manifest
 from appliance_build.errors import BuildError
 from appliance_build.stages import finalize
 
@@ -70,12 +72,12 @@ class FakeStages:
         self.calls: list[str] = []
         fake: Any = self
         monkeypatch.setattr(build.base_stage, "ensure", lambda *a, **k: fake.step("base", fake.base()))
-        monkeypatch.setattr(build, "choose_accelerator", lambda *a: fake.step("accel", fake.accel()))
+        monkeypatch.setattr(build.accel_probe, "for_disk", lambda *a: fake.step("accel", fake.accel()))
         monkeypatch.setattr(build.container_stage, "ensure", lambda *a, **k: fake.step("container", fake.container()))
         monkeypatch.setattr(build, "prepare_upload", lambda *a, **k: fake.step("upload", None))
         monkeypatch.setattr(build.render, "render", lambda *a, **k: fake.step("render", None))
         monkeypatch.setattr(build.packer, "validate", lambda *a, **k: fake.step("validate", None))
-        monkeypatch.setattr(build.packer, "build", lambda *a, **k: fake.step("packer", None))
+        monkeypatch.setattr(build.packer, "build", lambda *a, **k: fake.step("packer", fake.inventory()))
         monkeypatch.setattr(build.finalize, "compress", fake.compress)
 
     def step(self, name: str, value: Any) -> Any:
@@ -87,7 +89,9 @@ class FakeStages:
     def base(self) -> Any:
         from appliance_build.stages.base import BaseImage
 
-        return BaseImage(Path("/nonexistent/disk.qcow2"), "k" * 64, True, {})
+        facts = {"distribution": "Debian GNU/Linux 13 (trixie)", "kernel": "6.12.38+deb13-amd64",
+                 "packages": {"systemd": "257.7-1"}, "timings_s": {"mmdebstrap": 60.0}, "build_seconds": 97.0}
+        return BaseImage(Path("/nonexistent/disk.qcow2"), "k" * 64, True, facts)
 
     def accel(self) -> Any:
         from appliance_build.vm.accel import Accelerator
@@ -97,13 +101,23 @@ class FakeStages:
     def container(self) -> Any:
         from appliance_build.stages.container import ContainerImage
 
-        return ContainerImage(Path("/nonexistent/rootfs.tar.gz"), "flwr-supernode:x", "c" * 64, True, {})
+        facts = {"tag": "flwr-supernode:x", "flwr": "1.41.0", "python_packages": {"flwr": "1.41.0"},
+                 "base": "debian trixie (mmdebstrap minbase)", "python": "3.13", "rootfs_bytes": 10}
+        return ContainerImage(Path("/nonexistent/rootfs.tar.gz"), "flwr-supernode:x", "c" * 64, True, facts)
+
+    def inventory(self) -> None:
+        """What Packer downloads from the guest (provision/inventory.sh) at the end of its build."""
+        inventory = {"distribution": "Debian GNU/Linux 13 (trixie)", "kernel": "6.12.38+deb13-amd64",
+                     "kernels_installed": ["6.12.38+deb13-amd64"], "docker": "26.1.5", "docker_images": [],
+                     "flwr": "1.41.0", "held_packages": [], "packages": {"systemd": "257.7-1"}}
+        ImageArtifacts.for_image("supernode-cpu").inventory.write_text(json.dumps(inventory))
 
     def compress(self, overlay: Path, final: Path, log: Path) -> dict[str, Any]:
         finalize.staged(final).write_text("new image\n")
         finalize.staged(final.with_name(final.name + ".sha256")).write_text(f"abc  {final.name}\n")
         self.step("compress", None)
-        return {"file": final.name, "sha256": "abc", "file_bytes": 10, "virtual_bytes": 2**30}
+        return {"file": final.name, "sha256": "abc", "file_bytes": 10, "virtual_bytes": 2**30,
+                "format": "qcow2 (zlib-compressed)"}
 
 
 @pytest.mark.parametrize("stage", ["base", "container", "packer", "compress"])
@@ -127,7 +141,9 @@ def test_a_complete_build_swaps_in_and_moves_the_old_test_results_aside(
     root = build_dir / "supernode-cpu"
     assert (root / "supernode-cpu.qcow2").read_text() == "new image\n"
     assert (root / "supernode-cpu.qcow2.sha256").read_text() == "abc  supernode-cpu.qcow2\n"
-    assert '"sha256": "abc"' in (root / "manifest.json").read_text()
+    manifest = Manifest.load(root / "manifest.json")
+    assert manifest.artifact.sha256 == "abc" and manifest.contents.flwr == "1.41.0"
+    assert manifest.base.facts == {} and "packages" not in manifest.base.facts  # the list is in contents
     assert not (root / "test-results").exists()  # they described the old file
     assert (root / "test-results.previous" / "tested-image.json").is_file()
     assert not list(root.glob("*.new"))
