@@ -374,7 +374,9 @@ class Manifest:
         return dt.datetime.fromisoformat(self.built_at)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"manifest_version": MANIFEST_VERSION, **dataclasses.asdict(self)}
+        """The manifest as JSON values (lists, not tuples), its version first."""
+        plain = dataclasses.asdict(self, dict_factory=lambda items: {k: _plain(v) for k, v in items})
+        return {"manifest_version": MANIFEST_VERSION, **plain}
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
@@ -386,8 +388,9 @@ class Manifest:
         version = data.get("manifest_version", 1)  # version 1 had no field
         if version != MANIFEST_VERSION:
             image = Path(source).parent.name or str(data.get("image") or "IMAGE")
+            shown = version if isinstance(version, int) and not isinstance(version, bool) else repr(version)
             raise ManifestError(
-                f"{source}: manifest_version {version}, this checkout reads {MANIFEST_VERSION}: "
+                f"{source}: manifest_version {shown}, this checkout reads {MANIFEST_VERSION}: "
                 f"rebuild the image ({build_command(image)})"
             )
         fields = {k: v for k, v in data.items() if k != "manifest_version"}
@@ -505,6 +508,10 @@ def _from_stage(cls: type[T], data: dict[str, Any], stage: str) -> T:
         return _decode_dataclass(cls, data, stage)
     except _Invalid as exc:
         raise BuildError(f"the {stage} stage's facts do not fit the manifest: {exc}") from None
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
 
 
 def _join(where: str, name: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from publish_testlib import FakeBuild
@@ -12,8 +11,8 @@ from appliance_build.artifacts import BuildTree
 
 
 @pytest.fixture
-def build_root(tmp_path: Path) -> BuildTree:
-    return BuildTree(tmp_path / "build")
+def build_root() -> BuildTree:
+    return BuildTree.default()  # tmp_path/build: tests/conftest.py sets FLOWER_BUILD_DIR per test
 
 
 @pytest.fixture
