@@ -47,8 +47,8 @@ def test_round_trip(variant: str) -> None:
 def test_the_optional_records_round_trip_too() -> None:
     from appliance_build.artifacts import LayerRecord
 
-    manifest = replace(sample_manifest(), layer=LayerRecord("f" * 64, cached=True),
-                       provisioners_s={"packer build": {"shell 10-docker-engine.sh": 101.5, "file inventory": 0.4}})  # fmt: skip
+    provisioners = {"packer build": {"shell 10-docker-engine.sh": 101.5, "file inventory": 0.4}}
+    manifest = replace(sample_manifest(), layer=LayerRecord("f" * 64, cached=True), provisioners_s=provisioners)
     assert Manifest.from_dict(json.loads(json.dumps(manifest.as_dict()))) == manifest
 
 
@@ -130,7 +130,8 @@ def test_a_wrong_value_is_named(field: str, value: Any, message: str) -> None:
 
 def test_not_json_and_no_file() -> None:
     out = ImageArtifacts.for_image("supernode-cpu")
-    with pytest.raises(ManifestError, match=r"manifest\.json does not exist: build the image first \(nox -s build_cpu\)"):
+    missing = r"manifest\.json does not exist: build the image first \(nox -s build_cpu\)"
+    with pytest.raises(ManifestError, match=missing):
         Manifest.load(out.manifest)
     out.root.mkdir(parents=True)
     out.manifest.write_text("{")

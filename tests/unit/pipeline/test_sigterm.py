@@ -48,7 +48,7 @@ def _main(command: str) -> subprocess.CompletedProcess[str] | subprocess.Popen[s
 def test_run_main_reports_errors_with_exit_2() -> None:
     for raised in ("BuildError('the base failed')", "ConfigError('disk.size: too small')"):
         proc = _main(f"raise {raised}")
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2 and err.startswith("error: ") and "Traceback" not in err, err
 
 
