@@ -54,7 +54,8 @@ def test_run_main_reports_errors_with_exit_2() -> None:
 
 def test_run_main_turns_sigterm_into_an_interrupt_that_cleans_up(tmp_path: Path) -> None:
     marker = tmp_path / "finally-ran"
-    proc = _main(f"print('ready', flush=True)\n            try:\n                time.sleep(60)\n"
+    # "ready" inside the try: a signal right after it must find the finally block in place
+    proc = _main(f"try:\n                print('ready', flush=True)\n                time.sleep(60)\n"
                  f"            finally:\n                open({str(marker)!r}, 'w').close()")  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGTERM)
