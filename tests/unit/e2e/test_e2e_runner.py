@@ -185,6 +185,7 @@ def test_local_node_argv(tmp_path: Path) -> None:
 
 def test_local_node_environment_is_the_containers(tmp_path: Path) -> None:
     """The runtime's `docker run -e` items become the local SuperNode's environment."""
+    from supernode_runtime import config as runtime_config
     from supernode_runtime import launch
 
     material = tls.create(tmp_path)
@@ -196,7 +197,16 @@ def test_local_node_environment_is_the_containers(tmp_path: Path) -> None:
     for item in launch.QUIET_ENV:
         key, _, value = item.partition("=")
         assert env[key] == value
-    assert nodes.docker_env(["docker", "run", "-e", "A=1=2", "--name", "x", "-e", "B="]) == {"A": "1=2", "B": ""}
+    # the same as the appliance's `docker run` gives its container, and the same options after the image
+    config = runtime_config.resolve([("context", nodes.appliance_context(group.specs[0], "127.0.0.1:5", material,
+                                                                          None))]).config  # fmt: skip
+    assert config is not None
+    docker = launch.docker_run_argv(config, None, launch.BuildInfo("img:1", "1.41.0", "cpu"))
+    items = [docker[i + 1] for i, flag in enumerate(docker) if flag == "-e"]
+    assert env == {name: value for name, _, value in (item.partition("=") for item in items)}
+    options = resolved[0][: resolved[0].index("--port")]
+    ca = str(tmp_path / "node-0" / "ca.pem")
+    assert options == [ca if item == launch.CONTAINER_CA_PATH else item for item in docker[docker.index("img:1") + 1:]]
 
 
 def test_launch_log_command_reads_the_containers_private_directory() -> None:
