@@ -21,9 +21,16 @@ Arguments after `--` go to the command, e.g. `nox -s build_cpu -- --packer-targe
 from __future__ import annotations
 
 import glob
+import sys
 from pathlib import Path
 
 import nox
+
+# The build tree's layout, from the one module that owns it (artifacts.py imports only the standard
+# library, so it loads in nox's own environment). nox's console script does not put the noxfile's
+# directory on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from appliance_build.artifacts import BuildTree
 
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "tests"]
@@ -83,7 +90,7 @@ def measure_warm(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Unit and integration tests, JUnit XML in build/test-results/."""
     _install(session, "test", "flower")
-    session.run("pytest", "-ra", "--junitxml=build/test-results/tests.xml", *session.posargs)
+    session.run("pytest", "-ra", f"--junitxml={BuildTree.default().test_results / 'tests.xml'}", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -95,11 +102,11 @@ def fresh_host(session: nox.Session) -> None:
 
 def _test_image(session: nox.Session, image: str, args: list[str] | None = None) -> None:
     _install(session, "test", "flower")
-    results = Path("build", image, "test-results")
-    (results / "tested-image.json").unlink(missing_ok=True)
+    out = BuildTree.default().image(image)
+    out.tested_record.unlink(missing_ok=True)  # a run that stops early must not leave the old record standing
     session.run(
         "pytest", "-ra", "-p", "no:cacheprovider", "tests/image", f"--image={image}",
-        f"--junitxml={results}/junit.xml", *(session.posargs if args is None else args), success_codes=[0, 1],
+        f"--junitxml={out.junit}", *(session.posargs if args is None else args), success_codes=[0, 1],
     )  # fmt: skip
     # records which file was tested and, per scenario, what passed, failed and was skipped (publish
     # checks it); exits 1 unless every required scenario ran and passed (so a -k subset exits 1 too)

@@ -19,11 +19,23 @@ import platform
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import cache, plan
+from .artifacts import (
+    AcceleratorRecord,
+    Artifact,
+    BaseRecord,
+    Builder,
+    ContainerRecord,
+    Contents,
+    GpuRecord,
+    ImageArtifacts,
+    LayerRecord,
+    Manifest,
+    ToolkitRecord,
+)
 from .cache import file_sha256
 from .config import ImageConfig
 from .errors import BuildError
@@ -33,8 +45,6 @@ from .paths import (
     RUNTIME_DIR,
     SCRIPTS_DIR,
     TEMPLATES_DIR,
-    build_root,
-    cache_root,
 )
 from .progress import StageTimer, say
 from .stages import base as base_stage
@@ -46,69 +56,15 @@ from .stages.toolkit import ToolkitPlan
 from .vm import accel as accel_probe
 
 
-@dataclass(frozen=True)
-class Outputs:
-    """Where one image's results go: build/<image>/..."""
-
-    root: Path
-    name: str
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def qcow2(self) -> Path:
-        return self.root / f"{self.name}.qcow2"
-
-    @property
-    def sha256(self) -> Path:
-        return self.root / f"{self.name}.qcow2.sha256"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def test_results(self) -> Path:
-        return self.root / "test-results"
-
-    @property
-    def results(self) -> tuple[Path, Path, Path]:
-        """What a successful build replaces, in the order it is swapped in."""
-        return (self.qcow2, self.sha256, self.manifest)
-
-    @property
-    def upload(self) -> Path:
-        return self.root / "flower-build"  # uploaded as /var/tmp/flower-build
-
-    @property
-    def layer(self) -> Path:
-        return self.root / "layer"  # the system layer run's HCL, seed and upload tree
-
-    @property
-    def inventory(self) -> Path:
-        return self.root / "inventory.json"
-
-    @property
-    def packer_output(self) -> Path:
-        return self.root / "packer-output"
-
-    @classmethod
-    def for_image(cls, name: str) -> Outputs:
-        return cls(build_root() / name, name)
-
-
-def _fresh_logs(out: Outputs) -> None:
+def _fresh_logs(out: ImageArtifacts) -> None:
     if out.logs.exists():
-        previous = out.root / "logs.previous"
-        shutil.rmtree(previous, ignore_errors=True)
-        out.logs.rename(previous)
+        shutil.rmtree(out.logs_previous, ignore_errors=True)
+        out.logs.rename(out.logs_previous)
     out.logs.mkdir(parents=True)
 
 
 @contextlib.contextmanager
-def _only_a_complete_image_replaces(out: Outputs) -> Iterator[None]:
+def _only_a_complete_image_replaces(out: ImageArtifacts) -> Iterator[None]:
     """The new qcow2, .sha256 and manifest are written as `*.new` and swapped in only when the
     whole build succeeded; on any failure or Ctrl-C the previous image, its checksum, manifest
     and test-results/ stay exactly as they were, and only the logs of this attempt are added."""
@@ -118,44 +74,28 @@ def _only_a_complete_image_replaces(out: Outputs) -> Iterator[None]:
     except BaseException:
         for path in out.results:
             finalize.staged(path).unlink(missing_ok=True)
-        (out.root / "inventory.json").unlink(missing_ok=True)
+        out.inventory.unlink(missing_ok=True)
         kept = "the previous image is unchanged" if out.qcow2.exists() else "no image was written"
         say(f"build failed: {kept}; logs of this attempt in {out.logs}")
         raise
     finally:
         shutil.rmtree(out.packer_output, ignore_errors=True)
         shutil.rmtree(out.upload, ignore_errors=True)
-        shutil.rmtree(out.layer / "packer-output", ignore_errors=True)
-        shutil.rmtree(out.layer / "flower-build", ignore_errors=True)
+        shutil.rmtree(out.layer_packer_output, ignore_errors=True)
+        shutil.rmtree(out.layer_upload, ignore_errors=True)
 
 
-def _swap_in(out: Outputs) -> None:
+def _swap_in(out: ImageArtifacts) -> None:
     """Replace the previous results by the new ones. The old test results describe the old file,
     so they move aside to test-results.previous/."""
     if out.test_results.exists():
-        previous = out.root / "test-results.previous"
-        shutil.rmtree(previous, ignore_errors=True)
-        out.test_results.rename(previous)
+        shutil.rmtree(out.test_results_previous, ignore_errors=True)
+        out.test_results.rename(out.test_results_previous)
     for path in out.results:  # the image first, so a manifest never names a file not there yet
         finalize.staged(path).rename(path)
 
 
-def find_probe_kernel(disk: Path) -> Path | None:
-    """A kernel to boot for the accelerator probe: the base's own (next to a base disk,
-    or any cached debian base for a built image), else the host's."""
-    candidates = [disk.parent / "vmlinuz", *sorted((cache_root() / "base").glob("*/vmlinuz"))]
-    candidates += sorted(Path("/boot").glob("vmlinuz-*"))
-    return next((c for c in candidates if c.is_file()), None)
-
-
-def choose_accelerator(base_disk: Path) -> accel_probe.Accelerator:
-    kernel = find_probe_kernel(base_disk)
-    if kernel is None:
-        return accel_probe.Accelerator("tcg", "max", "no kernel available to probe KVM with")
-    return accel_probe.choose(kernel)
-
-
-def prepare_upload(image: ImageConfig, container_tag: str, out: Outputs, toolkit: ToolkitPlan | None) -> None:
+def prepare_upload(image: ImageConfig, container_tag: str, out: ImageArtifacts, toolkit: ToolkitPlan | None) -> None:
     """The tree the configure run uploads before its steps (the layer has its own)."""
     shutil.rmtree(out.upload, ignore_errors=True)
     out.upload.mkdir(parents=True)
@@ -194,44 +134,65 @@ def input_hashes(image: ImageConfig) -> dict[str, Any]:
     }
 
 
+def toolkit_record(toolkit: ToolkitPlan, inventory: dict[str, Any]) -> ToolkitRecord:
+    """The toolkit as 65-nvidia-container-toolkit.sh recorded it in the guest (gpu-toolkit.json)."""
+    if toolkit.source == "absent":
+        return ToolkitRecord("absent", "absent", absent_reason=toolkit.reason or "building without it was allowed")
+    found = inventory.get("gpu_toolkit")
+    if not isinstance(found, dict) or found.get("toolkit") != "present" or not found.get("version"):
+        raise BuildError(f"NVIDIA Container Toolkit from {toolkit.source}: the build VM recorded {found!r} in "
+                         "/etc/flower/gpu-toolkit.json, not an installed version (see logs/packer.log)")  # fmt: skip
+    return ToolkitRecord("installed", toolkit.source, version=str(found["version"]),  # type: ignore[arg-type]
+                         detail=str(found.get("detail") or "") or None)  # fmt: skip
+
+
 def gpu_manifest(
     image: ImageConfig, base: Any, inventory: dict[str, Any], toolkit: ToolkitPlan | None
-) -> dict[str, Any]:
+) -> GpuRecord | None:
     """What a GPU image carries: driver (route, version, module, checks) and toolkit status."""
     if image.gpu is None or toolkit is None:
-        return {}
+        return None
     driver = inventory.get("gpu_driver", {})
-    carried: Any = (
-        "absent" if toolkit.source == "absent" else inventory.get("gpu_toolkit", {"version": toolkit.version})
+    return GpuRecord(
+        driver_branch=image.gpu.driver_branch,
+        driver_install=image.gpu.driver_install,  # type: ignore[arg-type]  # checked by config
+        kernel_modules=image.gpu.kernel_modules,  # type: ignore[arg-type]  # open | proprietary
+        kernel_module_package=image.gpu.kernel_module_package,
+        toolkit=toolkit_record(toolkit, inventory),
+        support_status="past-support" if image.gpu.support_note else "unknown",
+        support_note=image.gpu.support_note or None,  # NVIDIA's support status of the branch
+        module_license=driver.get("module_license"),  # what 60-nvidia-driver.sh found in the module
+        driver_version=driver.get("driver_version"),
+        kernel=driver.get("kernel"),
+        module_path=driver.get("module_path"),
+        driver_checks=driver.get("checks") or {},
+        driver_packages=driver.get("packages") or {},
+        held_packages=tuple(driver.get("held") or ()),
+        driver_install_s=base.facts.get("timings_s", {}).get("extra_packages_in_chroot"),
     )
-    return {
-        "driver_branch": image.gpu.driver_branch,
-        "driver_support": image.gpu.support_note or None,  # NVIDIA's support status of the branch
-        "driver_install": image.gpu.driver_install,
-        "kernel_modules": image.gpu.kernel_modules,  # open | proprietary (the definition's choice)
-        "kernel_module_package": image.gpu.kernel_module_package,
-        "module_license": driver.get("module_license"),  # what 60-nvidia-driver.sh found in the module
-        "driver_version": driver.get("driver_version"),
-        "kernel": driver.get("kernel"),
-        "module_path": driver.get("module_path"),
-        "driver_checks": driver.get("checks"),
-        "driver_packages": driver.get("packages"),
-        "held_packages": driver.get("held"),
-        "driver_install_seconds_in_bootstrap_chroot": base.facts.get("timings_s", {}).get("extra_packages_in_chroot"),
-        "toolkit": carried,
-        "toolkit_source": toolkit.source,
-        "toolkit_absent_reason": toolkit.reason or None,
-    }
+
+
+def _inventory(out: ImageArtifacts) -> dict[str, Any]:
+    """What provision/inventory.sh recorded in the guest (Packer downloads it after the build)."""
+    if not out.inventory.is_file():
+        raise BuildError(f"the Packer build wrote no {out.inventory} (see {out.logs / 'packer.log'})")
+    try:
+        data = json.loads(out.inventory.read_text())
+    except json.JSONDecodeError as exc:
+        raise BuildError(f"{out.inventory}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BuildError(f"{out.inventory}: expected a JSON object")
+    return data
 
 
 def build_image(
     name: str, *, packer_target: str | None = None, toolkit_source: str | None = None,
     allow_missing_toolkit: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+) -> Manifest:  # fmt: skip
     request = plan.check(name, packer_target=packer_target, toolkit_source=toolkit_source,
                          allow_missing_toolkit=allow_missing_toolkit)  # fmt: skip
     image, target, toolkit = request.image, request.target, request.toolkit
-    out = Outputs.for_image(name)
+    out = ImageArtifacts.for_image(name)
     out.root.mkdir(parents=True, exist_ok=True)
     timer = StageTimer()
     started = time.monotonic()
@@ -246,7 +207,7 @@ def build_image(
         with timer.stage("base image"):
             base = base_stage.ensure(image.base, out.logs)
         with timer.stage("accelerator probe"):
-            accel = choose_accelerator(base.disk)
+            accel = accel_probe.for_disk(base.disk)
         with timer.stage("supernode container"):
             container = container_stage.ensure(image.flower, image.base, out.logs)
         if (base.key, container.key) != (runs.base_key, runs.container_key):  # plan.runs() derives them too
@@ -272,51 +233,41 @@ def build_image(
         with timer.stage("compress"):
             artifact = finalize.compress(runs.configure.output_disk, out.qcow2, out.logs / "compress.log",
                                          image.disk.compression)  # fmt: skip
-        inventory_path = out.root / "inventory.json"
-        inventory = json.loads(inventory_path.read_text()) if inventory_path.exists() else {}
-        manifest = {
-            "image": name,
-            "variant": image.variant,
-            "description": image.description,
-            "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "builder": {
-                "host": platform.node(),
-                "packer": target.label,
-                "accelerator": {"name": accel.name, "cpu": accel.cpu, "reason": accel.reason},
-                "firmware": image.disk.firmware,
-                "machine": image.disk.machine,
-            },
-            "base": {
-                "provider": image.base.provider,
-                "key": base.key,
-                "cached": base.cached,
-                **{k: v for k, v in base.facts.items() if k != "packages"},
-            },
-            "container": {
-                "tag": container.tag,
-                "key": container.key,
-                "cached": container.cached,
-                **container.facts,
-            },
-            "contents": inventory,
-            "inputs": input_hashes(image),
-            "gpu": gpu_manifest(image, base, inventory, toolkit),
-            "layer": None if layer is None else {
-                "key": layer.key,
-                "cached": layer.cached,
-                "steps": layer.facts.get("steps", []),
+        inventory = _inventory(out)
+        manifest = Manifest(
+            image=name,
+            variant=image.variant,  # type: ignore[arg-type]  # cpu | gpu, checked by config
+            description=image.description,
+            built_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            builder=Builder(
+                host=platform.node(),
+                packer=target.label,
+                accelerator=AcceleratorRecord(accel.name, accel.cpu, accel.reason),  # type: ignore[arg-type]
+                firmware=image.disk.firmware,  # type: ignore[arg-type]  # bios | uefi, checked by config
+                machine=image.disk.machine,  # type: ignore[arg-type]  # pc | q35, checked by config
+            ),
+            base=BaseRecord.from_stage(image.base.provider, base.key, base.cached, base.facts),
+            container=ContainerRecord.from_stage(container.key, container.cached, {"tag": container.tag,
+                                                                                   **container.facts}),
+            contents=Contents.from_inventory(inventory, out.inventory),
+            inputs=input_hashes(image),
+            gpu=gpu_manifest(image, base, inventory, toolkit),
+            layer=None if layer is None else LayerRecord(
+                key=layer.key,
+                cached=layer.cached,
+                steps=tuple(layer.facts.get("steps", ())),
                 # of the run that made the cached layer (a reused layer: an earlier build's)
-                "provisioners_s": layer.facts.get("provisioners_s", {}),
-                "build_seconds": layer.facts.get("build_seconds"),
-            },
-            "provisioners_s": {"configure": provisioners},
-            "stages_s": timer.durations,
-            "total_s": round(time.monotonic() - started, 1),
-            "artifact": artifact,
-        }
-        finalize.staged(out.manifest).write_text(json.dumps(manifest, indent=2) + "\n")
+                provisioners_s=layer.facts.get("provisioners_s", {}),
+                build_s=layer.facts.get("build_seconds"),
+            ),
+            provisioners_s={"configure": provisioners},
+            stages_s=timer.durations,
+            total_s=round(time.monotonic() - started, 1),
+            artifact=Artifact(**artifact),
+        )  # fmt: skip
+        manifest.write(finalize.staged(out.manifest))
     say(
-        f"done: {out.qcow2} ({artifact['file_bytes'] / 2**20:.0f} MiB, virtual "
-        f"{artifact['virtual_bytes'] / 2**30:.0f} GiB) in {manifest['total_s']:.0f} s"
+        f"done: {out.qcow2} ({manifest.artifact.file_bytes / 2**20:.0f} MiB, virtual "
+        f"{manifest.artifact.virtual_bytes / 2**30:.0f} GiB) in {manifest.total_s:.0f} s"
     )
     return manifest

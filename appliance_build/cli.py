@@ -13,9 +13,9 @@ import sys
 from dataclasses import asdict
 
 from . import config, plan
-from .build import Outputs
+from .artifacts import ImageArtifacts
 from .errors import BuildError
-from .progress import interrupt_on_sigterm
+from .progress import run_main
 from .stages import packer
 
 
@@ -34,7 +34,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         request = plan.check(name, packer_target=args.packer_target,
                              toolkit_source=args.toolkit_source if gpu else None,
                              allow_missing_toolkit=args.allow_missing_toolkit and gpu, stages=("packer",))  # fmt: skip
-        out = Outputs.for_image(name)
+        out = ImageArtifacts.for_image(name)
         with packer.build_keypair(name) as key_pair:
             written = plan.write(request, plan.runs(request, out), out, key_pair.public)
         print(f"{name}: {request.target.label}" + "".join(f"\n  {path}" for path in written))
@@ -65,7 +65,6 @@ def _request_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    interrupt_on_sigterm()
     parser = argparse.ArgumentParser(prog="appliance_build", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,14 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("image")
     p.set_defaults(func=cmd_show)
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except BuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the previous image (if any) is unchanged, logs kept", file=sys.stderr)
-        return 130
+    return run_main(lambda: int(args.func(args)), interrupted="the previous image (if any) is unchanged, logs kept")
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 
 from . import cache, host_tools
+from .artifacts import BuildTree
 from .errors import BuildError
-from .paths import REPO, build_root, cache_root
+from .paths import REPO, cache_root
 from .progress import interrupt_on_sigterm, run, say
 
 SUITE = "bookworm"
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the root afterwards (its path is printed)")
     args = parser.parse_args(argv)
-    out = build_root() / "fresh-host"
+    out = BuildTree.default().fresh_host
     out.mkdir(parents=True, exist_ok=True)
     log = out / "fresh-host.log"
     log.write_text("")

@@ -24,10 +24,11 @@ from typing import Any
 import paramiko
 
 from . import config
-from .paths import build_root
+from .artifacts import BuildTree
 from .progress import interrupt_on_sigterm, say
 from .stages import base as base_stage
-from .vm import appliance, isos
+from .vm import isos
+from .vm.accel import for_disk as accel_for_disk
 from .vm.launcher import VirtualMachine, VmSpec, new_key, public_line
 
 LOG = "/root/dkms.log"
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.limit_minutes <= 0:
         parser.error(f"--limit-minutes must be positive, got {args.limit_minutes}")
-    out = build_root() / "measurements"
+    out = BuildTree.default().measurements
     out.mkdir(parents=True, exist_ok=True)
     cpu, gpu = config.load("supernode-cpu"), config.load("supernode-gpu")
     base = base_stage.ensure(cpu.base, out / "logs")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     user_data = f"#cloud-config\nssh_authorized_keys: ['{public_line(key)}']\n"
     seed = isos.nocloud_iso(out / "seed.iso", user_data, "instance-id: dkms-measure\n")
     spec = VmSpec(base.disk, firmware="bios", machine="q35", memory=3072,
-                  accel=appliance.probe_accelerator(base.disk), cdroms=(seed,))  # fmt: skip
+                  accel=accel_for_disk(base.disk), cdroms=(seed,))  # fmt: skip
     components = " ".join(gpu.base.components)
     with VirtualMachine(spec, out / "dkms-vm") as vm:
         vm.wait_for_ssh(key, timeout=900)

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .artifacts import BuildTree, Manifest
 from .errors import BuildError
-from .paths import REPO, build_root
+from .paths import REPO
 from .progress import interrupt_on_sigterm, say
 
 
@@ -42,12 +43,12 @@ def copy_checkout(dest: Path) -> None:
             shutil.copy2(source, target)
 
 
-def timed_build(checkout: Path, image: str, log: Path) -> tuple[float, dict[str, Any]]:
+def timed_build(checkout: Path, image: str, log: Path) -> tuple[float, Manifest]:
     env = {
         **os.environ,
         "PYTHONPATH": str(checkout),
         "FLOWER_CACHE_DIR": str(checkout / ".measure-cache"),
-        "FLOWER_BUILD_DIR": str(checkout / "build"),
+        "FLOWER_BUILD_DIR": str(BuildTree.of_checkout(checkout).root),
     }
     say(f"building {image} in {checkout} (output: {log})")
     started = time.monotonic()
@@ -59,24 +60,23 @@ def timed_build(checkout: Path, image: str, log: Path) -> tuple[float, dict[str,
     seconds = round(time.monotonic() - started, 1)
     if done.returncode != 0:
         raise BuildError(f"the build in {checkout} failed (exit {done.returncode}): see {log}")
-    manifest = json.loads((checkout / "build" / image / "manifest.json").read_text())
-    return seconds, manifest
+    return seconds, Manifest.load(BuildTree.of_checkout(checkout).image(image).manifest)
 
 
-def summary(seconds: float, manifest: dict[str, Any]) -> dict[str, Any]:
-    layer = manifest.get("layer") or {}
+def summary(seconds: float, manifest: Manifest) -> dict[str, Any]:
     return {
         "wall_s": seconds,
-        "total_s": manifest["total_s"],
-        "stages_s": manifest["stages_s"],
-        "provisioners_s": manifest.get("provisioners_s", {}),
-        "layer_provisioners_s": layer.get("provisioners_s", {}),
+        "total_s": manifest.total_s,
+        "stages_s": manifest.stages_s,
+        "provisioners_s": manifest.provisioners_s,
+        "layer_provisioners_s": manifest.layer.provisioners_s if manifest.layer else {},
         "cached": {
-            "base": manifest["base"]["cached"],
-            "container": manifest["container"]["cached"],
-            "layer": layer.get("cached"),
+            "base": manifest.base.cached,
+            "container": manifest.container.cached,
+            "layer": manifest.layer.cached if manifest.layer else None,
         },
-        "image_bytes": manifest["artifact"]["file_bytes"],
+        "image_bytes": manifest.artifact.file_bytes,
+        "compression": manifest.artifact.compression,
     }
 
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("image", nargs="?", default="supernode-cpu")
     parser.add_argument("--step", default="50-appliance-runtime.sh", help="the provisioning step to change")
     args = parser.parse_args(argv)
-    out = build_root() / "measurements"
+    out = BuildTree.default().measurements
     out.mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(prefix="flower-measure-", dir="/var/tmp") as tmp:

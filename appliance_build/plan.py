@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import cache, config, host_tools
+from .artifacts import ImageArtifacts
 from .config import ImageConfig
 from .errors import ConfigError
 from .opennebula_templates import render_vm_template
@@ -28,9 +28,6 @@ from .stages import toolkit as toolkit_stage
 from .stages.render import PackerRun, PackerTarget
 from .stages.toolkit import ToolkitPlan
 from .vm.firmware import Uefi, find_uefi
-
-if TYPE_CHECKING:
-    from .build import Outputs
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,7 @@ class Runs:
     layer_key: str | None
 
 
-def runs(request: Request, out: Outputs) -> Runs:
+def runs(request: Request, out: ImageArtifacts) -> Runs:
     """The build's Packer runs, with the cache paths of the disks each one starts from."""
     image = request.image
     base_key, base_entry = base_stage.cache_entry(image.base)
@@ -89,7 +86,7 @@ def runs(request: Request, out: Outputs) -> Runs:
             source=f"{image.name}-layer",
             disk=start,
             work=out.layer,
-            output_dir=out.layer / "packer-output",
+            output_dir=out.layer_packer_output,
             vm_name=f"{image.name}-layer.qcow2",
             console_log=out.logs / "packer-layer-console.log",
             phases=(render.Phase("system layer steps", steps),),
@@ -112,7 +109,7 @@ def runs(request: Request, out: Outputs) -> Runs:
     return Runs(layer, configure, base_key, container_key, layer_key)
 
 
-def write(request: Request, planned: Runs, out: Outputs, ssh_public_key: str) -> list[Path]:
+def write(request: Request, planned: Runs, out: ImageArtifacts, ssh_public_key: str) -> list[Path]:
     """Render every run's HCL and seed, and the OpenNebula VM template; the files written."""
     written: list[Path] = []
     for run in (planned.layer, planned.configure):

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .errors import BuildError
@@ -34,6 +34,22 @@ def interrupt_on_sigterm() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def run_main(command: Callable[[], int], *, interrupted: str) -> int:
+    """The tail of every command line of the pipeline (build and publish): run `command` with
+    SIGTERM turned into Ctrl-C, so its context managers clean up either way; a BuildError
+    (ConfigError, PublishError) is printed as "error: ..." with exit code 2, an interrupt
+    prints `interrupted` with exit code 130 (128 + SIGINT, as a shell reports Ctrl-C)."""
+    interrupt_on_sigterm()
+    try:
+        return int(command())
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        return 130
 
 
 class StageTimer:

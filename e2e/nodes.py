@@ -11,8 +11,9 @@ process group, stopped by its pid) inside one ExitStack.
 :class:`LocalNodes` runs ``flower-supernode`` processes on this host instead
 (``--nodes local``): the same scenarios without VMs, to check the app, the TLS
 material and the runner quickly. Its command line and environment come from the
-appliance's own validation and ``docker run`` builder (supernode_runtime.config,
-supernode_runtime.launch) fed the same CONTEXT as a VM; with ``entrypoint=True``
+appliance's own validation and launch builders (supernode_runtime.config.resolve,
+supernode_runtime.launch.supernode_args and container_env, the pieces of its ``docker run``
+argv) fed the same CONTEXT as a VM; with ``entrypoint=True``
 (the e2e runner) the SuperNode runs under ``python -m supernode_container.entrypoint``
 as in the container, so ClientApps go through the warm launcher.
 
@@ -24,8 +25,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.metadata
-import itertools
 import json
 import shlex
 import subprocess
@@ -37,6 +36,7 @@ from types import TracebackType
 from typing import Any
 
 from appliance_build.progress import kill_group, say
+from appliance_build.vm import accel as accel_probe
 from appliance_build.vm import appliance
 from appliance_build.vm.accel import Accelerator
 from appliance_build.vm.launcher import free_port
@@ -61,7 +61,6 @@ STUCK_CLIENTAPPS = 3
 # (supernode_container/entrypoint.py prepare()), readable by the container user that docker exec runs as.
 LAUNCH_LOG_GLOB = "/tmp/flwr-warm-clientapp-*/launches.jsonl"
 LAUNCH_LOG = f"docker exec {runtime_launch.CONTAINER_NAME} sh -c {shlex.quote('cat ' + LAUNCH_LOG_GLOB)}"
-LOCAL_IMAGE = "e2e-local-supernode"  # stands in for the image name in the runtime's docker argv
 
 
 @dataclass(frozen=True)
@@ -230,7 +229,7 @@ class VmNodes(LaunchLogs):
         self._stack.close()
 
     def _boot(self) -> None:
-        accel = self.accel or appliance.probe_accelerator(self.image)
+        accel = self.accel or accel_probe.for_disk(self.image)
         started: dict[str, appliance.StartedAppliance] = {}
         for spec in self.specs:  # start every VM before waiting for any, so they boot side by side
             workdir = self.workdir / spec.name
@@ -343,16 +342,6 @@ class VmNodes(LaunchLogs):
                 (target / "launches.jsonl").write_text(self.launch_log(name) or "")
 
 
-def docker_env(docker_argv: list[str]) -> dict[str, str]:
-    """The ``-e NAME=VALUE`` items of a ``docker run`` argv (the container's environment from the runtime)."""
-    env: dict[str, str] = {}
-    for flag, item in itertools.pairwise(docker_argv):
-        if flag == "-e" and "=" in item:
-            key, _, value = item.partition("=")
-            env[key] = value
-    return env
-
-
 class LocalNodes(LaunchLogs):
     """flower-supernode processes on this host, one per spec (each in its own process group).
 
@@ -388,11 +377,12 @@ class LocalNodes(LaunchLogs):
         if resolution.config.ca_cert_pem is not None:  # as the boot sequence writes the guest's CA file
             ca.parent.mkdir(parents=True, exist_ok=True)
             ca.write_text(resolution.config.ca_cert_pem)
-        build = runtime_launch.BuildInfo(LOCAL_IMAGE, importlib.metadata.version("flwr"), "cpu")
-        docker = runtime_launch.docker_run_argv(resolution.config, None, build, ca_host_path=ca)
-        options = [str(ca) if item == runtime_launch.CONTAINER_CA_PATH else item
-                   for item in docker[docker.index(LOCAL_IMAGE) + 1:]]  # fmt: skip
-        return [*options, "--port", str(free_port())], docker_env(docker)
+        options = runtime_launch.supernode_args(resolution.config, root_certificates=str(ca))
+        env = {name: value for name, _, value in
+               (item.partition("=") for item in runtime_launch.container_env(resolution.config, None))}  # fmt: skip
+        argv = [*options, "--port", str(free_port())]
+        runtime_launch.check_argv_lengths(argv)
+        return argv, env
 
     def argv(self, spec: NodeSpec) -> list[str] | None:
         """The flower-supernode command line; None when the appliance would not start one (TLS without a CA)."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import shutil
 import sys
@@ -35,8 +34,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from appliance_build.artifacts import BuildTree, ImageArtifacts, Manifest
 from appliance_build.errors import BuildError
-from appliance_build.paths import build_root
 from appliance_build.progress import interrupt_on_sigterm, say
 
 from . import summary as sm
@@ -137,14 +136,12 @@ def selected_scenarios(args: argparse.Namespace) -> list[str]:
 
 
 def image_paths(image: str) -> tuple[Path, str, str]:
-    """The image file and its firmware and machine from build/<image>/manifest.json."""
-    directory = build_root() / image
-    qcow2, manifest_file = directory / f"{image}.qcow2", directory / "manifest.json"
-    if not qcow2.is_file() or not manifest_file.is_file():
-        raise BuildError(f"{qcow2} or its manifest.json does not exist: build it first "
-                         f"(nox -s build_{image.split('-')[-1]})")  # fmt: skip
-    builder = json.loads(manifest_file.read_text()).get("builder") or {}
-    return qcow2, str(builder.get("firmware") or "bios"), str(builder.get("machine") or "q35")
+    """The image file and its firmware and machine from its manifest."""
+    out = ImageArtifacts.for_image(image)
+    if not out.qcow2.is_file():
+        raise BuildError(f"{out.qcow2} does not exist: build it first ({out.build_command})")
+    builder = Manifest.load(out.manifest).builder
+    return out.qcow2, builder.firmware, builder.machine
 
 
 def prepare_out(out: Path) -> None:
@@ -159,8 +156,10 @@ def prepare_out(out: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     interrupt_on_sigterm()
     args = parse_args(argv)
-    out = (args.out or build_root() / "e2e").resolve()
-    image_file, firmware, machine = None, "bios", "q35"
+    out = (args.out or BuildTree.default().e2e).resolve()
+    image_file: Path | None = None
+    firmware: str | None = None
+    machine: str | None = None
     if args.nodes == "vm":
         try:
             image_file, firmware, machine = image_paths(args.image)

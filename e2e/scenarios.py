@@ -42,9 +42,9 @@ CONNECT_ONLY_NOTE = "connect-only: no `flwr run` (nodes, TLS and reconnection ch
 class Options:
     out: Path
     image: str
-    image_file: Path | None
-    firmware: str
-    machine: str
+    image_file: Path | None  # None, firmware and machine too: local nodes, no image
+    firmware: str | None
+    machine: str | None
     nodes: str  # "vm" | "local"
     rounds: int
     faults: bool
@@ -91,7 +91,7 @@ class Scenarios:
         if self.o.nodes == "local":
             return LocalNodes(specs, workdir=directory, superlink_address=link.host_address, tls=self.tls,
                               wrong_ca=self.wrong_ca, entrypoint=True)  # fmt: skip
-        assert self.o.image_file is not None
+        assert self.o.image_file is not None and self.o.firmware is not None and self.o.machine is not None
         return VmNodes(
             specs, image=self.o.image_file, firmware=self.o.firmware, machine=self.o.machine, workdir=directory,
             superlink_address=link.guest_address, tls=self.tls, wrong_ca=self.wrong_ca,

@@ -100,50 +100,69 @@ def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
+def container_env(config: EffectiveConfig, gpu: GpuAccess | None) -> list[str]:
+    """The SuperNode container's environment, as ``NAME=VALUE`` items (``docker run -e``).
+
+    FL_WARM_CLIENTAPP reaches the container's entrypoint (``python -m supernode_container.entrypoint``),
+    which reads it from its environment."""
+    env = [
+        f"FLWR_LOG_LEVEL={config.log_level}",
+        f"FL_GPU_MEMORY_FRACTION={_number(config.gpu_memory_fraction)}",
+        "TF_FORCE_GPU_ALLOW_GROWTH=true",
+        f"FL_WARM_CLIENTAPP={'YES' if config.warm_clientapp else 'NO'}",
+        *QUIET_ENV,
+    ]
+    if gpu is not None:
+        env.append(f"NVIDIA_DRIVER_CAPABILITIES={NVIDIA_CAPABILITIES}")
+    return env
+
+
+def supernode_args(config: EffectiveConfig, root_certificates: str = CONTAINER_CA_PATH) -> list[str]:
+    """flower-supernode's options (:data:`SUPERNODE_FLAGS`) for `config`; `root_certificates` is
+    where flower-supernode finds the CA (in the container: the bind-mounted CONTAINER_CA_PATH).
+    ``config.superlink_address`` must be set (static or discovered)."""
+    if not config.superlink_address:
+        raise ValueError("no SuperLink address")
+    args = ["--superlink", config.superlink_address]
+    if config.tls_enabled:
+        args += ["--root-certificates", root_certificates]
+    else:
+        args.append("--insecure")
+    args += ["--isolation", config.isolation]
+    if config.node_config:
+        args += ["--node-config", config.node_config]
+    if config.max_retries is not None:
+        args += ["--max-retries", str(config.max_retries)]
+    if config.max_wait_time is not None:
+        args += ["--max-wait-time", _number(config.max_wait_time)]
+    return args
+
+
 def docker_run_argv(
     config: EffectiveConfig,
     gpu: GpuAccess | None,
     build_info: BuildInfo,
     ca_host_path: Path = GUEST_CA_PATH,
 ) -> list[str]:
-    """The full ``docker run`` argv for the SuperNode container.
+    """The full ``docker run`` argv for the SuperNode container: its environment
+    (:func:`container_env`), the CA mount, the image and flower-supernode's options
+    (:func:`supernode_args`).
 
     ``gpu``: how the container gets the GPU (None: CPU). ``config.superlink_address`` must be
-    set (static or discovered). FL_WARM_CLIENTAPP reaches the container's entrypoint
-    (``python -m supernode_container.entrypoint``), which reads it from its environment.
+    set (static or discovered).
     """
-    if not config.superlink_address:
-        raise ValueError("no SuperLink address")
+    options = supernode_args(config)
     argv = ["docker", "run", "--rm", "--name", CONTAINER_NAME]
     argv += docker_gpu_flags(gpu, config.cuda_visible_devices)
-    argv += [
-        "-e", f"FLWR_LOG_LEVEL={config.log_level}",
-        "-e", f"FL_GPU_MEMORY_FRACTION={_number(config.gpu_memory_fraction)}",
-        "-e", "TF_FORCE_GPU_ALLOW_GROWTH=true",
-        "-e", f"FL_WARM_CLIENTAPP={'YES' if config.warm_clientapp else 'NO'}",
-    ]  # fmt: skip
-    for item in QUIET_ENV:
+    for item in container_env(config, gpu):
         argv += ["-e", item]
-    if gpu is not None:
-        argv += ["-e", f"NVIDIA_DRIVER_CAPABILITIES={NVIDIA_CAPABILITIES}"]
     if config.tls_enabled:
         argv += [
             "--mount",
             f"type=bind,source={ca_host_path},target={CONTAINER_CA_PATH},readonly",
         ]
     argv.append(build_info.supernode_image)
-    argv += ["--superlink", config.superlink_address]
-    if config.tls_enabled:
-        argv += ["--root-certificates", CONTAINER_CA_PATH]
-    else:
-        argv.append("--insecure")
-    argv += ["--isolation", config.isolation]
-    if config.node_config:
-        argv += ["--node-config", config.node_config]
-    if config.max_retries is not None:
-        argv += ["--max-retries", str(config.max_retries)]
-    if config.max_wait_time is not None:
-        argv += ["--max-wait-time", _number(config.max_wait_time)]
+    argv += options
     check_argv_lengths(argv)
     return argv
 

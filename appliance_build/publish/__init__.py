@@ -9,9 +9,9 @@ See docs/publishing.md.
 
 from __future__ import annotations
 
-from .bundle import bundle_dir, publish
+from .bundle import publish
 from .errors import PublishError, Refused
 from .marketplace import check_file
 from .tested import read_junit, record_tested_image
 
-__all__ = ["PublishError", "Refused", "bundle_dir", "check_file", "publish", "read_junit", "record_tested_image"]
+__all__ = ["PublishError", "Refused", "check_file", "publish", "read_junit", "record_tested_image"]

@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import BuildTree, ImageArtifacts, Manifest, ManifestError
 from ..config import NAME_RE
 from ..opennebula_templates import GPU_PCI_PLACEHOLDER, SHORT_ADDRESS_RE, render_vm_template
 from ..paths import SCRIPTS_DIR
@@ -38,11 +39,10 @@ from . import marketplace, release_notes
 from .digests import Digests, checksum_line, digests, qcow2_virtual_size, read_checksum_file, sha256_of
 from .errors import PublishError, Refused
 from .tested import (
-    RESULTS_DIR,
-    TESTED_FILE,
     JunitCounts,
     Verdict,
     evaluate,
+    junit_of,
     read_boot_times,
     read_junit,
     read_tested_record,
@@ -50,10 +50,6 @@ from .tested import (
 
 URL_PREFIX_RE = re.compile(r"^https?://[^\s]+$")
 HOST_CHECK_SCRIPT = SCRIPTS_DIR / "validate-host-gpu.sh"
-
-
-def bundle_dir(build_root: Path, image_name: str) -> Path:
-    return build_root / "publish" / image_name
 
 
 def _test_command(image_name: str, variant: str, *args: str) -> str:
@@ -64,30 +60,24 @@ def _test_command(image_name: str, variant: str, *args: str) -> str:
     return " ".join(["nox -s test_image --", image_name, *args])
 
 
-def _load_manifest(path: Path, image_name: str) -> dict[str, Any]:
+def _load_manifest(path: Path, image_name: str) -> Manifest:
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PublishError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise PublishError(f"{path}: expected a JSON object")
-    if manifest.get("image") not in (None, image_name):
-        raise Refused(f"{path} describes image {manifest.get('image')!r}, not {image_name!r}")
-    if manifest.get("variant") not in ("cpu", "gpu"):
-        raise PublishError(f"{path}: variant {manifest.get('variant')!r} is neither cpu nor gpu")
-    if not isinstance(manifest.get("artifact"), dict):
-        raise PublishError(f"{path}: no artifact section (was the build finished?)")
+        manifest = Manifest.load(path)
+    except ManifestError as exc:
+        raise Refused(str(exc)) from None
+    if manifest.image != image_name:  # a manifest copied from another image's directory
+        raise Refused(f"{path} describes image {manifest.image!r}, not {image_name!r}")
     return manifest
 
 
-def _check_checksums(qcow2: Path, sha_file: Path, manifest: dict[str, Any], actual: Digests) -> None:
+def _check_checksums(qcow2: Path, sha_file: Path, manifest: Manifest, actual: Digests) -> None:
     recorded = read_checksum_file(sha_file)
     if recorded != actual.sha256:
         raise Refused(
             f"checksum mismatch: {qcow2.name} has sha256 {actual.sha256} but {sha_file.name} says {recorded}; "
             "the file changed after the build (rebuild it)"
         )
-    in_manifest = str(manifest["artifact"].get("sha256") or "")
+    in_manifest = manifest.artifact.sha256
     if in_manifest != actual.sha256:
         raise Refused(
             f"checksum mismatch: {qcow2.name} has sha256 {actual.sha256} but manifest.json says "
@@ -95,17 +85,12 @@ def _check_checksums(qcow2: Path, sha_file: Path, manifest: dict[str, Any], actu
         )
 
 
-def _check_gpu(manifest: dict[str, Any], image_name: str) -> None:
-    gpu = manifest.get("gpu")
-    if not isinstance(gpu, dict) or not gpu:
-        raise Refused(f"{image_name}: manifest.json has no gpu section; the GPU layer was not built into this image")
-    toolkit = gpu.get("toolkit")
-    absent = (
-        toolkit == "absent" or toolkit is None or (isinstance(toolkit, dict) and toolkit.get("toolkit") == "absent")
-    )
-    if absent:
-        reason = gpu.get("toolkit_absent_reason")
-        because = f" ({reason})" if reason else ""
+def _check_gpu(manifest: Manifest, image_name: str) -> None:
+    # Manifest.load refuses a GPU manifest without its gpu section
+    assert manifest.gpu is not None
+    toolkit = manifest.gpu.toolkit
+    if toolkit.status == "absent":
+        because = f" ({toolkit.absent_reason})"
         raise Refused(
             f"{image_name}: manifest.json says the NVIDIA Container Toolkit is absent{because}; without it "
             "containers cannot use the GPU. Rebuild with a toolkit source (nox -s build_gpu, or "
@@ -114,11 +99,11 @@ def _check_gpu(manifest: dict[str, Any], image_name: str) -> None:
 
 
 def _check_tested(
-    image_dir: Path, variant: str, sha256: str, *, allow_unverified_gpu: bool
+    image: ImageArtifacts, variant: str, sha256: str, *, allow_unverified_gpu: bool
 ) -> tuple[JunitCounts, Verdict, dict[str, Any]]:
-    tested_path = image_dir / RESULTS_DIR / TESTED_FILE
-    record = read_tested_record(image_dir)
-    again = f"run {_test_command(image_dir.name, variant)}"
+    tested_path = image.tested_record
+    record = read_tested_record(image)
+    again = f"run {_test_command(image.name, variant)}"
     if record is None:
         raise Refused(f"tests have not been run for this image: no {tested_path} ({again})")
     if record.get("sha256") != sha256:
@@ -127,7 +112,7 @@ def _check_tested(
             f"the qcow2 now has {sha256} (rebuilt after testing?); {again}"
         )
     junit_ref = str(record.get("junit") or "")
-    junit_path = Path(junit_ref) if Path(junit_ref).is_absolute() else image_dir / RESULTS_DIR / junit_ref
+    junit_path = junit_of(image, record)
     if record.get("passed") is not True:
         detail = ""
         if junit_path.is_file():
@@ -150,7 +135,7 @@ def _check_tested(
             f"{'; '.join(verdict.reasons)}; {again}"
         )
     if verdict.gpu_passthrough_verified is False and not allow_unverified_gpu:
-        vfio = _test_command(image_dir.name, variant, "--vfio <PCI address>")
+        vfio = _test_command(image.name, variant, "--vfio <PCI address>")
         raise Refused(
             f"GPU passthrough not verified for this build ({verdict.gpu_unverified_reason}). Test it on a host "
             f"with a vfio-bound GPU ({vfio}), or publish it as "
@@ -176,10 +161,9 @@ def _remove(path: Path) -> None:
 
 def _write_bundle(
     partial: Path,
-    image_name: str,
+    image: ImageArtifacts,
     variant: str,
-    manifest: dict[str, Any],
-    manifest_path: Path,
+    manifest: Manifest,
     actual: Digests,
     virtual_bytes: int,
     junit: JunitCounts,
@@ -193,7 +177,8 @@ def _write_bundle(
     opennebula_version: str,
 ) -> None:
     """Everything next to the (already placed and verified) qcow2 in the partial bundle."""
-    file_name = f"{image_name}.qcow2"
+    image_name = image.name
+    file_name = image.qcow2.name
     facts = marketplace.ImageFacts(
         file_name=file_name,
         url=f"{url_prefix.rstrip('/')}/{file_name}",
@@ -209,7 +194,7 @@ def _write_bundle(
     problems = marketplace.check_text(appliance_yaml)
     if problems:
         raise PublishError("the generated marketplace YAML is invalid:\n  " + "\n  ".join(problems))
-    boot_times = read_boot_times(manifest_path.parent)
+    boot_times = read_boot_times(image)
     notes = release_notes.render(
         manifest, facts, version=str(document["version"]), junit=junit, verdict=verdict, boot_times=boot_times,
         tested_sha256=str(tested["sha256"]),
@@ -232,7 +217,7 @@ def _write_bundle(
         f"{image_name}.marketplace.yaml": appliance_yaml,
         f"{image_name}.tmpl": render_vm_template(variant, image_name, pci_short_address=gpu_pci_address),
         "RELEASE_NOTES.md": notes,
-        "manifest.json": manifest_path.read_text(),
+        image.manifest.name: image.manifest.read_text(),  # as built, byte for byte
         "artifact.json": json.dumps(artifact, indent=2) + "\n",
     }
     for name, text in files.items():
@@ -249,7 +234,7 @@ def _write_bundle(
 def publish(
     image_name: str,
     url_prefix: str,
-    build_root: Path,
+    tree: BuildTree,
     *,
     gpu_pci_address: str = GPU_PCI_PLACEHOLDER,
     version: str | None = None,
@@ -257,7 +242,7 @@ def publish(
     opennebula_version: str = marketplace.OPENNEBULA_VERSIONS,
     allow_unverified_gpu: bool = False,
 ) -> Path:
-    """Write build_root/publish/<image_name>/ for build_root/<image_name>/; return its path.
+    """Write the bundle of `image_name` (build/publish/<image>/) from its build directory; return its path.
 
     allow_unverified_gpu: publish a GPU image whose passthrough tests did not run (no GPU on
     the test host), saying so in its release notes and marketplace description."""
@@ -269,25 +254,20 @@ def publish(
         )
     if gpu_pci_address != GPU_PCI_PLACEHOLDER and not SHORT_ADDRESS_RE.match(gpu_pci_address):
         raise PublishError(f"--gpu-pci-address {gpu_pci_address!r}: expected bus:device.function such as e1:00.0")
-    build_root = Path(build_root)
-    image_dir = build_root / image_name
-    publish_root = build_root / "publish"
-    final = bundle_dir(build_root, image_name)
+    image = tree.image(image_name)
+    publish_root = tree.publish
+    final = tree.bundle(image_name)
     # An earlier bundle goes first: a refusal leaves nothing that could pass for this build.
     _remove(final)
     for stale in publish_root.glob(f".{image_name}.partial-*"):
         _remove(stale)
 
-    qcow2 = image_dir / f"{image_name}.qcow2"
-    sha_file = image_dir / f"{image_name}.qcow2.sha256"
-    manifest_path = image_dir / "manifest.json"
-    for needed in (qcow2, sha_file, manifest_path):
+    qcow2, sha_file = image.qcow2, image.sha256
+    for needed in image.results:
         if not needed.is_file():
-            raise Refused(
-                f"{needed} does not exist: build the image first (nox -s build_{image_name.rsplit('-', 1)[-1]})"
-            )
-    manifest = _load_manifest(manifest_path, image_name)
-    variant = str(manifest["variant"])
+            raise Refused(f"{needed} does not exist: build the image first ({image.build_command})")
+    manifest = _load_manifest(image.manifest, image_name)
+    variant = manifest.variant
     if variant == "gpu":
         _check_gpu(manifest, image_name)
 
@@ -300,9 +280,9 @@ def publish(
         actual = digests(bundled)
         _check_checksums(qcow2, sha_file, manifest, actual)
         virtual_bytes = qcow2_virtual_size(bundled)
-        junit, verdict, tested = _check_tested(image_dir, variant, actual.sha256,
+        junit, verdict, tested = _check_tested(image, variant, actual.sha256,
                                                allow_unverified_gpu=allow_unverified_gpu)  # fmt: skip
-        _write_bundle(partial, image_name, variant, manifest, manifest_path, actual, virtual_bytes, junit, verdict,
+        _write_bundle(partial, image, variant, manifest, actual, virtual_bytes, junit, verdict,
                       tested,
                       url_prefix=url_prefix, gpu_pci_address=gpu_pci_address, version=version,
                       publisher=publisher, opennebula_version=opennebula_version)  # fmt: skip

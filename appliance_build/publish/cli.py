@@ -16,19 +16,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import BuildError
+from ..artifacts import BuildTree
 from ..opennebula_templates import GPU_PCI_PLACEHOLDER, render_vm_template
-from ..paths import build_root
-from ..progress import interrupt_on_sigterm
+from ..progress import run_main
 from . import marketplace
 from .bundle import publish
-from .tested import JUNIT_FILE, RESULTS_DIR, read_junit, record_tested_image
+from .tested import read_junit, record_tested_image
+
+
+def _tree(args: argparse.Namespace) -> BuildTree:
+    return BuildTree(Path(args.build_root)) if args.build_root else BuildTree.default()
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    root = Path(args.build_root) if args.build_root else build_root()
     final = publish(
-        args.image, args.url_prefix, root, gpu_pci_address=args.gpu_pci_address, version=args.version,
+        args.image, args.url_prefix, _tree(args), gpu_pci_address=args.gpu_pci_address, version=args.version,
         publisher=args.publisher, opennebula_version=args.opennebula_version,
         allow_unverified_gpu=args.allow_unverified_gpu,
     )  # fmt: skip
@@ -52,10 +54,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_record_tested(args: argparse.Namespace) -> int:
-    root = Path(args.build_root) if args.build_root else build_root()
-    image_dir = root / args.image
-    junit = Path(args.junit) if args.junit else image_dir / RESULTS_DIR / JUNIT_FILE
-    record = record_tested_image(image_dir, junit)
+    image = _tree(args).image(args.image)
+    junit = Path(args.junit) if args.junit else image.junit
+    record = record_tested_image(image, junit)
     verdict = "passed" if record["passed"] else "NOT passed"
     print(f"{args.image}: {read_junit(junit).summary()}; {verdict} for sha256 {record['sha256']}")
     for reason in record["reasons"]:
@@ -71,7 +72,6 @@ def cmd_vm_template(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    interrupt_on_sigterm()  # a cancelled job's SIGTERM leaves no partial bundle, as Ctrl-C does
     parser = argparse.ArgumentParser(prog="python -m appliance_build.publish", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,11 +117,5 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_vm_template)
 
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except BuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: no partial bundle left", file=sys.stderr)
-        return 130
+    # a cancelled job's SIGTERM leaves no partial bundle, as Ctrl-C does
+    return run_main(lambda: int(args.func(args)), interrupted="no partial bundle left")

@@ -28,6 +28,7 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
+from ..artifacts import Manifest, ToolkitRecord
 from ..opennebula_templates import SIZING, context_attributes, inputs_order, user_inputs
 from ..paths import REPO
 from .errors import PublishError
@@ -63,58 +64,39 @@ class ImageFacts:
     md5: str
 
 
-def _flwr_version(manifest: dict[str, Any]) -> str:
-    contents = manifest.get("contents") or {}
-    version = str(contents.get("flwr") or "")
-    if not version:
-        tag = str((manifest.get("container") or {}).get("tag") or "")
-        version = tag.rpartition(":")[2] if ":" in tag else ""
-    return version or "unknown"
+def creation_time(manifest: Manifest) -> int:
+    return int(manifest.created.timestamp())  # Manifest.load checked that built_at has an offset
 
 
-def creation_time(manifest: dict[str, Any]) -> int:
-    built_at = str(manifest.get("built_at") or "")
-    try:
-        moment = dt.datetime.fromisoformat(built_at)
-    except ValueError:
-        raise PublishError(f"manifest.json: built_at {built_at!r} is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return int(moment.timestamp())
-
-
-def default_version(manifest: dict[str, Any]) -> str:
+def default_version(manifest: Manifest) -> str:
     """<flwr version>-<build date>, e.g. 1.41.0-20260722 (like the marketplace's 7.4.0-0-20260714)."""
     stamp = dt.datetime.fromtimestamp(creation_time(manifest), dt.UTC).strftime("%Y%m%d")
-    return f"{_flwr_version(manifest)}-{stamp}"
+    return f"{manifest.contents.flwr}-{stamp}"
 
 
-def os_identity(manifest: dict[str, Any]) -> tuple[str, str]:
-    provider = str((manifest.get("base") or {}).get("provider") or "")
+def os_identity(manifest: Manifest) -> tuple[str, str]:
+    provider = manifest.base.provider
     if provider in OS_IDS:
         return OS_IDS[provider]
-    distribution = str((manifest.get("contents") or {}).get("distribution") or "")
+    distribution = manifest.contents.distribution
     m = re.match(r"^(.*?)\s+(\d[\d.]*(?:\s+LTS)?)", distribution)
     if m:
         return m[1], m[2]
     raise PublishError(f"manifest.json: cannot tell the OS (base.provider {provider!r}, distribution {distribution!r})")
 
 
-def toolkit_version(gpu: dict[str, Any]) -> str:
-    toolkit = gpu.get("toolkit")
-    if isinstance(toolkit, dict):
-        return str(toolkit.get("version") or "unknown")
-    return str(toolkit or "unknown")
+def toolkit_version(toolkit: ToolkitRecord) -> str:
+    return toolkit.version if toolkit.status == "installed" and toolkit.version else "absent"
 
 
 GPU_UNVERIFIED = "GPU passthrough not verified for this build"
 
 
-def _description(manifest: dict[str, Any], variant: str, *, gpu_passthrough_verified: bool = True) -> str:
-    contents = manifest.get("contents") or {}
-    distribution = contents.get("distribution") or "Debian GNU/Linux"
-    docker = contents.get("docker") or "(unknown)"
-    flwr = _flwr_version(manifest)
+def _description(manifest: Manifest, variant: str, *, gpu_passthrough_verified: bool = True) -> str:
+    contents = manifest.contents
+    distribution = contents.distribution
+    docker = contents.docker
+    flwr = contents.flwr
     paragraphs = [
         f"[Flower](https://flower.ai/) SuperNode appliance: the federated-learning client of a Flower "
         f"federation, as a pre-loaded container (flwr {flwr}) run by Docker {docker} on {distribution}. "
@@ -124,11 +106,11 @@ def _description(manifest: dict[str, Any], variant: str, *, gpu_passthrough_veri
         "service. Every setting is a context variable (`ONEAPP_FL_*`) offered as a user input; a bad "
         "value keeps the VM up and reachable, and `flower-appliance status` names the variable.",
     ]
-    if variant == "gpu":
-        gpu = manifest.get("gpu") or {}
+    if manifest.gpu is not None:
+        gpu = manifest.gpu
         paragraphs.append(
-            f"NVIDIA GPU variant: NVIDIA driver {gpu.get('driver_version') or 'unknown'} and the NVIDIA "
-            f"Container Toolkit {toolkit_version(gpu)}. The VM template boots with UEFI on the q35 machine "
+            f"NVIDIA GPU variant: NVIDIA driver {gpu.driver_version or 'unknown'} and the NVIDIA "
+            f"Container Toolkit {toolkit_version(gpu.toolkit)}. The VM template boots with UEFI on the q35 machine "
             "with the host-passthrough CPU model; after importing, add the GPU as a PCI device "
             '(`PCI = [ SHORT_ADDRESS = "e1:00.0" ]`, the card bound to vfio-pci on the host) and set '
             "`ONEAPP_FL_GPU_ENABLED` to YES. Without a usable GPU the SuperNode runs on the CPU and says so."
@@ -148,7 +130,7 @@ def _description(manifest: dict[str, Any], variant: str, *, gpu_passthrough_veri
 
 
 def appliance_document(
-    manifest: dict[str, Any],
+    manifest: Manifest,
     image: ImageFacts,
     *,
     version: str | None = None,
@@ -159,9 +141,7 @@ def appliance_document(
     """The marketplace appliance as a dict, in the marketplace files' key order.
 
     gpu_passthrough_verified=False (GPU image): the description states GPU_UNVERIFIED."""
-    variant = str(manifest.get("variant"))
-    if variant not in SIZING:
-        raise PublishError(f"manifest.json: variant {variant!r} is neither cpu nor gpu")
+    variant = manifest.variant
     os_id, os_release = os_identity(manifest)
     sizing = SIZING[variant]
     kind = "NVIDIA GPU passthrough" if variant == "gpu" else "CPU"

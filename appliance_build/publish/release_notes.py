@@ -6,6 +6,7 @@ from typing import Any
 
 from supernode_runtime.variable_docs import markdown_table
 
+from ..artifacts import Manifest
 from .marketplace import GPU_UNVERIFIED, ImageFacts, toolkit_version
 from .tested import REQUIRED_SCENARIOS, JunitCounts, Verdict
 
@@ -34,7 +35,7 @@ def _seconds(value: Any) -> str:
 
 
 def render(
-    manifest: dict[str, Any],
+    manifest: Manifest,
     image: ImageFacts,
     *,
     version: str,
@@ -43,26 +44,24 @@ def render(
     boot_times: dict[str, Any],
     tested_sha256: str,
 ) -> str:
-    name = str(manifest.get("image") or image.file_name.removesuffix(".qcow2"))
-    variant = str(manifest.get("variant"))
-    contents = manifest.get("contents") or {}
-    builder = manifest.get("builder") or {}
-    container = manifest.get("container") or {}
-    artifact = manifest.get("artifact") or {}
+    name = manifest.image
+    variant = manifest.variant
+    contents = manifest.contents
+    builder = manifest.builder
+    artifact = manifest.artifact
     lines: list[str] = []
     add = lines.append
 
     add(f"# {name} {version}")
     add("")
-    add(f"{manifest.get('description') or 'Flower SuperNode appliance'}.")
+    add(f"{manifest.description}.")
     add("")
-    add(f"- Built: {manifest.get('built_at', '-')} on {builder.get('host') or '-'}")
-    add(f"- Packer: {builder.get('packer') or '-'}")
-    accel = builder.get("accelerator") or {}
-    if accel:
-        reason = f" ({accel['reason']})" if accel.get("reason") else ""
-        add(f"- Build accelerator: {accel.get('name', '-')}{reason}")
-    add(f"- Boot firmware of the build VM: {builder.get('firmware', '-')}, machine {builder.get('machine', '-')}")
+    add(f"- Built: {manifest.built_at} on {builder.host or '-'}")
+    add(f"- Packer: {builder.packer}")
+    accel = builder.accelerator
+    reason = f" ({accel.reason})" if accel.reason else ""
+    add(f"- Build accelerator: {accel.name}{reason}")
+    add(f"- Boot firmware of the build VM: {builder.firmware}, machine {builder.machine}")
     add("")
 
     add("## Download")
@@ -70,53 +69,49 @@ def render(
     add("| file | size | virtual size | sha256 | md5 |")
     add("| --- | --- | --- | --- | --- |")
     add(
-        f"| [{image.file_name}]({image.url}) | {_size(artifact.get('file_bytes') or 0)} | "
+        f"| [{image.file_name}]({image.url}) | {_size(artifact.file_bytes)} | "
         f"{_size(image.virtual_bytes)} | `{image.sha256}` | `{image.md5}` |"
     )
     add("")
-    add(f"Format: {artifact.get('format') or 'qcow2'}; published as built (not recompressed).")
+    add(f"Format: {artifact.format}; published as built (not recompressed).")
     add("")
 
     add("## Contents")
     add("")
     add("| component | version |")
     add("| --- | --- |")
-    add(f"| Distribution | {_cell(contents.get('distribution'))} |")
-    add(f"| Kernel | {_cell(contents.get('kernel'))} |")
-    add(f"| Docker | {_cell(contents.get('docker'))} |")
-    add(f"| flwr | {_cell(contents.get('flwr'))} |")
-    add(f"| SuperNode container | {_cell(container.get('tag'))} |")
-    if variant == "gpu":
-        gpu = manifest.get("gpu") or {}
-        flavour = gpu.get("kernel_modules")
-        modules = f", {_cell(flavour)} kernel modules ({_cell(gpu.get('kernel_module_package'))})" if flavour else ""
-        branch = _cell(gpu.get("driver_branch"))
-        add(f"| NVIDIA driver | {_cell(gpu.get('driver_version'))} (branch {branch}{modules}) |")
+    add(f"| Distribution | {_cell(contents.distribution)} |")
+    add(f"| Kernel | {_cell(contents.kernel)} |")
+    add(f"| Docker | {_cell(contents.docker)} |")
+    add(f"| flwr | {_cell(contents.flwr)} |")
+    add(f"| SuperNode container | {_cell(manifest.container.tag)} |")
+    gpu = manifest.gpu
+    if gpu is not None:
+        modules = f", {_cell(gpu.kernel_modules)} kernel modules ({_cell(gpu.kernel_module_package)})"
+        add(f"| NVIDIA driver | {_cell(gpu.driver_version)} (branch {_cell(gpu.driver_branch)}{modules}) |")
         add(
-            f"| NVIDIA Container Toolkit | {_cell(toolkit_version(gpu))} (source: {_cell(gpu.get('toolkit_source'))}) |"
+            f"| NVIDIA Container Toolkit | {_cell(toolkit_version(gpu.toolkit))} "
+            f"(source: {_cell(gpu.toolkit.source)}) |"
         )
-    packages = contents.get("packages") or {}
-    support = (manifest.get("gpu") or {}).get("driver_support") if variant == "gpu" else None
-    add(f"| Debian packages | {len(packages)} installed (full list in manifest.json) |")
-    held = contents.get("held_packages") or []
-    if held:
-        add(f"| Held packages | {_cell(', '.join(map(str, held)))} |")
+    add(f"| Debian packages | {len(contents.packages)} installed (full list in manifest.json) |")
+    if contents.held_packages:
+        add(f"| Held packages | {_cell(', '.join(contents.held_packages))} |")
     add("")
 
-    if support:
-        add(f"**NVIDIA driver support:** {support}. The driver is Debian's package of branch "
-            f"{(manifest.get('gpu') or {}).get('driver_branch')}, the newest the distribution carries.")  # fmt: skip
+    if gpu is not None and gpu.support_note:
+        add(f"**NVIDIA driver support:** {gpu.support_note}. The driver is Debian's package of branch "
+            f"{gpu.driver_branch}, the newest the distribution carries.")  # fmt: skip
         add("")
 
     add("## Build")
     add("")
     add("| stage | duration |")
     add("| --- | --- |")
-    for stage, seconds in (manifest.get("stages_s") or {}).items():
+    for stage, seconds in manifest.stages_s.items():
         add(f"| {_cell(stage)} | {_seconds(seconds)} |")
-    add(f"| **total** | {_seconds(manifest.get('total_s'))} |")
+    add(f"| **total** | {_seconds(manifest.total_s)} |")
     add("")
-    file_bytes = int(artifact.get("file_bytes") or 0)
+    file_bytes = artifact.file_bytes
     if file_bytes and image.virtual_bytes:
         add(
             f"Sizes: {_size(file_bytes)} compressed file, {_size(image.virtual_bytes)} virtual disk "

@@ -1,4 +1,5 @@
-"""Which file the in-image tests passed for, and which scenarios ran: test-results/tested-image.json.
+"""Which file the in-image tests passed for, and which scenarios ran: the tested record
+(ImageArtifacts.tested_record, build/<image>/test-results/tested-image.json).
 
     {"sha256": "<sha256 of the qcow2 the tests booted>", "junit": "junit.xml", "variant": "gpu",
      "passed": true, "reasons": [], "gpu_passthrough_verified": false,
@@ -28,13 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import ImageArtifacts, Manifest
 from .digests import sha256_of
 from .errors import PublishError
 
-RESULTS_DIR = "test-results"
-TESTED_FILE = "tested-image.json"
-JUNIT_FILE = "junit.xml"
-BOOT_TIMES_FILE = "boot-to-ready.json"
 SCENARIO_PROPERTY = "scenario"
 
 GPU_PASSTHROUGH = "gpu-passthrough"
@@ -237,55 +235,32 @@ def evaluate(counts: JunitCounts, variant: str) -> Verdict:
     return Verdict(variant, not reasons, tuple(reasons), gpu_verified, gpu_reason)
 
 
-def qcow2_path(image_dir: Path) -> Path:
-    return image_dir / f"{image_dir.name}.qcow2"
-
-
 def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(partial, path)
 
 
-def image_variant(image_dir: Path) -> str:
-    """cpu or gpu: manifest.json's variant, else the image name's suffix (supernode-gpu)."""
-    manifest_path = image_dir / "manifest.json"
-    if manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise PublishError(f"{manifest_path}: not valid JSON: {exc}") from None
-        variant = manifest.get("variant") if isinstance(manifest, dict) else None
-        if variant in REQUIRED_SCENARIOS:
-            return str(variant)
-        raise PublishError(f"{manifest_path}: variant {variant!r} is neither cpu nor gpu")
-    suffix = image_dir.name.rsplit("-", 1)[-1]
-    if suffix in REQUIRED_SCENARIOS:
-        return suffix
-    raise PublishError(f"{image_dir}: no manifest.json and the name does not end in -cpu or -gpu")
+def record_tested_image(image: ImageArtifacts, junit_path: Path) -> dict[str, Any]:
+    """Write the tested record (test-results/tested-image.json) for the qcow2 of `image`.
 
-
-def record_tested_image(image_dir: Path, junit_path: Path) -> dict[str, Any]:
-    """Write <image_dir>/test-results/tested-image.json for the qcow2 in `image_dir`.
-
-    `passed` is the :func:`evaluate` verdict for the image's variant. Returns what was written.
+    `passed` is the :func:`evaluate` verdict for the image's variant (from its manifest).
+    Returns what was written.
     """
-    image_dir = Path(image_dir)
     junit_path = Path(junit_path)
-    qcow2 = qcow2_path(image_dir)
-    if not qcow2.is_file():
-        raise PublishError(f"no image {qcow2}: nothing was tested")
-    variant = image_variant(image_dir)
+    if not image.qcow2.is_file():
+        raise PublishError(f"no image {image.qcow2}: nothing was tested")
+    variant = Manifest.load(image.manifest).variant
     counts = read_junit(junit_path)
     verdict = evaluate(counts, variant)
-    results = image_dir / RESULTS_DIR
+    results = image.test_results
     results.mkdir(parents=True, exist_ok=True)
     try:
         junit_ref = str(junit_path.resolve().relative_to(results.resolve()))
     except ValueError:
         junit_ref = str(junit_path.resolve())
     record: dict[str, Any] = {
-        "sha256": sha256_of(qcow2),
+        "sha256": sha256_of(image.qcow2),
         "junit": junit_ref,
         "variant": variant,
         "passed": verdict.passed,
@@ -295,12 +270,18 @@ def record_tested_image(image_dir: Path, junit_path: Path) -> dict[str, Any]:
         record["gpu_passthrough_verified"] = verdict.gpu_passthrough_verified
     record["totals"] = counts.totals()
     record["scenarios"] = {name: s.as_dict() for name, s in counts.scenarios.items()}
-    _write_json_atomically(results / TESTED_FILE, record)
+    _write_json_atomically(image.tested_record, record)
     return record
 
 
-def read_tested_record(image_dir: Path) -> dict[str, Any] | None:
-    path = image_dir / RESULTS_DIR / TESTED_FILE
+def junit_of(image: ImageArtifacts, record: dict[str, Any]) -> Path:
+    """The JUnit XML a tested record names (relative to test-results/, or absolute)."""
+    ref = Path(str(record.get("junit") or ""))
+    return ref if ref.is_absolute() else image.test_results / ref
+
+
+def read_tested_record(image: ImageArtifacts) -> dict[str, Any] | None:
+    path = image.tested_record
     if not path.is_file():
         return None
     try:
@@ -312,8 +293,8 @@ def read_tested_record(image_dir: Path) -> dict[str, Any] | None:
     return data
 
 
-def read_boot_times(image_dir: Path) -> dict[str, Any]:
-    path = image_dir / RESULTS_DIR / BOOT_TIMES_FILE
+def read_boot_times(image: ImageArtifacts) -> dict[str, Any]:
+    path = image.boot_times
     if not path.is_file():
         return {}
     try:

@@ -110,6 +110,22 @@ def choose(kernel: Path, *, qemu: str = QEMU, timeout: float = 25.0) -> Accelera
     return _announce(accel)
 
 
+def find_probe_kernel(disk: Path) -> Path | None:
+    """A kernel to boot for the probe: the base's own (next to a base disk), or any cached
+    base's (for a built image), else the host's."""
+    candidates = [disk.parent / "vmlinuz", *sorted((cache_root() / "base").glob("*/vmlinuz"))]
+    candidates += sorted(Path("/boot").glob("vmlinuz-*"))
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def for_disk(disk: Path) -> Accelerator:
+    """The accelerator to boot `disk` (a base disk or a built image) with on this host."""
+    kernel = find_probe_kernel(disk)
+    if kernel is None:
+        return Accelerator("tcg", "max", "no kernel available to probe KVM with")
+    return choose(kernel)
+
+
 def _announce(accel: Accelerator, cached: bool = False) -> Accelerator:
     suffix = " [probe result remembered for this host boot]" if cached else ""
     if accel.name == "tcg":

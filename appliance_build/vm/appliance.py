@@ -17,7 +17,6 @@ from pathlib import Path
 
 import paramiko
 
-from ..build import find_probe_kernel
 from ..errors import BuildError
 from ..progress import say
 from . import accel as accel_probe
@@ -104,13 +103,6 @@ class BootedAppliance:
         (dest / "qmp-events.json").write_text(json.dumps(self.vm.event_names()))
 
 
-def probe_accelerator(image: Path) -> accel_probe.Accelerator:
-    kernel = find_probe_kernel(image)
-    if kernel is None:
-        return accel_probe.Accelerator("tcg", "max", "no kernel available to probe KVM with")
-    return accel_probe.choose(kernel)
-
-
 @dataclass
 class StartedAppliance:
     """A VM that has been started with its CONTEXT CD but not yet waited for."""
@@ -148,7 +140,7 @@ def start(
     iso = context_iso(workdir / "context.iso", variables, token=token)
     spec = VmSpec(
         image, firmware=firmware, machine=machine, memory=memory, cpus=cpus,
-        accel=accel or probe_accelerator(image), cdroms=(iso,), vfio=vfio,
+        accel=accel or accel_probe.for_disk(image), cdroms=(iso,), vfio=vfio,
     )  # fmt: skip
     with VirtualMachine(spec, workdir / "vm") as vm:
         yield StartedAppliance(vm, key, key_file, workdir)

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from appliance_build.paths import build_root
+from appliance_build.artifacts import ImageArtifacts, Manifest
+from appliance_build.vm import accel as accel_probe
 from appliance_build.vm import appliance
 
 
@@ -42,42 +43,39 @@ def vfio(request: pytest.FixtureRequest) -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="session")
-def image_dir(image_name: str) -> Path:
-    return build_root() / image_name
+def artifacts(image_name: str) -> ImageArtifacts:
+    return ImageArtifacts.for_image(image_name)
 
 
 @pytest.fixture(scope="session")
-def image_file(image_dir: Path, image_name: str) -> Path:
-    path = image_dir / f"{image_name}.qcow2"
-    if not path.is_file():
-        session = {"supernode-cpu": "build_cpu", "supernode-gpu": "build_gpu"}.get(image_name, f"build -- {image_name}")
-        pytest.fail(f"{path} does not exist: build it first (nox -s {session})")
-    return path
+def image_file(artifacts: ImageArtifacts) -> Path:
+    if not artifacts.qcow2.is_file():
+        pytest.fail(f"{artifacts.qcow2} does not exist: build it first ({artifacts.build_command})")
+    return artifacts.qcow2
 
 
 @pytest.fixture(scope="session")
-def manifest(image_dir: Path, image_file: Path) -> dict[str, Any]:
-    return json.loads((image_dir / "manifest.json").read_text())  # type: ignore[no-any-return]
+def manifest(artifacts: ImageArtifacts, image_file: Path) -> Manifest:
+    return Manifest.load(artifacts.manifest)
 
 
 @pytest.fixture(scope="session")
-def results_dir(image_dir: Path) -> Path:
-    path = image_dir / "test-results"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def results_dir(artifacts: ImageArtifacts) -> Path:
+    artifacts.test_results.mkdir(parents=True, exist_ok=True)
+    return artifacts.test_results
 
 
 @pytest.fixture(scope="session")
 def accel(image_file: Path) -> Any:
-    return appliance.probe_accelerator(image_file)
+    return accel_probe.for_disk(image_file)
 
 
 @pytest.fixture(scope="session")
-def timings(results_dir: Path) -> Iterator[dict[str, Any]]:
-    """Scenario -> measured seconds; written to test-results/boot-to-ready.json at the end."""
+def timings(artifacts: ImageArtifacts, results_dir: Path) -> Iterator[dict[str, Any]]:
+    """Scenario -> measured seconds; written to the image's boot times (test-results/boot-to-ready.json) at the end."""
     record: dict[str, Any] = {}
     yield record
-    target = results_dir / "boot-to-ready.json"
+    target = artifacts.boot_times
     previous = json.loads(target.read_text()) if target.exists() else {}
     previous.update(record)
     target.write_text(json.dumps(previous, indent=2) + "\n")
@@ -85,7 +83,7 @@ def timings(results_dir: Path) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def boot_scenario(
-    image_file: Path, manifest: dict[str, Any], accel: Any, results_dir: Path, timings: dict[str, Any],
+    image_file: Path, manifest: Manifest, accel: Any, artifacts: ImageArtifacts, timings: dict[str, Any],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Any:  # fmt: skip
     """boot_scenario(name, context, wait="ready"|"configured", **boot_kwargs): a context manager
@@ -94,7 +92,7 @@ def boot_scenario(
 
     @contextlib.contextmanager
     def boot(name: str, context: dict[str, str], wait: str = "ready", **kwargs: Any) -> Iterator[Any]:
-        kwargs.setdefault("firmware", manifest["builder"]["firmware"])
+        kwargs.setdefault("firmware", manifest.builder.firmware)
         kwargs.setdefault("accel", accel)
         with appliance.boot(image_file, tmp_path_factory.mktemp(name), context, **kwargs) as vm:
             record: dict[str, Any] = {"ssh_login_s": round(vm.ssh_seconds, 1)}
@@ -109,7 +107,7 @@ def boot_scenario(
             try:
                 yield vm
             finally:
-                vm.collect(results_dir / name)
+                vm.collect(artifacts.scenario_results(name))
 
     return boot
 

@@ -10,6 +10,7 @@ from typing import Any
 import guest
 import pytest
 
+from appliance_build.artifacts import ImageArtifacts
 from appliance_build.vm import appliance
 
 pytestmark = pytest.mark.vm
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.vm
 
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
 def test_boots_to_ssh_with_key_from_context(
-    firmware: str, image_file: Path, manifest: dict[str, Any], accel: Any, results_dir: Path,
+    firmware: str, image_file: Path, accel: Any, artifacts: ImageArtifacts,
     timings: dict[str, Any], tmp_path: Path,
 ) -> None:  # fmt: skip
     before = image_file.stat().st_mtime_ns
@@ -28,7 +29,7 @@ def test_boots_to_ssh_with_key_from_context(
                 keys = host.file("/root/.ssh/authorized_keys").content_string
                 machine_id = host.file("/etc/machine-id").content
         finally:
-            booted.collect(results_dir / f"boot-{firmware}")
+            booted.collect(artifacts.scenario_results(f"boot-{firmware}"))
     timings[f"boot-{firmware}"] = {"ssh_login_s": round(booted.ssh_seconds, 1)}
     assert efi is (firmware == "uefi"), "booted through the firmware asked for"
     assert len([line for line in keys.splitlines() if line]) == 1, (

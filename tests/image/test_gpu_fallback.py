@@ -15,6 +15,7 @@ import guest
 import pytest
 from guest import Host
 
+from appliance_build.artifacts import Manifest
 from appliance_build.vm import appliance
 
 pytestmark = pytest.mark.vm
@@ -38,8 +39,8 @@ def host(booted: appliance.BootedAppliance) -> Iterator[Host]:
 
 
 @pytest.fixture
-def gpu_image(manifest: dict[str, Any]) -> None:
-    if manifest["variant"] != "gpu":
+def gpu_image(manifest: Manifest) -> None:
+    if manifest.gpu is None:
         pytest.skip("the CPU image carries no NVIDIA driver, nvidia-smi or validate-gpu.sh")
 
 
@@ -60,14 +61,15 @@ def test_supernode_runs_on_cpu_without_gpus(host: Host) -> None:
 
 
 @pytest.mark.usefixtures("gpu_image")
-def test_driver_and_tools_are_present(host: Host, manifest: dict[str, Any]) -> None:
+def test_driver_and_tools_are_present(host: Host, manifest: Manifest) -> None:
+    assert manifest.gpu is not None and manifest.gpu.module_path
     # the module file the build checked (Debian: nvidia-current.ko, an alias modinfo does not resolve)
-    module = manifest["gpu"]["module_path"]
+    module = manifest.gpu.module_path
     kernel = host.file("/proc/sys/kernel/osrelease").content_string.strip()  # what uname -r prints
     assert module.startswith(f"/lib/modules/{kernel}/")
     assert host.file(module).is_file
     assert host.check_output(f"modinfo -F name {module}") == "nvidia"
-    assert host.check_output(f"modinfo -F version {module}") == manifest["gpu"]["driver_version"]
+    assert host.check_output(f"modinfo -F version {module}") == manifest.gpu.driver_version
     assert host.exists("nvidia-smi")
     assert host.file("/opt/flower/scripts/validate-gpu.sh").mode & 0o111
 

@@ -13,17 +13,18 @@ import guest
 import pytest
 from guest import Host
 
+from appliance_build.artifacts import Manifest
 from appliance_build.vm import appliance
 
 pytestmark = [pytest.mark.vm, pytest.mark.gpu]
 
 
 @pytest.fixture(scope="module")
-def booted(boot_scenario: Any, manifest: dict[str, Any], superlink: Any,
+def booted(boot_scenario: Any, manifest: Manifest, superlink: Any,
            vfio: tuple[str, ...]) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
     if not vfio:
         pytest.skip("no GPU was passed through: run with --vfio <PCI address> on a KVM host with a vfio-bound GPU")
-    if manifest["variant"] != "gpu":
+    if manifest.gpu is None:
         pytest.skip("GPU passthrough is tested on the GPU image")
     context = {"ONEAPP_FL_SUPERLINK_ADDRESS": superlink.guest_address, "ONEAPP_FL_GPU_ENABLED": "YES"}
     with boot_scenario("gpu-passthrough", context, firmware="uefi", vfio=vfio, memory=8192) as vm:

@@ -20,6 +20,7 @@ import guest
 import pytest
 from guest import Host
 
+from appliance_build.artifacts import Manifest
 from appliance_build.cache import file_sha256
 from appliance_build.vm import appliance
 from tests.fixtures import toolkit_debs
@@ -31,11 +32,11 @@ UPLOAD = "/root/toolkit-fixture-upload"
 
 @pytest.fixture(scope="module")
 def booted(
-    boot_scenario: Any, superlink: Any, manifest: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+    boot_scenario: Any, superlink: Any, manifest: Manifest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[appliance.BootedAppliance]:
-    if manifest["variant"] != "gpu":
+    if manifest.gpu is None:
         pytest.skip("the CPU image has no Container Toolkit installer")
-    if manifest["gpu"]["toolkit"] != "absent":
+    if manifest.gpu.toolkit.status != "absent":
         pytest.skip("this image already carries a Container Toolkit; the fixture route would replace it")
     debs = toolkit_debs.build(tmp_path_factory.mktemp("toolkit-fixture"))
     context = {"ONEAPP_FL_SUPERLINK_ADDRESS": superlink.guest_address}

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance_build.build import choose_accelerator
+from appliance_build.artifacts import BuildTree
 from appliance_build.config import BaseConfig
 from appliance_build.stages import base
+from appliance_build.vm import accel as accel_probe
 from appliance_build.vm import isos
 from appliance_build.vm.launcher import VirtualMachine, VmSpec, new_key, public_line
 
@@ -27,7 +28,7 @@ NETWORKD_PROBE = (
 
 @pytest.fixture(scope="module")
 def bases() -> Callable[[str], base.BaseImage]:
-    logs = Path("build/test-results/base-logs").resolve()
+    logs = (BuildTree.default().test_results / "base-logs").resolve()
     return functools.cache(lambda provider: base.ensure(BaseConfig(provider=provider), logs))
 
 
@@ -46,7 +47,7 @@ def test_base_boots_to_ssh_with_injected_key(
         f"    sudo: 'ALL=(ALL) NOPASSWD:ALL'\n    ssh_authorized_keys: ['{public_line(key)}']\n"
     )
     seed = isos.nocloud_iso(tmp_path / "seed.iso", user_data, "instance-id: base-test\n")
-    spec = VmSpec(base_image.disk, firmware=firmware, machine="q35", accel=choose_accelerator(base_image.disk),
+    spec = VmSpec(base_image.disk, firmware=firmware, machine="q35", accel=accel_probe.for_disk(base_image.disk),
                   cdroms=(seed,))  # fmt: skip
     before = base_image.disk.stat().st_mtime
     with VirtualMachine(spec, tmp_path / "vm") as vm:

@@ -25,7 +25,9 @@ from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]
 
-from warm_launcher_deploy import REPO, Outcome, deploy  # noqa: E402
+from warm_launcher_deploy import Outcome, deploy  # noqa: E402
+
+from appliance_build.artifacts import BuildTree  # noqa: E402
 
 
 def summary(values: list[float]) -> dict[str, Any]:
@@ -47,7 +49,7 @@ def measure(outcome: Outcome, warm: bool) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=REPO / "build" / "measurements" / "warm-launcher.json")
+    parser.add_argument("--out", type=Path, default=BuildTree.default().measurements / "warm-launcher.json")
     args = parser.parse_args()
     doc: dict[str, Any] = {"flwr": version("flwr"), "python": platform.python_version(), "rounds": args.rounds,
                            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip

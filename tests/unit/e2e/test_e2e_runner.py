@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance_build.artifacts import ImageArtifacts, ManifestError
 from e2e import flwr_cli, nodes, runner, tls
+from tests.fixtures.manifests import sample_manifest
 
 
 def test_defaults() -> None:
@@ -60,13 +62,27 @@ def test_missing_image_is_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "build it first" in capsys.readouterr().err
 
 
-def test_image_paths_from_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLOWER_BUILD_DIR", str(tmp_path))
-    image = tmp_path / "supernode-cpu"
-    image.mkdir()
-    (image / "supernode-cpu.qcow2").write_bytes(b"")
-    (image / "manifest.json").write_text(json.dumps({"builder": {"firmware": "uefi", "machine": "q35"}}))
-    assert runner.image_paths("supernode-cpu") == (image / "supernode-cpu.qcow2", "uefi", "q35")
+@pytest.mark.parametrize(("variant", "firmware", "machine"), [("cpu", "bios", "pc"), ("gpu", "uefi", "q35")])
+def test_image_paths_from_manifest(variant: str, firmware: str, machine: str) -> None:
+    name = f"supernode-{variant}"
+    image = ImageArtifacts.for_image(name)
+    image.root.mkdir(parents=True)
+    image.qcow2.write_bytes(b"")
+    sample_manifest(name, variant).write(image.manifest)
+    assert runner.image_paths(name) == (image.qcow2, firmware, machine)
+
+
+def test_image_paths_refuses_a_manifest_without_firmware() -> None:
+    """No default firmware: a manifest that does not say is refused, naming the field."""
+    image = ImageArtifacts.for_image("supernode-cpu")
+    image.root.mkdir(parents=True)
+    image.qcow2.write_bytes(b"")
+    doc = sample_manifest().as_dict()
+    del doc["builder"]["firmware"]
+    image.manifest.write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match=r"manifest\.json: builder\.firmware: required field missing"):
+        runner.image_paths("supernode-cpu")
+    assert runner.main(["--image", "supernode-cpu"]) == 2
 
 
 def test_prepare_out_keeps_the_previous_run(tmp_path: Path) -> None:
@@ -169,6 +185,7 @@ def test_local_node_argv(tmp_path: Path) -> None:
 
 def test_local_node_environment_is_the_containers(tmp_path: Path) -> None:
     """The runtime's `docker run -e` items become the local SuperNode's environment."""
+    from supernode_runtime import config as runtime_config
     from supernode_runtime import launch
 
     material = tls.create(tmp_path)
@@ -180,7 +197,16 @@ def test_local_node_environment_is_the_containers(tmp_path: Path) -> None:
     for item in launch.QUIET_ENV:
         key, _, value = item.partition("=")
         assert env[key] == value
-    assert nodes.docker_env(["docker", "run", "-e", "A=1=2", "--name", "x", "-e", "B="]) == {"A": "1=2", "B": ""}
+    # the same as the appliance's `docker run` gives its container, and the same options after the image
+    config = runtime_config.resolve([("context", nodes.appliance_context(group.specs[0], "127.0.0.1:5", material,
+                                                                          None))]).config  # fmt: skip
+    assert config is not None
+    docker = launch.docker_run_argv(config, None, launch.BuildInfo("img:1", "1.41.0", "cpu"))
+    items = [docker[i + 1] for i, flag in enumerate(docker) if flag == "-e"]
+    assert env == {name: value for name, _, value in (item.partition("=") for item in items)}
+    options = resolved[0][: resolved[0].index("--port")]
+    ca = str(tmp_path / "node-0" / "ca.pem")
+    assert options == [ca if item == launch.CONTAINER_CA_PATH else item for item in docker[docker.index("img:1") + 1:]]
 
 
 def test_launch_log_command_reads_the_containers_private_directory() -> None:

@@ -104,11 +104,14 @@ def test_manifest_states_branch_flavour_and_support(tmp_path: Path) -> None:
     image = load(tmp_path)
     inventory = {"gpu_driver": {"driver_version": "550.163.01", "module_license": "Dual MIT/GPL"}}
     doc = build.gpu_manifest(image, SimpleNamespace(facts={}), inventory, ToolkitPlan("absent", ""))
-    assert doc["driver_branch"] == "550" and doc["kernel_modules"] == "open"
-    assert doc["kernel_module_package"] == "nvidia-open-kernel-dkms" and doc["module_license"] == "Dual MIT/GPL"
-    assert doc["driver_support"] == (
+    assert doc is not None
+    assert doc.driver_branch == "550" and doc.kernel_modules == "open"
+    assert doc.kernel_module_package == "nvidia-open-kernel-dkms" and doc.module_license == "Dual MIT/GPL"
+    assert doc.support_status == "past-support"
+    assert doc.support_note == (
         "NVIDIA's support for R550 has ended; NVIDIA's repository route with a supported branch is a separate change"
     )
+    assert doc.toolkit.status == "absent" and doc.toolkit.absent_reason
 
 
 def test_driver_script_checks_the_flavour() -> None:

@@ -159,13 +159,13 @@ def test_build_cli_exits_2_naming_the_missing_tool(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from appliance_build import cli
+    from appliance_build.artifacts import ImageArtifacts
 
-    monkeypatch.setenv("FLOWER_BUILD_DIR", str(tmp_path / "build"))
-    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))  # FLOWER_BUILD_DIR is per test (tests/conftest.py)
     assert cli.main(["build", "supernode-cpu"]) == 2
     err = capsys.readouterr().err
     assert "(package kmod)" in err and "Traceback" not in err
-    assert not (tmp_path / "build" / "supernode-cpu").exists()  # checked before any output is touched
+    assert not ImageArtifacts.for_image("supernode-cpu").root.exists()  # checked before any output is touched
 
 
 def test_the_check_command_lists_missing_tools(

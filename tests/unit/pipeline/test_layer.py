@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance_build import config, paths, plan
-from appliance_build.build import Outputs
+from appliance_build.artifacts import ImageArtifacts
 from appliance_build.stages import layer, packer, render
 
 LEGACY = render.PackerTarget.parse("1.6.6")
@@ -16,7 +16,7 @@ LEGACY = render.PackerTarget.parse("1.6.6")
 
 def _layer_key(tmp_path: Path, name: str = "supernode-cpu") -> str:
     image = config.load(name)
-    runs = plan.runs(plan.Request(image, LEGACY, toolkit=None, firmware=None), Outputs(tmp_path / name, name))
+    runs = plan.runs(plan.Request(image, LEGACY, toolkit=None, firmware=None), ImageArtifacts(tmp_path / name, name))
     assert runs.layer is not None and runs.layer_key is not None
     assert runs.configure.disk == layer.cache_entry(image, runs.layer, runs.base_key, runs.container_key)[1] / (
         "disk.qcow2"

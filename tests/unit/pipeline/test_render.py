@@ -14,7 +14,7 @@ import jinja2
 import pytest
 
 from appliance_build import config, plan
-from appliance_build.build import Outputs
+from appliance_build.artifacts import ImageArtifacts
 from appliance_build.errors import ConfigError
 from appliance_build.stages import packer, render
 from appliance_build.vm.firmware import Uefi
@@ -27,7 +27,7 @@ SHIPPED = config.available()  # every images/*.toml, the Debian 12 CPU image too
 
 def runs_for(tmp_path: Path, image: config.ImageConfig, target: render.PackerTarget) -> plan.Runs:
     request = plan.Request(image, target, toolkit=None, firmware=FIRMWARE)
-    return plan.runs(request, Outputs(tmp_path / image.name, image.name))
+    return plan.runs(request, ImageArtifacts(tmp_path / image.name, image.name))
 
 
 def do_render(

@@ -61,7 +61,7 @@ def _fake_slow_stages(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     base = BaseImage(Path("/nonexistent/disk.qcow2"), base_key, True, {})
     container = ContainerImage(Path("/nonexistent/rootfs.tar.gz"), image.flower.image_tag, container_key, True, {})
     monkeypatch.setattr(build.base_stage, "ensure", lambda *a, **k: base)
-    monkeypatch.setattr(build, "choose_accelerator", lambda *a: Accelerator("kvm", "host", "test"))
+    monkeypatch.setattr(build.accel_probe, "for_disk", lambda *a: Accelerator("kvm", "host", "test"))
     monkeypatch.setattr(build.container_stage, "ensure", lambda *a, **k: container)
 
     def stop(*args: Any, **kwargs: Any) -> Any:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from appliance_build import config, plan, suites
-from appliance_build.build import Outputs
+from appliance_build.artifacts import ImageArtifacts
 from appliance_build.config import BaseConfig, FlowerConfig
 from appliance_build.errors import ConfigError
 from appliance_build.stages import base, container, render
@@ -242,7 +242,7 @@ def test_render_per_suite(tmp_path: Path, provider: str, target: str) -> None:
     flwr = "1.42.0"
     image = load(tmp_path, provider, flwr, lock=LOCKS[provider])
     request = plan.Request(image, render.PackerTarget.parse(target), toolkit=None, firmware=None)
-    run = plan.runs(request, Outputs(tmp_path / "out", image.name)).configure
+    run = plan.runs(request, ImageArtifacts(tmp_path / "out", image.name)).configure
     rendered = render.render(image, run, target=request.target, ssh_public_key="ssh-ed25519 AAAA test",
                              firmware=None, instance_id="i-test")  # fmt: skip
     with rendered.hcl.open() as handle:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance_build import build, config
+from appliance_build.artifacts import ImageArtifacts
 from appliance_build.config import GpuConfig
 from appliance_build.errors import BuildError, ConfigError
 from appliance_build.stages import toolkit
@@ -114,7 +115,7 @@ def test_gpu_build_without_source_stops_before_anything_slow(monkeypatch: pytest
     with pytest.raises(BuildError, match="--allow-missing-toolkit"):
         build.build_image("supernode-gpu", packer_target="1.6.6")
     assert calls == []
-    out = build.Outputs.for_image("supernode-gpu")
+    out = ImageArtifacts.for_image("supernode-gpu")
     assert not out.qcow2.exists() and not out.manifest.exists()
 
 

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from publish_testlib import FakeBuild
 
-
-@pytest.fixture
-def build_root(tmp_path: Path) -> Path:
-    return tmp_path / "build"
+from appliance_build.artifacts import BuildTree
 
 
 @pytest.fixture
-def fake_build(build_root: Path) -> Callable[[str], FakeBuild]:
+def build_root() -> BuildTree:
+    return BuildTree.default()  # tmp_path/build: tests/conftest.py sets FLOWER_BUILD_DIR per test
+
+
+@pytest.fixture
+def fake_build(build_root: BuildTree) -> Callable[[str], FakeBuild]:
     """fake_build("cpu") / fake_build("gpu"): a built (not yet tested) image in a tmp build root."""
 
     def make(variant: str) -> FakeBuild:

@@ -1,5 +1,6 @@
 """A fake build tree for the publishing tests: a small real qcow2 (qemu-img create),
-its .sha256, a manifest shaped like appliance_build.build's, JUnit XML and boot times."""
+its .sha256, a manifest shaped like appliance_build.build's, JUnit XML and boot times,
+each where appliance_build.artifacts puts it."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from appliance_build.artifacts import BuildTree, ImageArtifacts, Manifest
 from appliance_build.paths import REPO
 from appliance_build.publish import record_tested_image
 from appliance_build.publish.tested import GPU_PASSTHROUGH, REQUIRED_SCENARIOS
+from tests.fixtures.manifests import sample_manifest
 
 REFERENCE_DIR = REPO.parent / "shared" / "reference" / "marketplace"
 """The published marketplace files, read from ../shared/reference/marketplace/ (never copied)."""
@@ -97,35 +100,54 @@ def junit_xml(cases: list[Case], *, properties: bool = True) -> str:
 
 @dataclass
 class FakeBuild:
-    root: Path  # the build root (build/)
+    tree: BuildTree  # build/
     name: str
     variant: str
 
     @property
+    def root(self) -> Path:
+        return self.tree.root
+
+    @property
+    def out(self) -> ImageArtifacts:
+        return self.tree.image(self.name)
+
+    @property
     def dir(self) -> Path:
-        return self.root / self.name
+        return self.out.root
 
     @property
     def qcow2(self) -> Path:
-        return self.dir / f"{self.name}.qcow2"
+        return self.out.qcow2
 
     @property
     def sha_file(self) -> Path:
-        return self.dir / f"{self.name}.qcow2.sha256"
+        return self.out.sha256
 
     @property
     def results(self) -> Path:
-        return self.dir / "test-results"
+        return self.out.test_results
+
+    @property
+    def tested_record(self) -> Path:
+        return self.out.tested_record
 
     @property
     def bundle(self) -> Path:
-        return self.root / "publish" / self.name
+        return self.tree.bundle(self.name)
 
     def manifest(self) -> dict[str, Any]:
-        return json.loads((self.dir / "manifest.json").read_text())  # type: ignore[no-any-return]
+        """The manifest as raw JSON, for the tests that break it."""
+        return json.loads(self.out.manifest.read_text())  # type: ignore[no-any-return]
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        (self.dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    def write_manifest(self, manifest: dict[str, Any] | Manifest) -> None:
+        if isinstance(manifest, Manifest):
+            manifest.write(self.out.manifest)
+        else:
+            self.out.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+
+    def typed_manifest(self) -> Manifest:
+        return Manifest.load(self.out.manifest)
 
     def make_image(self, virtual_bytes: int = VIRTUAL_BYTES) -> None:
         """A (re)build: a new qcow2 with its .sha256 and manifest, as finalize/build write them."""
@@ -139,15 +161,15 @@ class FakeBuild:
     def write_tests(self, cases: list[Case] | None = None, **counts: Any) -> Path:
         """A JUnit file: `cases`, else counted_run(variant, **counts)."""
         self.results.mkdir(parents=True, exist_ok=True)
-        junit = self.results / "junit.xml"
+        junit = self.out.junit
         junit.write_text(junit_xml(cases if cases is not None else counted_run(self.variant, **counts)))
-        (self.results / "boot-to-ready.json").write_text(
+        self.out.boot_times.write_text(
             json.dumps({"default-context": 41.2, "reboot": 35.0}, indent=2) + "\n"
         )
         return junit
 
     def record(self) -> dict[str, Any]:
-        return record_tested_image(self.dir, self.results / "junit.xml")
+        return record_tested_image(self.out, self.out.junit)
 
     def tested_and_recorded(self, cases: list[Case] | None = None, **counts: Any) -> FakeBuild:
         self.write_tests(cases, **counts)
@@ -155,55 +177,5 @@ class FakeBuild:
         return self
 
 
-def fake_manifest(name: str, variant: str, digest: str, file_bytes: int, virtual_bytes: int) -> dict[str, Any]:
-    manifest: dict[str, Any] = {
-        "image": name,
-        "variant": variant,
-        "description": f"Flower SuperNode appliance (federated-learning client), {variant.upper()}",
-        "built_at": "2026-07-22T03:04:05+00:00",
-        "builder": {
-            "host": "runner-1",
-            "packer": "Packer 1.6.6 (built-in qemu builder)",
-            "accelerator": {"name": "kvm", "cpu": "host", "reason": "a kernel booted under KVM"},
-            "firmware": "uefi" if variant == "gpu" else "bios",
-            "machine": "q35" if variant == "gpu" else "pc",
-        },
-        "base": {"provider": "debian-12", "key": "b" * 64, "cached": True},
-        "container": {"tag": "flwr-supernode:1.41.0", "key": "c" * 64, "cached": True},
-        "contents": {
-            "distribution": "Debian GNU/Linux 12 (bookworm)",
-            "kernel": "6.1.0-37-amd64",
-            "kernels_installed": ["6.1.0-37-amd64"],
-            "docker": "20.10.24+dfsg1",
-            "docker_images": ["flwr-supernode:1.41.0 0123456789ab 400MB"],
-            "flwr": "1.41.0",
-            "held_packages": [],
-            "packages": {"docker.io": "20.10.24+dfsg1-1+deb12u1", "jq": "1.6-2.1", "systemd": "252.38-1~deb12u1"},
-        },
-        "inputs": {},
-        "gpu": {},
-        "stages_s": {"base image": 0.4, "supernode container": 0.2, "packer build": 612.3, "compress": 41.0},
-        "total_s": 660.1,
-        "artifact": {
-            "file": f"{name}.qcow2",
-            "sha256": digest,
-            "file_bytes": file_bytes,
-            "virtual_bytes": virtual_bytes,
-            "format": "qcow2 (zlib-compressed)",
-        },
-    }
-    if variant == "gpu":
-        manifest["gpu"] = {
-            "driver_branch": "535",
-            "driver_support": "NVIDIA's support for R535 has ended; "
-                              "NVIDIA's repository route with a supported branch is a separate change",
-            "driver_install": "bootstrap",
-            "kernel_modules": "proprietary",
-            "kernel_module_package": "nvidia-kernel-dkms",
-            "driver_version": "535.247.01",
-            "kernel": "6.1.0-37-amd64",
-            "toolkit": {"toolkit": "present", "version": "1.17.8-1", "source": "nvidia-repo", "detail": "ok"},
-            "toolkit_source": "nvidia-repo",
-            "toolkit_absent_reason": None,
-        }
-    return manifest
+def fake_manifest(name: str, variant: str, digest: str, file_bytes: int, virtual_bytes: int) -> Manifest:
+    return sample_manifest(name, variant, sha256=digest, file_bytes=file_bytes, virtual_bytes=virtual_bytes)

@@ -7,12 +7,13 @@ import json
 import os
 import subprocess
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 import yaml
 from publish_testlib import REFERENCE_YAMLLINT, URL_PREFIX, Case, FakeBuild, counted_run, md5, need_reference, sha256
 
+from appliance_build.artifacts import BuildTree, ToolkitRecord
 from appliance_build.opennebula_templates import parse_template, render_vm_template, single
 from appliance_build.paths import SCRIPTS_DIR
 from appliance_build.publish import PublishError, Refused, publish, record_tested_image
@@ -40,14 +41,14 @@ BUNDLE_FILES = {
 
 def _assert_nothing_left(build: FakeBuild) -> None:
     assert not build.bundle.exists(), f"{build.bundle} left behind"
-    leftovers = list((build.root / "publish").glob(f".{build.name}*")) if (build.root / "publish").exists() else []
+    leftovers = list(build.tree.publish.glob(f".{build.name}*")) if build.tree.publish.exists() else []
     assert leftovers == []
 
 
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])
 def test_bundle_is_complete_and_consistent(fake_build: Make, variant: str) -> None:
     build = fake_build(variant).tested_and_recorded()
-    out = publish(build.name, URL_PREFIX, build.root)
+    out = publish(build.name, URL_PREFIX, build.tree)
 
     assert out == build.bundle
     assert {p.name for p in out.iterdir()} == {f.format(n=build.name) for f in BUNDLE_FILES}
@@ -71,7 +72,7 @@ def test_bundle_is_complete_and_consistent(fake_build: Make, variant: str) -> No
 @pytest.mark.parametrize("variant", ["cpu", "gpu"])
 def test_marketplace_yaml(fake_build: Make, variant: str) -> None:
     build = fake_build(variant).tested_and_recorded()
-    out = publish(build.name, URL_PREFIX.rstrip("/"), build.root, version="1.41.0-1-20260722")
+    out = publish(build.name, URL_PREFIX.rstrip("/"), build.tree, version="1.41.0-1-20260722")
     path = out / f"{build.name}.marketplace.yaml"
     assert mp.check_file(path) == []
     doc = yaml.safe_load(path.read_text())
@@ -113,14 +114,14 @@ def test_marketplace_yaml(fake_build: Make, variant: str) -> None:
 def test_marketplace_yaml_passes_yamllint_with_the_reference_settings(fake_build: Make) -> None:
     need_reference()
     build = fake_build("gpu").tested_and_recorded()
-    out = publish(build.name, URL_PREFIX, build.root)
+    out = publish(build.name, URL_PREFIX, build.tree)
     text = (out / f"{build.name}.marketplace.yaml").read_text()
     assert mp.yamllint_problems(text, REFERENCE_YAMLLINT) == []
 
 
 def test_release_notes(fake_build: Make) -> None:
     build = fake_build("gpu").tested_and_recorded(skipped=2)
-    out = publish(build.name, URL_PREFIX, build.root)
+    out = publish(build.name, URL_PREFIX, build.tree)
     notes = (out / "RELEASE_NOTES.md").read_text()
     for text in (
         "Debian GNU/Linux 12 (bookworm)", "6.1.0-37-amd64", "| Docker | 20.10.24+dfsg1 |", "| flwr | 1.41.0 |",
@@ -134,23 +135,23 @@ def test_release_notes(fake_build: Make) -> None:
     ):  # fmt: skip
         assert text in notes, text
     cpu = fake_build("cpu").tested_and_recorded()
-    cpu_notes = (publish(cpu.name, URL_PREFIX, cpu.root) / "RELEASE_NOTES.md").read_text()
+    cpu_notes = (publish(cpu.name, URL_PREFIX, cpu.tree) / "RELEASE_NOTES.md").read_text()
     assert "NVIDIA" not in cpu_notes.split("## Context variables")[0]
 
 
 def test_gpu_pci_address_goes_into_the_vm_template(fake_build: Make) -> None:
     build = fake_build("gpu").tested_and_recorded()
-    out = publish(build.name, URL_PREFIX, build.root, gpu_pci_address="e1:00.0")
+    out = publish(build.name, URL_PREFIX, build.tree, gpu_pci_address="e1:00.0")
     assert single(parse_template((out / f"{build.name}.tmpl").read_text()), "PCI") == {"SHORT_ADDRESS": "e1:00.0"}
     with pytest.raises(PublishError, match="--gpu-pci-address"):
-        publish(build.name, URL_PREFIX, build.root, gpu_pci_address="0000:e1:00.0")
+        publish(build.name, URL_PREFIX, build.tree, gpu_pci_address="0000:e1:00.0")
 
 
 def test_publishing_again_replaces_the_bundle(fake_build: Make) -> None:
     build = fake_build("cpu").tested_and_recorded()
-    first = publish(build.name, URL_PREFIX, build.root)
+    first = publish(build.name, URL_PREFIX, build.tree)
     (first / "stray.txt").write_text("from an older run")
-    second = publish(build.name, "https://mirror.example.net/x", build.root)
+    second = publish(build.name, "https://mirror.example.net/x", build.tree)
     assert not (second / "stray.txt").exists()
     assert "https://mirror.example.net/x/supernode-cpu.qcow2" in (second / "artifact.json").read_text()
 
@@ -161,16 +162,16 @@ def test_publishing_again_replaces_the_bundle(fake_build: Make) -> None:
 def test_refuses_when_tests_never_ran(fake_build: Make) -> None:
     build = fake_build("cpu")
     with pytest.raises(Refused, match=r"tests have not been run for this image.*tested-image\.json.*nox -s test_cpu"):
-        publish(build.name, URL_PREFIX, build.root)
+        publish(build.name, URL_PREFIX, build.tree)
     _assert_nothing_left(build)
 
 
-def test_refusal_names_the_test_session_of_another_definition(build_root: Path) -> None:
+def test_refusal_names_the_test_session_of_another_definition(build_root: BuildTree) -> None:
     """supernode-cpu-debian12 is tested by the generic test_image session, not test_cpu."""
     build = FakeBuild(build_root, "supernode-cpu-debian12", "cpu")
     build.make_image()
     with pytest.raises(Refused, match=r"nox -s test_image -- supernode-cpu-debian12\)"):
-        publish(build.name, URL_PREFIX, build.root)
+        publish(build.name, URL_PREFIX, build.tree)
     _assert_nothing_left(build)
 
 
@@ -179,9 +180,9 @@ def test_refusal_names_the_test_session_of_another_definition(build_root: Path) 
 )
 def test_refuses_when_tests_did_not_pass(fake_build: Make, cases: list[Case]) -> None:
     build = fake_build("cpu").tested_and_recorded(cases)
-    assert json.loads((build.results / "tested-image.json").read_text())["passed"] is False
+    assert json.loads((build.tested_record).read_text())["passed"] is False
     with pytest.raises(Refused, match="the tests did not pass for this image"):
-        publish(build.name, URL_PREFIX, build.root)
+        publish(build.name, URL_PREFIX, build.tree)
     _assert_nothing_left(build)
 
 
@@ -190,7 +191,7 @@ def test_refuses_when_a_different_file_was_tested(fake_build: Make) -> None:
     tested = sha256(build.qcow2)
     build.make_image(virtual_bytes=128 * 1024 * 1024)  # rebuilt after the tests: consistent, but untested
     with pytest.raises(Refused, match=f"the tests ran on a different file: .*{tested}.*{sha256(build.qcow2)}"):
-        publish(build.name, URL_PREFIX, build.root)
+        publish(build.name, URL_PREFIX, build.tree)
     _assert_nothing_left(build)
 
 
@@ -198,29 +199,55 @@ def test_refuses_when_junit_changed_after_the_record(fake_build: Make) -> None:
     build = fake_build("cpu").tested_and_recorded()
     build.write_tests(failures=1)  # a later, failed run that never recorded
     with pytest.raises(Refused, match=r"junit\.xml now reports 10 tests: 9 passed, 1 failures.*failures or errors in"):
-        publish(build.name, URL_PREFIX, build.root)
+        publish(build.name, URL_PREFIX, build.tree)
+    _assert_nothing_left(build)
+
+
+def _without_toolkit(build: FakeBuild) -> None:
+    manifest = build.typed_manifest()
+    assert manifest.gpu is not None
+    absent = ToolkitRecord("absent", "absent", absent_reason="NVIDIA's repository was unreachable")
+    build.write_manifest(replace(manifest, gpu=replace(manifest.gpu, toolkit=absent)))
+
+
+def test_refuses_a_gpu_image_without_the_toolkit(fake_build: Make) -> None:
+    build = fake_build("gpu").tested_and_recorded()
+    _without_toolkit(build)
+    with pytest.raises(Refused, match="NVIDIA Container Toolkit is absent \\(NVIDIA's repository was unreachable\\)"):
+        publish(build.name, URL_PREFIX, build.tree)
     _assert_nothing_left(build)
 
 
 @pytest.mark.parametrize("toolkit", ["absent", {"toolkit": "absent", "version": ""}, None])
-def test_refuses_a_gpu_image_without_the_toolkit(fake_build: Make, toolkit: object) -> None:
+def test_refuses_a_toolkit_in_an_older_shape(fake_build: Make, toolkit: object) -> None:
+    """The shapes manifest_version 1 wrote are not read as "installed" (nor as anything)."""
     build = fake_build("gpu").tested_and_recorded()
     manifest = build.manifest()
     manifest["gpu"]["toolkit"] = toolkit
-    manifest["gpu"]["toolkit_absent_reason"] = "NVIDIA's repository was unreachable"
     build.write_manifest(manifest)
-    with pytest.raises(Refused, match="NVIDIA Container Toolkit is absent \\(NVIDIA's repository was unreachable\\)"):
-        publish(build.name, URL_PREFIX, build.root)
+    with pytest.raises(Refused, match=r"manifest\.json: gpu\.toolkit"):
+        publish(build.name, URL_PREFIX, build.tree)
     _assert_nothing_left(build)
 
 
 def test_refuses_a_gpu_image_without_gpu_section(fake_build: Make) -> None:
     build = fake_build("gpu").tested_and_recorded()
     manifest = build.manifest()
-    manifest["gpu"] = {}
+    manifest["gpu"] = None
     build.write_manifest(manifest)
-    with pytest.raises(Refused, match="no gpu section"):
-        publish(build.name, URL_PREFIX, build.root)
+    with pytest.raises(Refused, match="gpu: a gpu image needs a gpu section"):
+        publish(build.name, URL_PREFIX, build.tree)
+    _assert_nothing_left(build)
+
+
+def test_refuses_a_manifest_of_another_version(fake_build: Make) -> None:
+    build = fake_build("cpu").tested_and_recorded()
+    manifest = build.manifest()
+    manifest["manifest_version"] = 1
+    build.write_manifest(manifest)
+    refusal = r"manifest\.json: manifest_version 1, this checkout reads 2: rebuild the image \(nox -s build_cpu\)"
+    with pytest.raises(Refused, match=refusal):
+        publish(build.name, URL_PREFIX, build.tree)
     _assert_nothing_left(build)
 
 
@@ -230,7 +257,7 @@ def test_refuses_when_the_sha256_file_disagrees(fake_build: Make) -> None:
     with pytest.raises(
         Refused, match=f"checksum mismatch: .* has sha256 {sha256(build.qcow2)} but .*sha256 says 0{{64}}"
     ):
-        publish(build.name, URL_PREFIX, build.root)
+        publish(build.name, URL_PREFIX, build.tree)
     _assert_nothing_left(build)
 
 
@@ -240,7 +267,7 @@ def test_refuses_when_the_manifest_disagrees(fake_build: Make) -> None:
     manifest["artifact"]["sha256"] = "f" * 64
     build.write_manifest(manifest)
     with pytest.raises(Refused, match=r"checksum mismatch: .* but manifest\.json says f{64}"):
-        publish(build.name, URL_PREFIX, build.root)
+        publish(build.name, URL_PREFIX, build.tree)
     _assert_nothing_left(build)
 
 
@@ -249,20 +276,20 @@ def test_refuses_a_file_changed_after_build_and_test(fake_build: Make) -> None:
     with build.qcow2.open("ab") as f:
         f.write(b"\0" * 512)
     with pytest.raises(Refused, match="checksum mismatch"):
-        publish(build.name, URL_PREFIX, build.root)
+        publish(build.name, URL_PREFIX, build.tree)
     _assert_nothing_left(build)
 
 
 def test_a_refusal_also_removes_an_earlier_bundle(fake_build: Make) -> None:
     build = fake_build("cpu").tested_and_recorded()
-    publish(build.name, URL_PREFIX, build.root)
+    publish(build.name, URL_PREFIX, build.tree)
     build.make_image(virtual_bytes=96 * 1024 * 1024)
     with pytest.raises(Refused):
-        publish(build.name, URL_PREFIX, build.root)
+        publish(build.name, URL_PREFIX, build.tree)
     _assert_nothing_left(build)
 
 
-def test_refuses_an_image_that_was_not_built(build_root: Path) -> None:
+def test_refuses_an_image_that_was_not_built(build_root: BuildTree) -> None:
     with pytest.raises(Refused, match="does not exist: build the image first \\(nox -s build_gpu\\)"):
         publish("supernode-gpu", URL_PREFIX, build_root)
 
@@ -271,7 +298,7 @@ def test_refuses_an_image_that_was_not_built(build_root: Path) -> None:
 def test_url_prefix_must_be_http(fake_build: Make, prefix: str) -> None:
     build = fake_build("cpu").tested_and_recorded()
     with pytest.raises(PublishError, match="--url-prefix"):
-        publish(build.name, prefix, build.root)
+        publish(build.name, prefix, build.tree)
 
 
 # --- command line --------------------------------------------------------------------------
@@ -282,9 +309,7 @@ def test_cli_publish_and_refusal_exit_codes(fake_build: Make, capsys: pytest.Cap
     argv = ["publish", build.name, "--url-prefix", URL_PREFIX, "--build-root", str(build.root)]
     assert main(argv) == 0
     assert f"published {build.name}: {build.bundle}" in capsys.readouterr().out
-    manifest = build.manifest()
-    manifest["gpu"]["toolkit"] = "absent"
-    build.write_manifest(manifest)
+    _without_toolkit(build)
     assert main(argv) == 2
     assert "error: supernode-gpu: manifest.json says the NVIDIA Container Toolkit is absent" in capsys.readouterr().err
     _assert_nothing_left(build)
@@ -304,7 +329,7 @@ def test_cli_record_tested(fake_build: Make, capsys: pytest.CaptureFixture[str])
     assert "10 tests: 10 passed, 0 failures, 0 errors, 0 skipped; passed for sha256" in capsys.readouterr().out
     build.write_tests(failures=1)
     assert main(["record-tested", build.name, "--build-root", str(build.root)]) == 1
-    assert json.loads((build.results / "tested-image.json").read_text())["passed"] is False
+    assert json.loads((build.tested_record).read_text())["passed"] is False
     (build.results / "junit.xml").unlink()
     assert main(["record-tested", build.name, "--build-root", str(build.root)]) == 2
 
@@ -317,11 +342,11 @@ def test_cli_vm_template(capsys: pytest.CaptureFixture[str]) -> None:
 def test_record_tested_image_file(fake_build: Make) -> None:
     build = fake_build("gpu")
     junit = build.write_tests()
-    record = record_tested_image(build.dir, junit)
+    record = record_tested_image(build.out, junit)
     two = {"tests": 2, "passed": 2, "failed": 0, "errors": 0, "skipped": 0}
     assert record == {
         "sha256": sha256(build.qcow2), "junit": "junit.xml", "variant": "gpu", "passed": True, "reasons": [],
         "gpu_passthrough_verified": True, "totals": {"tests": 12, "passed": 12, "failed": 0, "errors": 0, "skipped": 0},
         "scenarios": {name: two for name in sorted(REQUIRED_SCENARIOS["gpu"])},
     }  # fmt: skip
-    assert json.loads((build.results / "tested-image.json").read_text()) == record
+    assert json.loads((build.tested_record).read_text()) == record

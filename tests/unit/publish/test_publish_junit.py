@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from publish_testlib import FakeBuild
 
+from appliance_build.artifacts import BuildTree
 from appliance_build.publish import PublishError, read_junit, record_tested_image
 
 
@@ -52,7 +53,7 @@ def test_missing_inputs(tmp_path: Path) -> None:
     with pytest.raises(PublishError, match="no JUnit XML"):
         read_junit(tmp_path / "nope.xml")
     with pytest.raises(PublishError, match="nothing was tested"):
-        record_tested_image(tmp_path / "supernode-cpu", tmp_path / "junit.xml")
+        record_tested_image(BuildTree(tmp_path).image("supernode-cpu"), tmp_path / "junit.xml")
 
 
 def test_junit_outside_test_results_is_recorded_by_absolute_path(
@@ -61,4 +62,4 @@ def test_junit_outside_test_results_is_recorded_by_absolute_path(
     build = fake_build("cpu")
     elsewhere = tmp_path / "elsewhere.xml"
     elsewhere.write_text('<testsuite tests="1" failures="0" errors="0" skipped="0"/>')
-    assert record_tested_image(build.dir, elsewhere)["junit"] == str(elsewhere.resolve())
+    assert record_tested_image(build.out, elsewhere)["junit"] == str(elsewhere.resolve())

@@ -90,12 +90,12 @@ def test_an_all_skipped_image_test_run_is_not_passed_and_not_published(
     assert main(["record-tested", build.name, "--build-root", str(build.root)]) == 1
     out = capsys.readouterr().out
     assert "NOT passed" in out and "no test passed: all" in out
-    record = json.loads((build.results / "tested-image.json").read_text())
+    record = json.loads((build.tested_record).read_text())
     assert record["passed"] is False
     assert record["totals"]["passed"] == 0 and record["totals"]["skipped"] == record["totals"]["tests"] > 0
     assert record["scenarios"]["default"]["skipped"] == record["scenarios"]["default"]["tests"] > 0
     with pytest.raises(Refused) as refusal:
-        publish(build.name, URL_PREFIX, build.root)
+        publish(build.name, URL_PREFIX, build.tree)
     message = str(refusal.value)
     assert "the tests did not pass for this image" in message
     assert "required scenarios skipped, so not tested:" in message
@@ -229,7 +229,7 @@ def test_record_tested_writes_per_scenario_counts(fake_build: Make, capsys: pyte
     out = capsys.readouterr().out
     assert "13 tests: 10 passed, 0 failures, 0 errors, 3 skipped; passed for sha256" in out
     assert "GPU passthrough not verified (publishing needs --allow-unverified-gpu)" in out
-    record = json.loads((build.results / "tested-image.json").read_text())
+    record = json.loads((build.tested_record).read_text())
     assert record["variant"] == "gpu" and record["passed"] is True and record["reasons"] == []
     assert record["gpu_passthrough_verified"] is False
     assert record["totals"] == {"tests": 13, "passed": 10, "failed": 0, "errors": 0, "skipped": 3}
@@ -243,7 +243,7 @@ def test_record_tested_names_what_did_not_pass(fake_build: Make, capsys: pytest.
     build.write_tests([(s, o) for s, o in full_run("cpu") if s != "bad-context"])
     assert main(["record-tested", build.name, "--build-root", str(build.root)]) == 1
     assert "  not passed: required scenarios missing from the run: bad-context" in capsys.readouterr().out
-    record = json.loads((build.results / "tested-image.json").read_text())
+    record = json.loads((build.tested_record).read_text())
     assert record["passed"] is False
     assert record["reasons"] == ["required scenarios missing from the run: bad-context"]
 
@@ -254,24 +254,24 @@ def test_record_tested_names_what_did_not_pass(fake_build: Make, capsys: pytest.
 def test_publish_refuses_a_record_of_an_older_laxer_rule(fake_build: Make) -> None:
     """A record that says passed for an all-skipped JUnit file is judged again from the JUnit XML."""
     build = fake_build("cpu").tested_and_recorded(_all_skipped("cpu"))
-    tested = build.results / "tested-image.json"
+    tested = build.tested_record
     record = json.loads(tested.read_text())
     tested.write_text(json.dumps({"sha256": record["sha256"], "junit": "junit.xml", "passed": True}))
     with pytest.raises(Refused, match=r"now reports 10 tests: 0 passed.*skipped, so not tested: boot-bios \("):
-        publish(build.name, URL_PREFIX, build.root)
+        publish(build.name, URL_PREFIX, build.tree)
     assert not build.bundle.exists()
 
 
 def test_publish_refuses_a_missing_scenario(fake_build: Make) -> None:
     build = fake_build("cpu").tested_and_recorded([(s, o) for s, o in full_run("cpu") if s != "default"])
     with pytest.raises(Refused, match=r"the tests did not pass.*required scenarios missing from the run: default"):
-        publish(build.name, URL_PREFIX, build.root)
+        publish(build.name, URL_PREFIX, build.tree)
 
 
 def test_gpu_unverified_is_refused_without_the_flag(fake_build: Make, capsys: pytest.CaptureFixture[str]) -> None:
     build = fake_build("gpu").tested_and_recorded(full_run("gpu", gpu=False))
     with pytest.raises(Refused) as refusal:
-        publish(build.name, URL_PREFIX, build.root)
+        publish(build.name, URL_PREFIX, build.tree)
     message = str(refusal.value)
     assert message.startswith(f"{GPU_UNVERIFIED} (scenario {GPU_PASSTHROUGH}: 2 skipped (no GPU was passed through")
     assert "--allow-unverified-gpu" in message and "nox -s test_gpu -- --vfio" in message
@@ -299,14 +299,14 @@ def test_gpu_unverified_with_the_flag_says_so(fake_build: Make, capsys: pytest.C
 def test_verified_gpu_and_cpu_images_claim_nothing_unverified(fake_build: Make, allow: bool) -> None:
     for variant in ("gpu", "cpu"):
         build = fake_build(variant).tested_and_recorded()
-        out = publish(build.name, URL_PREFIX, build.root, allow_unverified_gpu=allow)
+        out = publish(build.name, URL_PREFIX, build.tree, allow_unverified_gpu=allow)
         assert GPU_UNVERIFIED not in (out / "RELEASE_NOTES.md").read_text()
         assert GPU_UNVERIFIED not in (out / f"{build.name}.marketplace.yaml").read_text()
 
 
 def test_a_cpu_image_needs_no_gpu_passthrough(fake_build: Make) -> None:
     build = fake_build("cpu").tested_and_recorded([*full_run("cpu"), (GPU_PASSTHROUGH, "skipped")])
-    assert publish(build.name, URL_PREFIX, build.root).is_dir()
+    assert publish(build.name, URL_PREFIX, build.tree).is_dir()
 
 
 def test_publish_cli_handles_sigterm_like_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:

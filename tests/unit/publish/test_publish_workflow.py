@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from appliance_build.artifacts import BuildTree
 from appliance_build.paths import REPO
 
 WORKFLOW = REPO / ".github" / "workflows" / "nightly.yml"
@@ -101,9 +102,10 @@ def _run_publish_step(tmp_path: Path, variant: str, tested: dict[str, Any] | Non
     """The publish step's script under bash, with `$AS_ROOT` = echo: (the publish command line, job summary)."""
     image = f"supernode-{variant}"
     if tested is not None:
-        results = tmp_path / "build" / image / "test-results"
-        results.mkdir(parents=True)
-        (results / "tested-image.json").write_text(json.dumps(tested))
+        # tests/conftest.py points FLOWER_BUILD_DIR at tmp_path/build, the build/ of the step's working directory
+        record = BuildTree.default().image(image).tested_record
+        record.parent.mkdir(parents=True)
+        record.write_text(json.dumps(tested))
     summary = tmp_path / "summary.md"
     summary.write_text("")
     env = {
