@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import cache, config, host_tools
+from . import cache, config, host_tools, nvidia_driver
 from .cache import file_sha256
 from .config import ImageConfig
 from .errors import ConfigError
@@ -35,7 +35,7 @@ from .paths import (
     build_root,
     cache_root,
 )
-from .progress import StageTimer, say
+from .progress import StageTimer, say, warn
 from .stages import base as base_stage
 from .stages import container as container_stage
 from .stages import finalize, packer, render
@@ -224,13 +224,18 @@ def gpu_manifest(image: ImageConfig, base: Any, inventory: dict[str, Any], plan:
 
 
 def _checked_request(
-    name: str, packer_target: str | None, toolkit_source: str | None, allow_missing_toolkit: bool
-) -> tuple[ImageConfig, render.PackerTarget, ToolkitPlan | None]:
+    name: str, packer_target: str | None, toolkit_source: str | None, allow_missing_toolkit: bool,
+    offline: bool = False,
+) -> tuple[ImageConfig, render.PackerTarget, ToolkitPlan | None]:  # fmt: skip
     """Everything that can fail fast, before anything under build/<image>/ is touched: the
-    definition, the flags, the host tools, the Packer target and the toolkit source."""
+    definition, the flags, the host tools, the Packer target, NVIDIA's driver repository
+    (bounded preflight) and the toolkit source. --offline: the driver from Debian, the toolkit
+    local (--toolkit-source local:DIR) or absent and recorded."""
     image = config.load(name)
-    if image.gpu is None and (toolkit_source or allow_missing_toolkit):
-        raise ConfigError(f"{name} is not a GPU image: --toolkit-source/--allow-missing-toolkit do not apply")
+    if image.gpu is None and (toolkit_source or allow_missing_toolkit or offline):
+        raise ConfigError(f"{name} is not a GPU image: --toolkit-source/--allow-missing-toolkit/--offline do not apply")
+    if offline:
+        image = config.offline(image)
     if image.gpu is not None and toolkit_source:
         image = replace(image, gpu=toolkit_stage.parse_override(toolkit_source, image.gpu))
     stages = ["base", "container", "packer", "finalize"] + (["gpu"] if image.gpu is not None else [])
@@ -239,15 +244,19 @@ def _checked_request(
     _firmware(image)  # a UEFI image needs OVMF on this host
     plan = None
     if image.gpu is not None:
-        plan = toolkit_stage.resolve(image.gpu, allow_missing=allow_missing_toolkit)
+        if image.base.nvidia_driver is not None:
+            nvidia_driver.preflight(image.base.nvidia_driver, timeout=nvidia_driver.PREFLIGHT_SECONDS)
+        if image.gpu.support_note:
+            warn(f"{name}: {image.gpu.support_note}; `nox -s publish` refuses it without --allow-unsupported-driver")
+        plan = toolkit_stage.resolve(image.gpu, allow_missing=allow_missing_toolkit, offline=offline)
     return image, target, plan
 
 
 def build_image(
     name: str, *, packer_target: str | None = None, toolkit_source: str | None = None,
-    allow_missing_toolkit: bool = False,
+    allow_missing_toolkit: bool = False, offline: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    image, target, plan = _checked_request(name, packer_target, toolkit_source, allow_missing_toolkit)
+    image, target, plan = _checked_request(name, packer_target, toolkit_source, allow_missing_toolkit, offline)
     out = Outputs.for_image(name)
     out.root.mkdir(parents=True, exist_ok=True)
     timer = StageTimer()

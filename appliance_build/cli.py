@@ -57,7 +57,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .build import build_image
 
     build_image(args.image, packer_target=args.packer_target, toolkit_source=args.toolkit_source,
-                allow_missing_toolkit=args.allow_missing_toolkit)  # fmt: skip
+                allow_missing_toolkit=args.allow_missing_toolkit, offline=args.offline)  # fmt: skip
     return 0
 
 
@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-missing-toolkit", action="store_true",
                    help="GPU image: build without the NVIDIA Container Toolkit if no source is reachable "
                         "(recorded as absent; publishing refuses the image)")  # fmt: skip
+    p.add_argument("--offline", action="store_true",
+                   help="GPU image: no NVIDIA repository: the driver from Debian, the toolkit from "
+                        "--toolkit-source local:DIR or absent (recorded; publishing refuses the image)")  # fmt: skip
     p.set_defaults(func=cmd_build)
     p = sub.add_parser("render", help="only render Packer HCL and cloud-init into build/IMAGE/")
     p.add_argument("images", nargs="*")
