@@ -115,3 +115,12 @@ def describe(record: dict[str, Any]) -> str:
         until = f" (support ended {ends})" if ends else " (no longer in NVIDIA's lifecycle table)"
         return f"NVIDIA no longer supports driver branch R{branch}{until}"
     return f"NVIDIA's support status of driver branch R{branch} is unknown (not in appliance_build/nvidia_branches.toml)"
+
+
+def from_manifest(gpu: dict[str, Any], today: dt.date | None = None) -> dict[str, Any]:
+    """The driver record of a manifest's GPU section: its own support fields when it has them,
+    else computed from its driver_branch (manifests written before the fields existed)."""
+    if gpu.get("support_status") in STATUSES:
+        return gpu
+    ends, status = support(str(gpu.get("driver_branch") or ""), today)
+    return {**gpu, "support_ends": ends, "support_status": status}

@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .. import nvidia_support
 from ..config import NAME_RE
 from ..opennebula_templates import GPU_PCI_PLACEHOLDER, SHORT_ADDRESS_RE, render_vm_template
 from ..paths import SCRIPTS_DIR
@@ -95,10 +96,17 @@ def _check_checksums(qcow2: Path, sha_file: Path, manifest: dict[str, Any], actu
         )
 
 
-def _check_gpu(manifest: dict[str, Any], image_name: str) -> None:
+def _check_gpu(manifest: dict[str, Any], image_name: str, *, allow_unsupported_driver: bool = False) -> None:
     gpu = manifest.get("gpu")
     if not isinstance(gpu, dict) or not gpu:
         raise Refused(f"{image_name}: manifest.json has no gpu section; the GPU layer was not built into this image")
+    driver = nvidia_support.from_manifest(gpu)
+    if driver["support_status"] == "past-support" and not allow_unsupported_driver:
+        raise Refused(
+            f"{image_name}: {nvidia_support.describe(driver)}. Rebuild with a supported branch from NVIDIA's "
+            "repository (gpu.driver_source = \"nvidia-repo\", nox -s build_gpu without --offline), or publish it "
+            "anyway with --allow-unsupported-driver (the release notes and the description say so)"
+        )
     toolkit = gpu.get("toolkit")
     absent = (
         toolkit == "absent" or toolkit is None or (isinstance(toolkit, dict) and toolkit.get("toolkit") == "absent")
@@ -256,6 +264,7 @@ def publish(
     publisher: str = marketplace.DEFAULT_PUBLISHER,
     opennebula_version: str = marketplace.OPENNEBULA_VERSIONS,
     allow_unverified_gpu: bool = False,
+    allow_unsupported_driver: bool = False,
 ) -> Path:
     """Write build_root/publish/<image_name>/ for build_root/<image_name>/; return its path.
 
@@ -289,7 +298,7 @@ def publish(
     manifest = _load_manifest(manifest_path, image_name)
     variant = str(manifest["variant"])
     if variant == "gpu":
-        _check_gpu(manifest, image_name)
+        _check_gpu(manifest, image_name, allow_unsupported_driver=allow_unsupported_driver)
 
     publish_root.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{image_name}.partial-", dir=publish_root))

@@ -28,6 +28,7 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
+from .. import nvidia_support
 from ..opennebula_templates import SIZING, context_attributes, inputs_order, user_inputs
 from ..paths import REPO
 from .errors import PublishError
@@ -132,6 +133,14 @@ def _description(manifest: dict[str, Any], variant: str, *, gpu_passthrough_veri
             "with the host-passthrough CPU model; after importing, add the GPU as a PCI device "
             '(`PCI = [ SHORT_ADDRESS = "e1:00.0" ]`, the card bound to vfio-pci on the host) and set '
             "`ONEAPP_FL_GPU_ENABLED` to YES. Without a usable GPU the SuperNode runs on the CPU and says so."
+        )
+        driver = nvidia_support.from_manifest(gpu)
+        source = {"nvidia-repo": "NVIDIA's repository", "debian": "Debian's packages"}.get(
+            str(driver.get("driver_source") or ""), "an unrecorded source"
+        )
+        paragraphs.append(
+            f"Driver branch R{driver.get('driver_branch')} from {source}, {driver.get('kernel_modules')} kernel "
+            f"modules: {nvidia_support.describe(driver)}."
         )
         if not gpu_passthrough_verified:
             paragraphs.append(

@@ -6,6 +6,8 @@ from typing import Any
 
 from supernode_runtime.variable_docs import markdown_table
 
+from .. import nvidia_support
+
 from .marketplace import GPU_UNVERIFIED, ImageFacts, toolkit_version
 from .tested import REQUIRED_SCENARIOS, JunitCounts, Verdict
 
@@ -96,16 +98,19 @@ def render(
             f"| NVIDIA Container Toolkit | {_cell(toolkit_version(gpu))} (source: {_cell(gpu.get('toolkit_source'))}) |"
         )
     packages = contents.get("packages") or {}
-    support = (manifest.get("gpu") or {}).get("driver_support") if variant == "gpu" else None
+    driver = nvidia_support.from_manifest(manifest.get("gpu") or {}) if variant == "gpu" else {}
     add(f"| Debian packages | {len(packages)} installed (full list in manifest.json) |")
     held = contents.get("held_packages") or []
     if held:
         add(f"| Held packages | {_cell(', '.join(map(str, held)))} |")
     add("")
 
-    if support:
-        add(f"**NVIDIA driver support:** {support}. The driver is Debian's package of branch "
-            f"{(manifest.get('gpu') or {}).get('driver_branch')}, the newest the distribution carries.")  # fmt: skip
+    if driver:
+        source = {"nvidia-repo": "NVIDIA's repository", "debian": "Debian's package"}.get(
+            str(driver.get("driver_source") or ""), "an unrecorded source"
+        )
+        add(f"**NVIDIA driver support ({driver['support_status']}):** {nvidia_support.describe(driver)}. "
+            f"The driver of branch R{driver.get('driver_branch')} comes from {source}.")  # fmt: skip
         add("")
 
     add("## Build")

@@ -194,13 +194,14 @@ def fake_manifest(name: str, variant: str, digest: str, file_bytes: int, virtual
     }
     if variant == "gpu":
         manifest["gpu"] = {
-            "driver_branch": "535",
-            "driver_support": "NVIDIA's support for R535 has ended; "
-                              "NVIDIA's repository route with a supported branch is a separate change",
+            "driver_source": "nvidia-repo",
+            "driver_branch": "580",
             "driver_install": "bootstrap",
-            "kernel_modules": "proprietary",
-            "kernel_module_package": "nvidia-kernel-dkms",
-            "driver_version": "535.247.01",
+            "kernel_modules": "open",
+            "kernel_module_package": "nvidia-kernel-open-dkms",
+            "driver_version": "580.126.20",
+            "support_ends": "2028-06",
+            "support_status": "supported",
             "kernel": "6.1.0-37-amd64",
             "toolkit": {"toolkit": "present", "version": "1.17.8-1", "source": "nvidia-repo", "detail": "ok"},
             "toolkit_source": "nvidia-repo",
