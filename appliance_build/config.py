@@ -125,7 +125,8 @@ _component = _pattern(r"[a-z][a-z0-9-]*", "must be an archive component name lik
 
 
 def _not_a_definition_key(value: object) -> None:
-    raise ValueError("is not a definition key: it follows [gpu] driver_source")
+    if value is not None:
+        raise ValueError("is not a definition key: it follows [gpu] driver_source")
 
 
 def _non_empty(value: tuple[str, ...]) -> None:
@@ -363,6 +364,9 @@ class GpuConfig:
     toolkit_mirror: str = setting("", check=_optional(_url))
     toolkit_repo: str = setting("https://nvidia.github.io/libnvidia-container/stable/deb/amd64", check=_url)
     toolkit_key_url: str = setting("https://nvidia.github.io/libnvidia-container/gpgkey", check=_url)
+    # The key NVIDIA signs libnvidia-container's repository with ("NVIDIA CORPORATION (Open Source
+    # Projects) <cudatools@nvidia.com>"); the build and 65-nvidia-container-toolkit.sh refuse another.
+    toolkit_key_fingerprint: str = setting("C95B321B61E88C1809C4F759DDCAE044F796ECB0", check=_fingerprint)
     allow_missing_toolkit: bool = False  # build without it: manifest says absent, publish refuses
 
     @property

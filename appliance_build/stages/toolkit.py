@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..config import GpuConfig
 from ..errors import BuildError, ConfigError
+from ..nvidia_driver import fingerprints
 from ..progress import say, warn
 
 REQUIRED = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
@@ -49,10 +50,11 @@ class ToolkitPlan:
     debs: tuple[Path, ...] = ()
     reason: str = ""
     packages: dict[str, str] = field(default_factory=dict)
+    key_fingerprint: str = ""
 
     def env(self) -> dict[str, str]:
         return {"FLOWER_TOOLKIT_SOURCE": self.source, "FLOWER_TOOLKIT_VERSION": self.version,
-                "FLOWER_TOOLKIT_REPO": self.repo}  # fmt: skip
+                "FLOWER_TOOLKIT_REPO": self.repo, "FLOWER_TOOLKIT_KEY_FINGERPRINT": self.key_fingerprint}  # fmt: skip
 
     def stage_into(self, upload: Path) -> None:
         """Put the key or the .deb files where 65-nvidia-container-toolkit.sh expects them."""
@@ -126,8 +128,12 @@ def resolve(gpu: GpuConfig, *, allow_missing: bool = False, timeout: float = 15.
         ) from None
     if b"BEGIN PGP PUBLIC KEY BLOCK" not in key:
         raise BuildError(f"{gpu.toolkit_key_url} did not return an armored OpenPGP key")
+    found = fingerprints(key)
+    if found != [gpu.toolkit_key_fingerprint]:
+        raise BuildError(f"NVIDIA Container Toolkit key {gpu.toolkit_key_url}: fingerprint mismatch: expected "
+                         f"{gpu.toolkit_key_fingerprint} (gpu.toolkit_key_fingerprint), got {', '.join(found) or 'none'}")  # fmt: skip
     say(f"NVIDIA Container Toolkit {gpu.toolkit_version} from {repo}")
-    return ToolkitPlan(gpu.toolkit_source, gpu.toolkit_version, repo=repo, key=key)
+    return ToolkitPlan(gpu.toolkit_source, gpu.toolkit_version, repo=repo, key=key, key_fingerprint=found[0])
 
 
 def _local(gpu: GpuConfig) -> ToolkitPlan:
