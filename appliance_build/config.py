@@ -274,7 +274,7 @@ class BaseConfig:
     extra_packages: tuple[str, ...] = setting((), each=_package_pin)
     # Not a definition key: the loader sets it from [gpu] driver_source = "nvidia-repo" (the
     # driver installed from NVIDIA's repository in the bootstrap chroot, appliance_build/nvidia_driver.py).
-    nvidia_driver: nvidia_driver.DriverRoute | None = setting(None, check=_not_a_definition_key)
+    nvidia_driver: nvidia_driver.DriverRoute | None = setting(None, check=_not_a_definition_key)  # noqa: RUF009
 
 
 @dataclass(frozen=True)
@@ -661,7 +661,8 @@ def _driver_route(c: _Checker, gpu: GpuConfig, base: BaseConfig) -> nvidia_drive
     c.check(upstream.startswith(f"{gpu.driver_branch}."), "gpu.driver_version",
             f"{gpu.driver_version!r} is not a version of driver_branch {gpu.driver_branch}")  # fmt: skip
     c.check("-" in upstream, "gpu.driver_version",
-            f"{gpu.driver_version!r} needs its Debian revision, like {upstream}-1 (NVIDIA's package version)")  # fmt: skip
+            f"{gpu.driver_version!r} needs its Debian revision, like {upstream}-1 "
+            "(NVIDIA's package version)")  # fmt: skip
     table = nvidia_support.repositories().get(base.provider)
     c.check(table is not None or bool(gpu.driver_repo and gpu.driver_key_fingerprint), "gpu.driver_repo",
             f"no NVIDIA repository is known for {base.provider}: set driver_repo, driver_key_url and "
@@ -684,7 +685,8 @@ def offline(image: ImageConfig) -> ImageConfig:
     branch = DEBIAN_DRIVER_BRANCH.get(image.base.provider)
     if branch is None:
         raise ConfigError(f"{image.name}: --offline takes the driver from Debian, but base.provider "
-                          f"{image.base.provider!r} is not a Debian base ({', '.join(DEBIAN_DRIVER_BRANCH)})")  # fmt: skip
+                          f"{image.base.provider!r} is not a Debian base "
+                          f"({', '.join(DEBIAN_DRIVER_BRANCH)})")  # fmt: skip
     if flavour == "open" and image.base.provider == "debian-12":
         raise ConfigError(f"{image.name}: --offline: Debian 12's open modules are not installable; "
                           "set gpu.debian_kernel_modules = \"proprietary\"")  # fmt: skip

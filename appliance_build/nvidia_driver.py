@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -117,7 +116,7 @@ def _fetch(url: str, deadline: float) -> bytes:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise TimeoutError("the preflight's time ran out")
-    with urllib.request.urlopen(url, timeout=remaining) as response:  # noqa: S310 -- http(s) URL checked by config
+    with urllib.request.urlopen(url, timeout=remaining) as response:
         return bytes(response.read())
 
 
@@ -230,7 +229,7 @@ def preflight(route: DriverRoute, timeout: float = 20.0) -> bytes:
         blob = _fetch(base + name, deadline)
     except RouteError:
         raise
-    except (urllib.error.URLError, OSError, ValueError, socket.timeout) as exc:
+    except (TimeoutError, urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise RouteError(f"NVIDIA driver repository not reachable: {step}: {reason} "
                          f"(gave up within {timeout:.0f} s).\n{route.switch_hint()}") from None  # fmt: skip
@@ -315,14 +314,16 @@ def check_root(root: Path, route: DriverRoute) -> dict[str, Any]:
     """The build-time checks, on the root's files: every failure is listed, then raised."""
     kernel = image_kernel(root)
     failures: list[str] = []
-    modules = [m for m in sorted((root / "lib/modules" / kernel).rglob("nvidia*.ko*")) if _modinfo(m, "name") == "nvidia"]
+    candidates = sorted((root / "lib/modules" / kernel).rglob("nvidia*.ko*"))
+    modules = [m for m in candidates if _modinfo(m, "name") == "nvidia"]
     module_version = module_license = ""
     if not modules:
         failures.append(f"no module named nvidia for kernel {kernel} under /lib/modules/{kernel}")
     else:
         module_version, module_license = _modinfo(modules[0], "version"), _modinfo(modules[0], "license")
         if module_version != route.upstream_version:
-            failures.append(f"modinfo version of {modules[0].name} is {module_version!r}, pinned {route.upstream_version}")
+            failures.append(f"modinfo version of {modules[0].name} is {module_version!r}, "
+                            f"pinned {route.upstream_version}")  # fmt: skip
         if module_license != MODULE_LICENSES[route.kernel_modules]:
             failures.append(f"module licence {module_license!r} is not the {route.kernel_modules} flavour's "
                             f"{MODULE_LICENSES[route.kernel_modules]!r}")  # fmt: skip
@@ -332,8 +333,8 @@ def check_root(root: Path, route: DriverRoute) -> dict[str, Any]:
         if not state.endswith(" installed") or version != route.version:
             failures.append(f"{package} is {state} {version}, pinned {route.version}")
     held = sorted(p for p, (state, _) in status.items() if state.startswith("hold ") and state.endswith(" installed"))
-    kernel_packages = [p for p, (state, _) in status.items()
-                       if p.startswith(("linux-image-", "linux-headers-")) and state.endswith(" installed")]  # fmt: skip
+    installed = [p for p, (state, _) in status.items() if state.endswith(" installed")]
+    kernel_packages = [p for p in installed if p.startswith(("linux-image-", "linux-headers-"))]
     for package in (*route.packages, *kernel_packages):
         if package not in held:
             failures.append(f"{package} is not held (apt-mark hold)")
@@ -371,7 +372,9 @@ def install_into(root: Path, route: DriverRoute, key: bytes, log: Path, timeout:
     # apt-get update exits 0 on some fetch failures; "E:"/"W: ... not signed" lines name them.
     text = log.read_text(errors="replace").rsplit("$ chroot", 1)[-1]
     if update.returncode != 0 or re.search(r"^(E:|W: (GPG error|The repository .* is not signed|Failed))", text, re.M):
-        raise RouteError(f"apt-get update with {route.url} failed (unsigned, wrong key or unreachable):\n  {_tail(log)}")
+        raise RouteError(
+            f"apt-get update with {route.url} failed (unsigned, wrong key or unreachable):\n  {_tail(log)}"
+        )
     pins = [f"{package}={route.version}" for package in route.packages]
     install = _chroot(root, "apt-get", *APT_OPTIONS, "install", "-y", "-q", "--no-install-recommends", "--", *pins,
                       log=log, timeout=timeout)  # fmt: skip

@@ -114,7 +114,7 @@ def describe(record: dict[str, Any]) -> str:
     if status == "past-support":
         until = f" (support ended {ends})" if ends else " (no longer in NVIDIA's lifecycle table)"
         return f"NVIDIA no longer supports driver branch R{branch}{until}"
-    return f"NVIDIA's support status of driver branch R{branch} is unknown (not in appliance_build/nvidia_branches.toml)"
+    return f"NVIDIA's support status of driver branch R{branch} is unknown (not in {TABLE.name})"
 
 
 def from_manifest(gpu: dict[str, Any], today: dt.date | None = None) -> dict[str, Any]:

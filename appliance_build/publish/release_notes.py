@@ -7,7 +7,6 @@ from typing import Any
 from supernode_runtime.variable_docs import markdown_table
 
 from .. import nvidia_support
-
 from .marketplace import GPU_UNVERIFIED, ImageFacts, toolkit_version
 from .tested import REQUIRED_SCENARIOS, JunitCounts, Verdict
 

@@ -104,7 +104,9 @@ def _deb_fields(deb: Path) -> tuple[str, str]:
     return values.get("Package", ""), values.get("Version", "")
 
 
-def resolve(gpu: GpuConfig, *, allow_missing: bool = False, timeout: float = 15.0, offline: bool = False) -> ToolkitPlan:
+def resolve(
+    gpu: GpuConfig, *, allow_missing: bool = False, timeout: float = 15.0, offline: bool = False
+) -> ToolkitPlan:
     """offline (`--offline`): a local source if one is given, else absent (recorded), without
     trying NVIDIA's repository or a mirror."""
     allow = allow_missing or gpu.allow_missing_toolkit
@@ -131,7 +133,8 @@ def resolve(gpu: GpuConfig, *, allow_missing: bool = False, timeout: float = 15.
     found = fingerprints(key)
     if found != [gpu.toolkit_key_fingerprint]:
         raise BuildError(f"NVIDIA Container Toolkit key {gpu.toolkit_key_url}: fingerprint mismatch: expected "
-                         f"{gpu.toolkit_key_fingerprint} (gpu.toolkit_key_fingerprint), got {', '.join(found) or 'none'}")  # fmt: skip
+                         f"{gpu.toolkit_key_fingerprint} (gpu.toolkit_key_fingerprint), "
+                         f"got {', '.join(found) or 'none'}")  # fmt: skip
     say(f"NVIDIA Container Toolkit {gpu.toolkit_version} from {repo}")
     return ToolkitPlan(gpu.toolkit_source, gpu.toolkit_version, repo=repo, key=key, key_fingerprint=found[0])
 

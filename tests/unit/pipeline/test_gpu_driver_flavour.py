@@ -107,7 +107,8 @@ def test_manifest_states_branch_flavour_and_support(tmp_path: Path) -> None:
     doc = build.gpu_manifest(image, SimpleNamespace(facts={}), inventory, ToolkitPlan("absent", ""))
     assert doc["driver_branch"] == "550" and doc["kernel_modules"] == "open"
     assert doc["kernel_module_package"] == "nvidia-open-kernel-dkms" and doc["module_license"] == "Dual MIT/GPL"
-    assert doc["driver_support"] == "NVIDIA no longer supports driver branch R550 (no longer in NVIDIA's lifecycle table)"
+    assert doc["driver_support"] == (
+        "NVIDIA no longer supports driver branch R550 (no longer in NVIDIA's lifecycle table)")  # fmt: skip
 
 
 def test_driver_script_checks_the_flavour() -> None:

@@ -208,7 +208,8 @@ def test_unreachable_repository_stops_the_build_within_seconds_naming_the_switch
     with apt_mirror.silent_server() as url:
         _pointing_at(url, monkeypatch)
         started = time.monotonic()
-        with pytest.raises(BuildError, match=r"(?s)NVIDIA driver repository not reachable.*nox -s build_gpu -- --offline"):
+        refusal = r"(?s)NVIDIA driver repository not reachable.*nox -s build_gpu -- --offline"
+        with pytest.raises(BuildError, match=refusal):
             build.build_image("supernode-gpu", packer_target="1.6.6")
         assert time.monotonic() - started < 10
     assert calls == [] and not build.Outputs.for_image("supernode-gpu").root.exists()

@@ -62,7 +62,8 @@ def test_explicit_permission_gives_absent(how: str) -> None:
 
 
 def test_reachable_repo_fetches_key(repo: str, tmp_path: Path, key: apt_mirror.ThrowawayKey) -> None:
-    gpu = GpuConfig(toolkit_repo=f"{repo}/deb", toolkit_key_url=f"{repo}/gpgkey", toolkit_key_fingerprint=key.fingerprint)
+    gpu = GpuConfig(toolkit_repo=f"{repo}/deb", toolkit_key_url=f"{repo}/gpgkey",
+                    toolkit_key_fingerprint=key.fingerprint)  # fmt: skip
     plan = toolkit.resolve(gpu, timeout=5)
     assert plan.env()["FLOWER_TOOLKIT_KEY_FINGERPRINT"] == key.fingerprint
     assert plan.source == "nvidia-repo" and plan.version == gpu.toolkit_version and plan.repo == f"{repo}/deb"
@@ -73,8 +74,8 @@ def test_reachable_repo_fetches_key(repo: str, tmp_path: Path, key: apt_mirror.T
 
 
 def test_mirror_route(repo: str, key: apt_mirror.ThrowawayKey) -> None:
-    gpu = toolkit.parse_override(f"mirror:{repo}/deb", GpuConfig(toolkit_key_url=f"{repo}/gpgkey",
-                                                                   toolkit_key_fingerprint=key.fingerprint))  # fmt: skip
+    pinned = GpuConfig(toolkit_key_url=f"{repo}/gpgkey", toolkit_key_fingerprint=key.fingerprint)
+    gpu = toolkit.parse_override(f"mirror:{repo}/deb", pinned)
     plan = toolkit.resolve(gpu, timeout=5)
     assert plan.source == "mirror" and plan.repo == f"{repo}/deb"
 
