@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -316,10 +317,10 @@ class GpuRecord:
     kernel_modules: Literal["open", "proprietary"]
     kernel_module_package: str
     toolkit: ToolkitRecord
-    driver_source: Literal["nvidia-repo", "debian"] | None = None  # whose packages
+    driver_source: Literal["nvidia-repo", "debian"]  # whose packages (NVIDIA's repository, or Debian's)
     driver_version: str | None = None  # the module's version, as 60-nvidia-driver.sh found it
     module_license: str | None = None  # "Dual MIT/GPL" (open) or "NVIDIA" (proprietary)
-    support_ends: str | None = None  # ISO date NVIDIA ends support for the branch
+    support_ends: str | None = None  # YYYY-MM: the month NVIDIA's support of the branch ends
     support_status: Literal["supported", "past-support", "unknown"] = "unknown"
     support_note: str | None = None  # what the release notes say about NVIDIA's support of the branch
     kernel: str | None = None
@@ -330,11 +331,8 @@ class GpuRecord:
     driver_install_s: float | None = None  # seconds the driver install took in the bootstrap chroot
 
     def __post_init__(self) -> None:
-        if self.support_ends is not None:
-            try:
-                dt.date.fromisoformat(self.support_ends)
-            except ValueError:
-                raise ValueError(f"support_ends: {self.support_ends!r} is not an ISO date (YYYY-MM-DD)") from None
+        if self.support_ends is not None and re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", self.support_ends) is None:
+            raise ValueError(f"support_ends: {self.support_ends!r} is not a month (YYYY-MM)")
 
 
 @dataclass(frozen=True)

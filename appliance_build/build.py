@@ -153,16 +153,19 @@ def gpu_manifest(
     if image.gpu is None or toolkit is None:
         return None
     driver = inventory.get("gpu_driver", {})
+    record = image.gpu.driver_record(str(driver.get("driver_version") or ""))
     return GpuRecord(
         driver_branch=image.gpu.driver_branch,
         driver_install=image.gpu.driver_install,  # type: ignore[arg-type]  # checked by config
         kernel_modules=image.gpu.kernel_modules,  # type: ignore[arg-type]  # open | proprietary
         kernel_module_package=image.gpu.kernel_module_package,
         toolkit=toolkit_record(toolkit, inventory),
-        support_status="past-support" if image.gpu.support_note else "unknown",
-        support_note=image.gpu.support_note or None,  # NVIDIA's support status of the branch
+        driver_source=record.driver_source,  # type: ignore[arg-type]  # nvidia-repo | debian, checked by config
+        support_ends=record.support_ends or None,  # from nvidia_branches.toml (NVIDIA's lifecycle page)
+        support_status=record.support_status,  # type: ignore[arg-type]  # as of the build
+        support_note=image.gpu.support_note or None,
         module_license=driver.get("module_license"),  # what 60-nvidia-driver.sh found in the module
-        driver_version=driver.get("driver_version"),
+        driver_version=record.driver_version or None,
         kernel=driver.get("kernel"),
         module_path=driver.get("module_path"),
         driver_checks=driver.get("checks") or {},
@@ -187,10 +190,10 @@ def _inventory(out: ImageArtifacts) -> dict[str, Any]:
 
 def build_image(
     name: str, *, packer_target: str | None = None, toolkit_source: str | None = None,
-    allow_missing_toolkit: bool = False,
+    allow_missing_toolkit: bool = False, offline: bool = False,
 ) -> Manifest:  # fmt: skip
     request = plan.check(name, packer_target=packer_target, toolkit_source=toolkit_source,
-                         allow_missing_toolkit=allow_missing_toolkit)  # fmt: skip
+                         allow_missing_toolkit=allow_missing_toolkit, offline=offline)  # fmt: skip
     image, target, toolkit = request.image, request.target, request.toolkit
     out = ImageArtifacts.for_image(name)
     out.root.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         gpu = config.load(name).gpu is not None  # GPU options apply to the GPU images of the list
         request = plan.check(name, packer_target=args.packer_target,
                              toolkit_source=args.toolkit_source if gpu else None,
-                             allow_missing_toolkit=args.allow_missing_toolkit and gpu, stages=("packer",))  # fmt: skip
+                             allow_missing_toolkit=args.allow_missing_toolkit and gpu, offline=args.offline and gpu,
+                             stages=("packer",))  # fmt: skip
         out = ImageArtifacts.for_image(name)
         with packer.build_keypair(name) as key_pair:
             written = plan.write(request, plan.runs(request, out), out, key_pair.public)
@@ -45,7 +46,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .build import build_image
 
     build_image(args.image, packer_target=args.packer_target, toolkit_source=args.toolkit_source,
-                allow_missing_toolkit=args.allow_missing_toolkit)  # fmt: skip
+                allow_missing_toolkit=args.allow_missing_toolkit, offline=args.offline)  # fmt: skip
     return 0
 
 
@@ -62,6 +63,9 @@ def _request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-missing-toolkit", action="store_true",
                    help="GPU image: build without the NVIDIA Container Toolkit if no source is reachable "
                         "(recorded as absent; publishing refuses the image)")  # fmt: skip
+    p.add_argument("--offline", action="store_true",
+                   help="GPU image: no NVIDIA repository: the driver from Debian, the toolkit from "
+                        "--toolkit-source local:DIR or absent (recorded; publishing refuses the image)")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

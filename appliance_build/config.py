@@ -25,6 +25,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from . import nvidia_driver, nvidia_support
 from .errors import ConfigError
 from .paths import IMAGES_DIR, PROVISION_DIR, REPO
 from .suites import SUITES, container_suite
@@ -121,6 +122,11 @@ _package_pin = _pattern(
 _deb_version = _pattern(DEB_VERSION, "not a Debian package version ([epoch:]version, Debian policy §5.6.12)")
 # Archive areas (Debian policy §2.2: main, contrib, non-free, non-free-firmware).
 _component = _pattern(r"[a-z][a-z0-9-]*", "must be an archive component name like main or non-free ([a-z][a-z0-9-]*)")
+
+
+def _not_a_definition_key(value: object) -> None:
+    if value is not None:
+        raise ValueError("is not a definition key: it follows [gpu] driver_source")
 
 
 def _non_empty(value: tuple[str, ...]) -> None:
@@ -266,6 +272,9 @@ class BaseConfig:
     components: tuple[str, ...] = setting(("main",), check=_non_empty, each=_component)
     # debian-*: installed in the bootstrap chroot
     extra_packages: tuple[str, ...] = setting((), each=_package_pin)
+    # Not a definition key: the loader sets it from [gpu] driver_source = "nvidia-repo" (the
+    # driver installed from NVIDIA's repository in the bootstrap chroot, appliance_build/nvidia_driver.py).
+    nvidia_driver: nvidia_driver.DriverRoute | None = setting(None, check=_not_a_definition_key)  # noqa: RUF009
 
 
 @dataclass(frozen=True)
@@ -307,25 +316,42 @@ class FlowerConfig:
         return self.local_tag or f"flwr-supernode:{self.version}"
 
 
+# Debian's own NVIDIA driver (the offline route, gpu.driver_source = "debian"): the branch each
+# suite packages and the compute subset of it (source nvidia-graphics-drivers; the `nvidia-driver`
+# metapackage would also pull xserver-xorg-video-nvidia, an X server this headless appliance never
+# runs): nvidia-smi and the libraries in non-free, nvidia-persistenced and nvidia-modprobe in
+# contrib, firmware-nvidia-gsp (a hard dependency of both kernel-module packages) in non-free-firmware.
+DEBIAN_DRIVER_BRANCH = {"debian-12": "535", "debian-13": "550"}
+DEBIAN_DRIVER_PACKAGES = (
+    "nvidia-smi", "libcuda1", "libnvidia-ml1", "libnvidia-ptxjitcompiler1", "nvidia-persistenced",
+    "nvidia-modprobe", "firmware-nvidia-gsp",
+)  # fmt: skip
+_fingerprint = _pattern(r"[0-9A-F]{40}", "must be an OpenPGP fingerprint: 40 upper-case hex digits, no spaces")
 # The kernel-module package of each flavour of Debian's NVIDIA driver: the open modules are
 # nvidia-open-kernel-dkms (contrib, source nvidia-open-gpu-kernel-modules), the proprietary ones
 # nvidia-kernel-dkms (non-free, source nvidia-graphics-drivers); both build a module named
 # "nvidia" (dkms.conf BUILT_MODULE_NAME) and depend on firmware-nvidia-gsp.
 KERNEL_MODULE_PACKAGES = {"open": "nvidia-open-kernel-dkms", "proprietary": "nvidia-kernel-dkms"}
-# NVIDIA's support status of the branches Debian packages (535: bookworm, 550: trixie): both ended.
-NVIDIA_SUPPORT_ENDED = {
-    "535": "NVIDIA's support for R535 has ended",
-    "550": "NVIDIA's support for R550 has ended",
-}
-SUPPORTED_BRANCH_NOTE = "NVIDIA's repository route with a supported branch is a separate change"
 
 
 @dataclass(frozen=True)
 class GpuConfig:
     """The NVIDIA GPU layers: the driver pre-baked in the image, the Container Toolkit for Docker."""
 
-    # Debian 12 non-free ships 535.x
-    driver_branch: str = setting("535", check=_pattern(r"[0-9]{3}", "must be a driver branch like 535 or 550"))
+    # "nvidia-repo": NVIDIA's CUDA apt repository for the base's Debian release (key pinned by
+    # fingerprint, exact version pinned, DKMS in the bootstrap chroot; appliance_build/nvidia_driver.py).
+    # "debian": Debian's own packages (DEBIAN_DRIVER_BRANCH), the offline route.
+    driver_source: str = setting("debian", check=_one_of("nvidia-repo", "debian"))
+    # The branch (appliance_build/nvidia_branches.toml says until when NVIDIA supports it).
+    driver_branch: str = setting("535", check=_pattern(r"[0-9]{3}", "must be a driver branch like 535, 550 or 580"))
+    # nvidia-repo: the exact package version, e.g. 580.126.20-1 (apt-cache madison nvidia-driver-cuda)
+    driver_version: str = setting("", check=_optional(_deb_version))
+    # nvidia-repo: "" = NVIDIA's repository for base.provider (nvidia_branches.toml); or a mirror of it
+    driver_repo: str = setting("", check=_optional(_url))
+    driver_key_url: str = setting("", check=_optional(_url))  # "" = the repository's key file
+    driver_key_fingerprint: str = setting("", check=_optional(_fingerprint))  # "" = the table's
+    # The module flavour when the driver comes from Debian (--offline); "" = kernel_modules.
+    debian_kernel_modules: str = setting("", check=_optional(_one_of("open", "proprietary")))
     # "bootstrap": in the debian-* bootstrap chroot (host speed, DKMS built for the image's kernel)
     # "guest": by 60-nvidia-driver.sh inside the build VM (Ubuntu's precompiled modules, or DKMS under TCG)
     driver_install: str = setting("bootstrap", check=_one_of("bootstrap", "guest"))
@@ -343,18 +369,28 @@ class GpuConfig:
     toolkit_mirror: str = setting("", check=_optional(_url))
     toolkit_repo: str = setting("https://nvidia.github.io/libnvidia-container/stable/deb/amd64", check=_url)
     toolkit_key_url: str = setting("https://nvidia.github.io/libnvidia-container/gpgkey", check=_url)
+    # The key NVIDIA signs libnvidia-container's repository with ("NVIDIA CORPORATION (Open Source
+    # Projects) <cudatools@nvidia.com>"); the build and 65-nvidia-container-toolkit.sh refuse another.
+    toolkit_key_fingerprint: str = setting("C95B321B61E88C1809C4F759DDCAE044F796ECB0", check=_fingerprint)
     allow_missing_toolkit: bool = False  # build without it: manifest says absent, publish refuses
 
     @property
     def kernel_module_package(self) -> str:
-        """The Debian package of the chosen kernel modules."""
+        """The package of the chosen kernel modules: Debian's, or NVIDIA's for nvidia-repo."""
+        if self.driver_source == "nvidia-repo":
+            return nvidia_driver.MODULE_PACKAGES[self.kernel_modules]
         return KERNEL_MODULE_PACKAGES[self.kernel_modules]
+
+    def driver_record(self, driver_version: str = "") -> nvidia_support.DriverRecord:
+        """The manifest's driver fields: source, branch, version, flavour, NVIDIA's support."""
+        version = driver_version or self.driver_version
+        return nvidia_support.driver_record(self.driver_source, self.driver_branch, self.kernel_modules, version)
 
     @property
     def support_note(self) -> str:
-        """What the manifest and release notes say about NVIDIA's support of the branch."""
-        ended = NVIDIA_SUPPORT_ENDED.get(self.driver_branch)
-        return f"{ended}; {SUPPORTED_BRANCH_NOTE}" if ended else ""
+        """What the manifest and release notes say about NVIDIA's support of the branch ("" if supported)."""
+        record = self.driver_record().as_dict()
+        return "" if record["support_status"] == "supported" else nvidia_support.describe(record)
 
 
 @dataclass(frozen=True)
@@ -602,6 +638,69 @@ def _lock_python(checker: _Checker, flower: FlowerConfig, provider: str) -> None
                   f"of base.provider {provider!r} runs Debian {suite.codename}'s Python {suite.python}")  # fmt: skip
 
 
+def _check_debian_flavour(c: _Checker, flavour: str, provider: str, key: str) -> None:
+    # bookworm's nvidia-open-kernel-dkms is 535.261.03 while bookworm-security's driver is 535.309.01,
+    # and the open modules depend on the driver of their own version: apt cannot install both.
+    c.check(flavour == "proprietary" or provider != "debian-12", key,
+            "'open' is not installable on debian-12 (its open modules, 535.261.03, do not match "
+            "bookworm-security's 535.309.01 driver): set kernel_modules = \"proprietary\"")  # fmt: skip
+
+
+def _with_debian_driver(extra: tuple[str, ...], gpu: GpuConfig) -> tuple[str, ...]:
+    """The definition's extra packages plus Debian's driver (those not listed already) and the
+    kernel-module package of the flavour."""
+    listed = {p.split("=", 1)[0] for p in extra}
+    more = [p for p in DEBIAN_DRIVER_PACKAGES if p not in listed]
+    return (*extra, *more, KERNEL_MODULE_PACKAGES[gpu.kernel_modules])
+
+
+def _driver_route(c: _Checker, gpu: GpuConfig, base: BaseConfig) -> nvidia_driver.DriverRoute:
+    """gpu.driver_source = "nvidia-repo": the pinned route, from the definition and nvidia_branches.toml."""
+    c.check(base.provider in SUITES and gpu.driver_install == "bootstrap", "gpu.driver_source",
+            f"'nvidia-repo' installs the driver in the bootstrap chroot of a Debian base ({', '.join(SUITES)}) "
+            "with driver_install = \"bootstrap\"")  # fmt: skip
+    c.check(bool(gpu.driver_version), "gpu.driver_version",
+            "is required when driver_source is 'nvidia-repo': the exact package version to pin, "
+            f"like {gpu.driver_branch}.126.20-1 (apt-cache madison nvidia-driver-cuda)")  # fmt: skip
+    upstream = gpu.driver_version.split(":", 1)[-1]
+    c.check(upstream.startswith(f"{gpu.driver_branch}."), "gpu.driver_version",
+            f"{gpu.driver_version!r} is not a version of driver_branch {gpu.driver_branch}")  # fmt: skip
+    c.check("-" in upstream, "gpu.driver_version",
+            f"{gpu.driver_version!r} needs its Debian revision, like {upstream}-1 "
+            "(NVIDIA's package version)")  # fmt: skip
+    table = nvidia_support.repositories().get(base.provider)
+    c.check(table is not None or bool(gpu.driver_repo and gpu.driver_key_fingerprint), "gpu.driver_repo",
+            f"no NVIDIA repository is known for {base.provider}: set driver_repo, driver_key_url and "
+            "driver_key_fingerprint")  # fmt: skip
+    url = gpu.driver_repo or (table.url if table else "")
+    key_url = gpu.driver_key_url or (table.key_url if table and not gpu.driver_repo else "")
+    c.check(bool(key_url), "gpu.driver_key_url", "is required when driver_repo names a mirror: the URL of its key")
+    fingerprint = gpu.driver_key_fingerprint or (table.fingerprint if table else "")
+    return nvidia_driver.DriverRoute(url=url, key_url=key_url, fingerprint=fingerprint, branch=gpu.driver_branch,
+                                     version=gpu.driver_version, kernel_modules=gpu.kernel_modules)  # fmt: skip
+
+
+def offline(image: ImageConfig) -> ImageConfig:
+    """The image with its driver from Debian (`--offline`): Debian's branch for the suite, the
+    flavour gpu.debian_kernel_modules (or kernel_modules), installed in the bootstrap chroot."""
+    gpu = image.gpu
+    if gpu is None or gpu.driver_source == "debian":
+        return image
+    flavour = gpu.debian_kernel_modules or gpu.kernel_modules
+    branch = DEBIAN_DRIVER_BRANCH.get(image.base.provider)
+    if branch is None:
+        raise ConfigError(f"{image.name}: --offline takes the driver from Debian, but base.provider "
+                          f"{image.base.provider!r} is not a Debian base "
+                          f"({', '.join(DEBIAN_DRIVER_BRANCH)})")  # fmt: skip
+    if flavour == "open" and image.base.provider == "debian-12":
+        raise ConfigError(f"{image.name}: --offline: Debian 12's open modules are not installable; "
+                          "set gpu.debian_kernel_modules = \"proprietary\"")  # fmt: skip
+    gpu = replace(gpu, driver_source="debian", driver_branch=branch, driver_version="", kernel_modules=flavour,
+                  driver_repo="", driver_key_url="", driver_key_fingerprint="")  # fmt: skip
+    base = replace(image.base, nvidia_driver=None, extra_packages=_with_debian_driver(image.base.extra_packages, gpu))
+    return replace(image, gpu=gpu, base=base)
+
+
 def _validate(name: str, raw: dict[str, Any], sources: tuple[Path, ...], origins: Origins | None = None) -> ImageConfig:
     c = _Checker(sources, origins)
     for key in raw:
@@ -673,17 +772,19 @@ def _validate(name: str, raw: dict[str, Any], sources: tuple[Path, ...], origins
                 "is required when toolkit_source is 'local'")  # fmt: skip
         c.check(gpu.toolkit_source != "mirror" or bool(gpu.toolkit_mirror),
                 "gpu.toolkit_mirror", "must be an http(s) URL when toolkit_source is 'mirror'")  # fmt: skip
-        listed = [p for p in base.extra_packages if p.split("=", 1)[0] in KERNEL_MODULE_PACKAGES.values()]
+        listed = [p for p in base.extra_packages
+                  if p.split("=", 1)[0] in (*KERNEL_MODULE_PACKAGES.values(), *nvidia_driver.MODULE_PACKAGES.values())]
         c.check(not listed, "base.extra_packages",
                 f"lists {listed[0] if listed else ''}: the kernel-module package follows gpu.kernel_modules "
                 f"({', '.join(f'{k}: {v}' for k, v in KERNEL_MODULE_PACKAGES.items())})")  # fmt: skip
-        # bookworm's nvidia-open-kernel-dkms is 535.261.03 while bookworm-security's driver is 535.309.01,
-        # and the open modules depend on the driver of their own version: apt cannot install both.
-        c.check(gpu.kernel_modules == "proprietary" or base.provider != "debian-12", "gpu.kernel_modules",
-                "'open' is not installable on debian-12 (its open modules, 535.261.03, do not match "
-                "bookworm-security's 535.309.01 driver): set kernel_modules = \"proprietary\"")  # fmt: skip
-        if base.provider in SUITES and gpu.driver_install == "bootstrap":
-            base = replace(base, extra_packages=(*base.extra_packages, gpu.kernel_module_package))
+        if gpu.driver_source == "nvidia-repo":
+            base = replace(base, nvidia_driver=_driver_route(c, gpu, base))
+        else:
+            _check_debian_flavour(c, gpu.kernel_modules, base.provider, "gpu.kernel_modules")
+            if base.provider in SUITES and gpu.driver_install == "bootstrap":
+                base = replace(base, extra_packages=_with_debian_driver(base.extra_packages, gpu))
+        if gpu.debian_kernel_modules:
+            _check_debian_flavour(c, gpu.debian_kernel_modules, base.provider, "gpu.debian_kernel_modules")
     elif raw["variant"] == "gpu":
         raise c.fail("gpu", "variant 'gpu' needs a [gpu] table (driver branch, toolkit source)")
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import cache, config, host_tools
+from . import cache, config, host_tools, nvidia_driver
 from .artifacts import ImageArtifacts
 from .config import ImageConfig
 from .errors import ConfigError
 from .opennebula_templates import render_vm_template
+from .progress import warn
 from .stages import base as base_stage
 from .stages import container as container_stage
 from .stages import layer as layer_stage
@@ -44,12 +45,18 @@ def check(
     packer_target: str | None = None,
     toolkit_source: str | None = None,
     allow_missing_toolkit: bool = False,
+    offline: bool = False,
     stages: tuple[str, ...] = ("base", "container", "packer", "finalize"),
 ) -> Request:
-    """Everything that can fail fast, before anything under build/<image>/ is touched."""
+    """Everything that can fail fast, before anything under build/<image>/ is touched: the
+    definition, the flags, the host tools, the Packer target, NVIDIA's driver repository
+    (bounded preflight) and the toolkit source. `offline`: the driver from Debian, the toolkit
+    local (--toolkit-source local:DIR) or absent and recorded."""
     image = config.load(name)
-    if image.gpu is None and (toolkit_source or allow_missing_toolkit):
-        raise ConfigError(f"{name} is not a GPU image: --toolkit-source/--allow-missing-toolkit do not apply")
+    if image.gpu is None and (toolkit_source or allow_missing_toolkit or offline):
+        raise ConfigError(f"{name} is not a GPU image: --toolkit-source/--allow-missing-toolkit/--offline do not apply")
+    if offline:
+        image = config.offline(image)
     if image.gpu is not None and toolkit_source:
         image = replace(image, gpu=toolkit_stage.parse_override(toolkit_source, image.gpu))
     host_tools.require(*stages, *(["gpu"] if image.gpu is not None else []))
@@ -57,7 +64,11 @@ def check(
     firmware = find_uefi() if image.disk.firmware == "uefi" else None  # a UEFI image needs OVMF here
     toolkit = None
     if image.gpu is not None:
-        toolkit = toolkit_stage.resolve(image.gpu, allow_missing=allow_missing_toolkit)
+        if image.base.nvidia_driver is not None:
+            nvidia_driver.preflight(image.base.nvidia_driver, timeout=nvidia_driver.PREFLIGHT_SECONDS)
+        if image.gpu.support_note:
+            warn(f"{name}: {image.gpu.support_note}; `nox -s publish` refuses it without --allow-unsupported-driver")
+        toolkit = toolkit_stage.resolve(image.gpu, allow_missing=allow_missing_toolkit, offline=offline)
     return Request(image, target, toolkit, firmware)
 
 

@@ -7,7 +7,10 @@
 # installed NVIDIA package has that same version.
 #
 # Routes:
-#   bootstrap           debian-12 base: already installed in the bootstrap chroot (DKMS built there)
+#   bootstrap-nvidia-repo  Debian base, NVIDIA's repository: installed, pinned, held and checked in
+#                       the bootstrap chroot (appliance_build/nvidia_driver.py), which left its
+#                       record in /etc/flower/nvidia-driver-bootstrap.json; checked again here
+#   bootstrap           Debian base, Debian's driver: already installed in the bootstrap chroot (DKMS built there)
 #   guest-dkms          Debian without it: nvidia-open-kernel-dkms or nvidia-kernel-dkms etc.
 #                       installed here (slow under TCG)
 #   ubuntu-precompiled  Ubuntu: Canonical's signed precompiled modules, no DKMS
@@ -43,7 +46,11 @@ find_module() {
 }
 has_module() { find_module >/dev/null; }
 
-if has_module; then
+bootstrap_record=/etc/flower/nvidia-driver-bootstrap.json
+if has_module && [ -f "$bootstrap_record" ]; then
+    route="bootstrap-nvidia-repo"
+    echo "== nvidia module already built for $kernel (NVIDIA's repository, in the bootstrap chroot)"
+elif has_module; then
     route="bootstrap"
     echo "== nvidia module already built for $kernel (installed in the bootstrap chroot)"
 elif [ "$os_id" = "ubuntu" ]; then
@@ -85,8 +92,14 @@ fi
 # for the open modules, nvidia-open-gpu-kernel-modules; Ubuntu: nvidia-graphics-drivers-<branch>-server)
 # must carry the module's version. Helpers from other sources (nvidia-support, nvidia-modprobe,
 # nvidia-persistenced) have their own versions.
-mapfile -t nvidia_packages < <(dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${source:Package}\n' \
-    | awk '$1 == "ii" && $3 ~ /^nvidia-(graphics-drivers|open-gpu-kernel-modules)/ {print $2}')
+# NVIDIA's repository: the packages the bootstrap route installed at the pinned version (its record).
+if [ "$route" = "bootstrap-nvidia-repo" ]; then
+    mapfile -t nvidia_packages < <(python3 -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["packages"]))' \
+        "$bootstrap_record")
+else
+    mapfile -t nvidia_packages < <(dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${source:Package}\n' \
+        | awk '$1 == "ii" && $3 ~ /^nvidia-(graphics-drivers|open-gpu-kernel-modules)/ {print $2}')
+fi
 [ ${#nvidia_packages[@]} -gt 0 ] || { echo "FAIL: no packages from the NVIDIA driver source installed" >&2; exit 1; }
 mismatches=0
 for pkg in "${nvidia_packages[@]}"; do
@@ -143,7 +156,8 @@ route, branch, kernel, path, version, flavour, license_, *packages = sys.argv[1:
 versions = {p: subprocess.run(["dpkg-query", "-W", "-f", "${Version}", p], capture_output=True, text=True).stdout
             for p in packages}
 held = subprocess.run(["apt-mark", "showhold"], capture_output=True, text=True).stdout.split()
-gpu = {"install_route": route, "driver_branch": branch, "driver_version": version, "kernel": kernel,
+gpu = {"install_route": route, "driver_source": "nvidia-repo" if route == "bootstrap-nvidia-repo" else "distribution",
+       "driver_branch": branch, "driver_version": version, "kernel": kernel,
        "kernel_modules": flavour, "module_license": license_,
        "module_path": path, "packages": versions, "held": held,
        "checks": {"module_file": "PASS", "module_version_branch": "PASS", "module_flavour": "PASS",

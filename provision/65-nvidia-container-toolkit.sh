@@ -3,8 +3,9 @@
 # deprecated in its favour: https://github.com/NVIDIA/nvidia-docker, install guide:
 # https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html).
 # The source was resolved on the build host (appliance_build/stages/toolkit.py):
-#   nvidia-repo  NVIDIA's apt repository, its signing key (fetched on the host), pinned version
-#   mirror       an apt mirror laid out like NVIDIA's repository, same key and pin
+#   nvidia-repo  NVIDIA's apt repository, its signing key (fetched on the host and checked here
+#                against FLOWER_TOOLKIT_KEY_FINGERPRINT), exact version pinned (apt preferences) and held
+#   mirror       an apt mirror laid out like NVIDIA's repository, same key check, pin and hold
 #   local        .deb files handed in with the build (air-gapped builds)
 #   absent       explicitly allowed: nothing installed, recorded; publishing refuses the image
 # Also installed into the GPU image as /opt/flower/scripts/install-container-toolkit.sh, so an
@@ -38,10 +39,38 @@ case "$source_kind" in
         ;;
     nvidia-repo|mirror)
         : "${FLOWER_TOOLKIT_REPO:?}" "${version:?FLOWER_TOOLKIT_VERSION is required}"
-        install -m 0644 "${FLOWER_UPLOAD}/toolkit/nvidia-container-toolkit.asc" /usr/share/keyrings/
+        : "${FLOWER_TOOLKIT_KEY_FINGERPRINT:?FLOWER_TOOLKIT_KEY_FINGERPRINT is required (the pinned key)}"
+        key="${FLOWER_UPLOAD}/toolkit/nvidia-container-toolkit.asc"
+        # The primary key's fingerprint: the first `fpr` record of gpg's colon listing (gpg(1), --with-colons).
+        gnupg_home="$(mktemp -d)"
+        found="$(GNUPGHOME="$gnupg_home" gpg --batch --with-colons --show-keys "$key" 2>/dev/null \
+            | awk -F: '$1 == "fpr" {print $10; exit}')" || found=""
+        rm -rf "$gnupg_home"
+        if [ "$found" != "$FLOWER_TOOLKIT_KEY_FINGERPRINT" ]; then
+            echo "toolkit repository key fingerprint mismatch: expected $FLOWER_TOOLKIT_KEY_FINGERPRINT, got '${found}'" >&2
+            exit 1
+        fi
+        install -m 0644 "$key" /usr/share/keyrings/
         echo "deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit.asc] ${FLOWER_TOOLKIT_REPO} /" \
             > /etc/apt/sources.list.d/nvidia-container-toolkit.list
-        apt-get update -q
+        # The exact version, whatever newer one the repository offers later (apt_preferences(5)).
+        {
+            echo "# Flower appliance: the NVIDIA Container Toolkit exactly as built and tested."
+            echo "Package: ${packages[*]}"
+            echo "Pin: version ${version}"
+            echo "Pin-Priority: 1001"
+        } > /etc/apt/preferences.d/flower-nvidia-container-toolkit
+        # apt-get update exits 0 when a source fails; its E:/W: lines say so (unsigned, wrong key).
+        update_log="$(mktemp)"
+        if ! apt-get update -q >"$update_log" 2>&1 \
+            || grep -Eq "^(E:|W: (GPG error|The repository .* is not signed|Failed to fetch))" "$update_log"; then
+            cat "$update_log" >&2
+            rm -f "$update_log"
+            echo "apt-get update failed for ${FLOWER_TOOLKIT_REPO} (unsigned, wrong key or unreachable)" >&2
+            exit 1
+        fi
+        cat "$update_log"
+        rm -f "$update_log"
         pinned=()
         for pkg in "${packages[@]}"; do pinned+=("${pkg}=${version}"); done
         apt-get install -y -q --no-install-recommends "${pinned[@]}"

@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .. import nvidia_support
 from ..artifacts import BuildTree, ImageArtifacts, Manifest, ManifestError
 from ..config import NAME_RE
 from ..opennebula_templates import GPU_PCI_PLACEHOLDER, SHORT_ADDRESS_RE, render_vm_template
@@ -85,9 +86,16 @@ def _check_checksums(qcow2: Path, sha_file: Path, manifest: Manifest, actual: Di
         )
 
 
-def _check_gpu(manifest: Manifest, image_name: str) -> None:
+def _check_gpu(manifest: Manifest, image_name: str, *, allow_unsupported_driver: bool = False) -> None:
     # Manifest.load refuses a GPU manifest without its gpu section
     assert manifest.gpu is not None
+    driver = nvidia_support.from_manifest(manifest.gpu)  # support as of today, not as of the build
+    if driver["support_status"] == "past-support" and not allow_unsupported_driver:
+        raise Refused(
+            f"{image_name}: {nvidia_support.describe(driver)}. Rebuild with a supported branch from NVIDIA's "
+            "repository (gpu.driver_source = \"nvidia-repo\", nox -s build_gpu without --offline), or publish it "
+            "anyway with --allow-unsupported-driver (the release notes and the description say so)"
+        )
     toolkit = manifest.gpu.toolkit
     if toolkit.status == "absent":
         because = f" ({toolkit.absent_reason})"
@@ -241,11 +249,14 @@ def publish(
     publisher: str = marketplace.DEFAULT_PUBLISHER,
     opennebula_version: str = marketplace.OPENNEBULA_VERSIONS,
     allow_unverified_gpu: bool = False,
+    allow_unsupported_driver: bool = False,
 ) -> Path:
     """Write the bundle of `image_name` (build/publish/<image>/) from its build directory; return its path.
 
     allow_unverified_gpu: publish a GPU image whose passthrough tests did not run (no GPU on
-    the test host), saying so in its release notes and marketplace description."""
+    the test host), saying so in its release notes and marketplace description.
+    allow_unsupported_driver: publish a GPU image whose driver branch NVIDIA no longer supports
+    (appliance_build/nvidia_branches.toml), saying so likewise."""
     if not NAME_RE.match(image_name):
         raise PublishError(f"image name {image_name!r}: use lower-case letters, digits and '-'")
     if not URL_PREFIX_RE.match(url_prefix):
@@ -269,7 +280,7 @@ def publish(
     manifest = _load_manifest(image.manifest, image_name)
     variant = manifest.variant
     if variant == "gpu":
-        _check_gpu(manifest, image_name)
+        _check_gpu(manifest, image_name, allow_unsupported_driver=allow_unsupported_driver)
 
     publish_root.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{image_name}.partial-", dir=publish_root))

@@ -32,7 +32,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     final = publish(
         args.image, args.url_prefix, _tree(args), gpu_pci_address=args.gpu_pci_address, version=args.version,
         publisher=args.publisher, opennebula_version=args.opennebula_version,
-        allow_unverified_gpu=args.allow_unverified_gpu,
+        allow_unverified_gpu=args.allow_unverified_gpu, allow_unsupported_driver=args.allow_unsupported_driver,
     )  # fmt: skip
     print(f"published {args.image}: {final}")
     for path in sorted(final.iterdir()):
@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="GPU image: publish although its GPU passthrough tests did not run (no GPU on the test host); "
         "the release notes and the marketplace description say so",
+    )
+    p.add_argument(
+        "--allow-unsupported-driver",
+        action="store_true",
+        help="GPU image: publish although NVIDIA no longer supports its driver branch "
+        "(appliance_build/nvidia_branches.toml); the release notes and the description say so",
     )
     p.add_argument("--build-root", help="default: build/ (or $FLOWER_BUILD_DIR)")
     p.set_defaults(func=cmd_publish)

@@ -28,6 +28,7 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
+from .. import nvidia_support
 from ..artifacts import Manifest, ToolkitRecord
 from ..opennebula_templates import SIZING, context_attributes, inputs_order, user_inputs
 from ..paths import REPO
@@ -114,6 +115,12 @@ def _description(manifest: Manifest, variant: str, *, gpu_passthrough_verified: 
             "with the host-passthrough CPU model; after importing, add the GPU as a PCI device "
             '(`PCI = [ SHORT_ADDRESS = "e1:00.0" ]`, the card bound to vfio-pci on the host) and set '
             "`ONEAPP_FL_GPU_ENABLED` to YES. Without a usable GPU the SuperNode runs on the CPU and says so."
+        )
+        driver = nvidia_support.from_manifest(gpu)
+        source = {"nvidia-repo": "NVIDIA's repository", "debian": "Debian's packages"}[gpu.driver_source]
+        paragraphs.append(
+            f"Driver branch R{gpu.driver_branch} from {source}, {gpu.kernel_modules} kernel "
+            f"modules: {nvidia_support.describe(driver)}."
         )
         if not gpu_passthrough_verified:
             paragraphs.append(

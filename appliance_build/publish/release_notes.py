@@ -6,6 +6,7 @@ from typing import Any
 
 from supernode_runtime.variable_docs import markdown_table
 
+from .. import nvidia_support
 from ..artifacts import Manifest
 from .marketplace import GPU_UNVERIFIED, ImageFacts, toolkit_version
 from .tested import REQUIRED_SCENARIOS, JunitCounts, Verdict
@@ -98,9 +99,11 @@ def render(
         add(f"| Held packages | {_cell(', '.join(contents.held_packages))} |")
     add("")
 
-    if gpu is not None and gpu.support_note:
-        add(f"**NVIDIA driver support:** {gpu.support_note}. The driver is Debian's package of branch "
-            f"{gpu.driver_branch}, the newest the distribution carries.")  # fmt: skip
+    if gpu is not None:
+        driver = nvidia_support.from_manifest(gpu)
+        source = {"nvidia-repo": "NVIDIA's repository", "debian": "Debian's package"}[gpu.driver_source]
+        add(f"**NVIDIA driver support ({driver['support_status']}):** {nvidia_support.describe(driver)}. "
+            f"The driver of branch R{gpu.driver_branch} comes from {source}.")  # fmt: skip
         add("")
 
     add("## Build")

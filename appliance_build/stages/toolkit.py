@@ -4,8 +4,9 @@
                  installs the pinned version (the release engineers' default)
     mirror       an apt mirror laid out like NVIDIA's repository (same key, same pin)
     local        a directory of .deb files (air-gapped builds)
-    absent       no source, and building without one was explicitly allowed: the
-                 manifest records `toolkit: absent` and publishing refuses the image
+    absent       no source, and building without one was explicitly allowed (or the build is
+                 --offline without a local source): the manifest records `toolkit: absent`
+                 and publishing refuses the image
 
 With no reachable source and no explicit permission the build stops at once
 (before the base or Packer) with an error that says how to provide one.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ..config import GpuConfig
 from ..errors import BuildError, ConfigError
+from ..nvidia_driver import fingerprints
 from ..paths import PROVISION_DIR
 from ..progress import say, warn
 
@@ -36,7 +38,8 @@ HOW_TO = (
     "    (nvidia-container-toolkit, nvidia-container-toolkit-base, libnvidia-container-tools,\n"
     "     libnvidia-container1 {version}, from NVIDIA's repository)\n"
     "  - or set gpu.toolkit_source / toolkit_path / toolkit_mirror in images/supernode-gpu.toml.\n"
-    "To build without it anyway (the image cannot be published): nox -s build_gpu -- --allow-missing-toolkit"
+    "To build without it anyway (the image cannot be published): nox -s build_gpu -- --allow-missing-toolkit,\n"
+    "or build everything offline (driver from Debian, toolkit local or absent): nox -s build_gpu -- --offline"
 )
 
 
@@ -49,10 +52,11 @@ class ToolkitPlan:
     debs: tuple[Path, ...] = ()
     reason: str = ""
     packages: dict[str, str] = field(default_factory=dict)
+    key_fingerprint: str = ""
 
     def env(self) -> dict[str, str]:
         return {"FLOWER_TOOLKIT_SOURCE": self.source, "FLOWER_TOOLKIT_VERSION": self.version,
-                "FLOWER_TOOLKIT_REPO": self.repo}  # fmt: skip
+                "FLOWER_TOOLKIT_REPO": self.repo, "FLOWER_TOOLKIT_KEY_FINGERPRINT": self.key_fingerprint}  # fmt: skip
 
     def stage_into(self, upload: Path) -> None:
         """Put the key or the .deb files where 65-nvidia-container-toolkit.sh expects them, and
@@ -106,10 +110,18 @@ def _deb_fields(deb: Path) -> tuple[str, str]:
     return values.get("Package", ""), values.get("Version", "")
 
 
-def resolve(gpu: GpuConfig, *, allow_missing: bool = False, timeout: float = 15.0) -> ToolkitPlan:
+def resolve(
+    gpu: GpuConfig, *, allow_missing: bool = False, timeout: float = 15.0, offline: bool = False
+) -> ToolkitPlan:
+    """offline (`--offline`): a local source if one is given, else absent (recorded), without
+    trying NVIDIA's repository or a mirror."""
     allow = allow_missing or gpu.allow_missing_toolkit
     if gpu.toolkit_source == "local":
         return _local(gpu)
+    if offline:
+        reason = "--offline: no NVIDIA repository; give --toolkit-source local:DIR to include the toolkit"
+        warn(f"NVIDIA Container Toolkit: {reason}; building WITHOUT it (toolkit: absent)")
+        return ToolkitPlan("absent", "", reason=reason)
     repo = gpu.toolkit_mirror if gpu.toolkit_source == "mirror" else gpu.toolkit_repo
     try:
         key = _fetch(gpu.toolkit_key_url, timeout)
@@ -124,8 +136,13 @@ def resolve(gpu: GpuConfig, *, allow_missing: bool = False, timeout: float = 15.
         ) from None
     if b"BEGIN PGP PUBLIC KEY BLOCK" not in key:
         raise BuildError(f"{gpu.toolkit_key_url} did not return an armored OpenPGP key")
+    found = fingerprints(key)
+    if found != [gpu.toolkit_key_fingerprint]:
+        raise BuildError(f"NVIDIA Container Toolkit key {gpu.toolkit_key_url}: fingerprint mismatch: expected "
+                         f"{gpu.toolkit_key_fingerprint} (gpu.toolkit_key_fingerprint), "
+                         f"got {', '.join(found) or 'none'}")  # fmt: skip
     say(f"NVIDIA Container Toolkit {gpu.toolkit_version} from {repo}")
-    return ToolkitPlan(gpu.toolkit_source, gpu.toolkit_version, repo=repo, key=key)
+    return ToolkitPlan(gpu.toolkit_source, gpu.toolkit_version, repo=repo, key=key, key_fingerprint=found[0])
 
 
 def _local(gpu: GpuConfig) -> ToolkitPlan:

@@ -134,6 +134,7 @@ SCENARIOS = {
     "test_gpu_fallback": "gpu-requested-absent",
     "test_gpu_passthrough": "gpu-passthrough",
     "test_toolkit_local": "toolkit-local-fixture",
+    "test_toolkit_mirror": "toolkit-mirror-fixture",
 }
 
 

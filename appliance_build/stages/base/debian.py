@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ... import nvidia_driver
 from ...config import PACKAGE_PIN_RE, BaseConfig, _size_mib
 from ...errors import BuildError
 from ...progress import run, say
@@ -127,6 +128,8 @@ def inputs(base: BaseConfig) -> dict[str, Any]:
     suite = suite_of(base)
     # debian-12's keys and values are those of the bookworm-only recipe: its cache entries stay valid.
     networkd = {"networkd": [NETWORKD_CLOUD_CFG, NETWORKD_HOOK]} if suite.networking == "networkd" else {}
+    # Only when set, so the keys of bases without NVIDIA's driver stay what they were.
+    driver = {"nvidia_driver": base.nvidia_driver.as_dict()} if base.nvidia_driver is not None else {}
     return {
         "provider": suite.provider,
         "recipe": RECIPE_VERSION,
@@ -143,6 +146,7 @@ def inputs(base: BaseConfig) -> dict[str, Any]:
         "cloud_cfg": CLOUD_CFG,
         "ssh_dropin": SSH_HOSTKEYS_DROPIN,
         **networkd,
+        **driver,
     }
 
 
@@ -259,12 +263,22 @@ def _bootstrap(base: BaseConfig, rootdir: Path, log: Path) -> None:
         f"deb {base.security_mirror} {suite}-security {components}",
     ]
     networkd = [f"--customize-hook={NETWORKD_HOOK}"] if suite_of(base).networking == "networkd" else []
+    driver: list[str] = []
+    if base.nvidia_driver is not None:
+        # After the extra packages (the kernel headers DKMS builds against): NVIDIA's pinned driver,
+        # its key verified again here (appliance_build/nvidia_driver.py, the one route implementation).
+        route = base.nvidia_driver
+        say(f"NVIDIA driver {route.version} ({route.kernel_modules} modules) from {route.url}")
+        key = nvidia_driver.preflight(route)
+        spec = rootdir.parent / "flower-nvidia-driver.json"
+        nvidia_driver.write_spec(spec, route, key, log.with_name("nvidia-driver.log"))
+        driver = [f"--customize-hook={nvidia_driver.hook(spec)}"]
     more = " plus the extra packages" if base.extra_packages else ""
     say(f"mmdebstrap {suite} from {base.mirror} (about 2 minutes{more})")
     run(
         ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
          f"--components={','.join(base.components)}", *_extra_packages_hooks(base.extra_packages, rootdir.parent),
-         *networkd, f"--include={','.join((*packages(suite_of(base)), base.kernel))}",
+         *driver, *networkd, f"--include={','.join((*packages(suite_of(base)), base.kernel))}",
          "--aptopt=Acquire::Retries \"3\"",
          "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
          "--dpkgopt=path-exclude=/usr/share/man/*",
@@ -338,6 +352,9 @@ def _facts(root: Path) -> dict[str, Any]:
     for module in sorted((root / "lib/modules" / kernel).rglob("nvidia*.ko*")):
         if field(module, "name") == "nvidia":
             facts["nvidia_module"] = {"path": "/" + str(module.relative_to(root)), "version": field(module, "version")}
+    record = root / nvidia_driver.RECORD  # NVIDIA's repository route: what it installed and checked
+    if record.is_file():
+        facts["nvidia_driver"] = json.loads(record.read_text())
     return facts
 
 

@@ -93,6 +93,14 @@ class Deployment:
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         return [e for e in read_log(self.log) if name is None or e["event"] == name]
 
+    def events_after_exit(self, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The events once `count` "exit" events are logged: the launcher answers the shim first
+        and logs the exit after, so a shim that has returned can be ahead of the log."""
+        deadline = time.monotonic() + timeout
+        while len(self.events("exit")) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.events()
+
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:

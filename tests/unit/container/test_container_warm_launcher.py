@@ -47,7 +47,7 @@ def test_task_runs_warm_with_its_own_stdio_env_cwd_and_exit_code(deployment: Dep
     assert seen["blocked"] == []
     assert seen["pgid"] == os.getpgid(0)
     assert seen["pid"] != deployment.launcher.pid if deployment.launcher else False
-    events = deployment.events()
+    events = deployment.events_after_exit()
     assert [e["mode"] for e in events if e["event"] == "shim"] == ["warm"]
     assert [e["status"] for e in events if e["event"] == "exit"] == [3]
 

@@ -124,7 +124,9 @@ def test_unknown_extend_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("gpu_table", "key", "words"),
     [
-        ('driver_branch = "latest"', "gpu.driver_branch", "535 or 550"),
+        ('driver_branch = "latest"', "gpu.driver_branch", "535, 550 or 580"),
+        ('driver_source = "cuda"', "gpu.driver_source", "'nvidia-repo' or 'debian'"),
+        ('driver_key_fingerprint = "eb69 3b30"', "gpu.driver_key_fingerprint", "40 upper-case hex digits"),
         ('driver_install = "initrd"', "gpu.driver_install", "'bootstrap' or 'guest'"),
         ('toolkit_source = "docker-hub"', "gpu.toolkit_source", "'nvidia-repo', 'local' or 'mirror'"),
         ('toolkit_source = "local"', "gpu.toolkit_path", "is required"),
@@ -147,9 +149,16 @@ def test_gpu_variant_needs_gpu_table(tmp_path: Path) -> None:
 
 def test_shipped_gpu_definition() -> None:
     gpu = config.load("supernode-gpu")
-    assert gpu.gpu is not None and gpu.gpu.driver_branch == "550"  # Debian 13 packages 550
+    assert gpu.gpu is not None and gpu.gpu.driver_branch == "580"  # NVIDIA's R580 LTSB
     assert "non-free" in gpu.base.components and "contrib" in gpu.base.components
-    # proprietary on Debian 13: its open 550 package does not build against the current kernel
-    assert gpu.gpu.kernel_modules == "proprietary" and gpu.base.extra_packages.count("nvidia-kernel-dkms") == 1
-    assert "nvidia-open-kernel-dkms" not in gpu.base.extra_packages
+    # NVIDIA's repository, open modules; offline: Debian's 550 with proprietary modules (its open
+    # 550 package does not build against the current kernel)
+    assert gpu.gpu.driver_source == "nvidia-repo" and gpu.gpu.kernel_modules == "open"
+    assert gpu.base.nvidia_driver is not None and gpu.base.nvidia_driver.packages == (
+        "nvidia-driver-cuda", "nvidia-kernel-open-dkms")  # fmt: skip
+    assert not any("nvidia" in p for p in gpu.base.extra_packages)  # no Debian driver package beside NVIDIA's
+    offline = config.offline(gpu)
+    assert offline.gpu is not None and offline.gpu.kernel_modules == "proprietary"
+    assert offline.base.extra_packages.count("nvidia-kernel-dkms") == 1 and offline.base.nvidia_driver is None
+    assert "nvidia-open-kernel-dkms" not in offline.base.extra_packages
     assert config.load("supernode-cpu").gpu is None

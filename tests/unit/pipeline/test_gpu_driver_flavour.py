@@ -1,6 +1,6 @@
 """gpu.kernel_modules (open by default, proprietary selectable) picks the kernel-module package of
-Debian's NVIDIA driver; the manifest says which flavour, which branch and that NVIDIA no longer
-supports it; the toolkit pin is 1.20.x."""
+Debian's NVIDIA driver (driver_source = "debian"); the manifest says which flavour, which branch and
+that NVIDIA no longer supports it; the toolkit pin is 1.20.x."""
 
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ def test_open_modules_by_default(tmp_path: Path) -> None:
     assert image.gpu is not None and image.gpu.kernel_modules == "open"
     assert image.base.extra_packages == (
         "docker.io", "apparmor", "docker-cli",  # the suite's engine, installed in the chroot too
-        "linux-headers-amd64", "nvidia-smi", "libcuda1", "firmware-nvidia-gsp", "nvidia-open-kernel-dkms",
+        "linux-headers-amd64", "nvidia-smi", "libcuda1", "firmware-nvidia-gsp",  # listed by the definition
+        "libnvidia-ml1", "libnvidia-ptxjitcompiler1", "nvidia-persistenced", "nvidia-modprobe",  # the rest of Debian's
+        "nvidia-open-kernel-dkms",
     )  # fmt: skip
 
 
@@ -82,10 +84,10 @@ def test_guest_install_adds_no_bootstrap_package_but_tells_the_script(tmp_path: 
     assert env["FLOWER_NVIDIA_KERNEL_MODULES"] == "proprietary" and env["FLOWER_NVIDIA_BRANCH"] == "550"
 
 
-def test_shipped_gpu_image_installs_the_proprietary_modules() -> None:
+def test_shipped_gpu_image_offline_installs_the_proprietary_modules() -> None:
     """Debian 13's open 550 package does not build against trixie's current kernel (see the
-    definition's comment); the proprietary one does, so it is what the image ships for now."""
-    image = config.load("supernode-gpu")
+    definition's comment); the proprietary one does, so it is what the offline route installs."""
+    image = config.offline(config.load("supernode-gpu"))
     assert image.gpu is not None and image.gpu.kernel_modules == "proprietary"
     assert image.base.extra_packages.count("nvidia-kernel-dkms") == 1
     assert "nvidia-open-kernel-dkms" not in image.base.extra_packages
@@ -105,12 +107,11 @@ def test_manifest_states_branch_flavour_and_support(tmp_path: Path) -> None:
     inventory = {"gpu_driver": {"driver_version": "550.163.01", "module_license": "Dual MIT/GPL"}}
     doc = build.gpu_manifest(image, SimpleNamespace(facts={}), inventory, ToolkitPlan("absent", ""))
     assert doc is not None
-    assert doc.driver_branch == "550" and doc.kernel_modules == "open"
+    assert doc.driver_branch == "550" and doc.kernel_modules == "open" and doc.driver_source == "debian"
     assert doc.kernel_module_package == "nvidia-open-kernel-dkms" and doc.module_license == "Dual MIT/GPL"
-    assert doc.support_status == "past-support"
-    assert doc.support_note == (
-        "NVIDIA's support for R550 has ended; NVIDIA's repository route with a supported branch is a separate change"
-    )
+    assert doc.driver_version == "550.163.01"
+    assert doc.support_status == "past-support" and doc.support_ends is None
+    assert doc.support_note == "NVIDIA no longer supports driver branch R550 (no longer in NVIDIA's lifecycle table)"
     assert doc.toolkit.status == "absent" and doc.toolkit.absent_reason
 
 

@@ -54,8 +54,8 @@ def _fixed_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(render, "new_instance_id", lambda: f"flower-build-test-{next(counter)}")
 
 
-def _fake_slow_stages(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    image = config.load(name)
+def _fake_slow_stages(monkeypatch: pytest.MonkeyPatch, name: str, *, offline: bool) -> None:
+    image = config.offline(config.load(name)) if offline else config.load(name)
     base_key = build.base_stage.cache_entry(image.base)[0]
     container_key = inputs_hash(build.container_stage.inputs(image.flower, image.base))
     base = BaseImage(Path("/nonexistent/disk.qcow2"), base_key, True, {})
@@ -79,7 +79,7 @@ def test_render_writes_what_the_build_renders(
         debs = tmp_path / "debs"
         debs.mkdir()
         toolkit_debs.build(debs)
-        options += ["--toolkit-source", f"local:{debs}"]
+        options += ["--offline", "--toolkit-source", f"local:{debs}"]  # no NVIDIA repository here
     root = Path(os.environ["FLOWER_BUILD_DIR"]) / name
 
     _fixed_ids(monkeypatch)
@@ -93,7 +93,7 @@ def test_render_writes_what_the_build_renders(
             if path.is_file():
                 path.unlink()
     _fixed_ids(monkeypatch)
-    _fake_slow_stages(monkeypatch, name)
+    _fake_slow_stages(monkeypatch, name, offline="--offline" in options)
     assert cli.main(["build", name, *options]) == 2  # StopAfterRender, right after plan.write()
     assert _rendered(root) == rendered
 

@@ -85,7 +85,8 @@ def test_gpu_bootstrap_route_on_debian_13(tmp_path: Path) -> None:
     gpu = config.load("img", tmp_path).gpu
     assert gpu is not None and (gpu.driver_install, gpu.driver_branch) == ("bootstrap", "550")
     shipped = config.load("supernode-gpu")
-    assert shipped.gpu is not None and shipped.gpu.driver_branch == "550" and shipped.base.provider == "debian-13"
+    assert shipped.gpu is not None and shipped.gpu.driver_branch == "580" and shipped.base.provider == "debian-13"
+    assert config.offline(shipped).gpu.driver_branch == "550"  # type: ignore[union-attr]  # Debian 13 packages 550
 
 
 def test_unknown_provider_names_the_known_ones(tmp_path: Path) -> None:

@@ -16,16 +16,21 @@ from appliance_build.artifacts import ImageArtifacts
 from appliance_build.config import GpuConfig
 from appliance_build.errors import BuildError, ConfigError
 from appliance_build.stages import toolkit
-from tests.fixtures import toolkit_debs
+from tests.fixtures import apt_mirror, toolkit_debs
 
 UNREACHABLE = "http://127.0.0.1:9/libnvidia-container/stable/deb/amd64"
 
 
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> apt_mirror.ThrowawayKey:
+    return apt_mirror.ThrowawayKey.create(tmp_path_factory.mktemp("gnupg"))
+
+
 @pytest.fixture
-def repo(tmp_path: Path) -> Iterator[str]:
+def repo(tmp_path: Path, key: apt_mirror.ThrowawayKey) -> Iterator[str]:
     root = tmp_path / "www"
     (root / "deb").mkdir(parents=True)
-    (root / "gpgkey").write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\nfake\n-----END PGP PUBLIC KEY BLOCK-----\n")
+    (root / "gpgkey").write_bytes(key.public)
     (root / "deb" / "Packages").write_text("Package: nvidia-container-toolkit\n")
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     handler.log_message = lambda *a: None  # type: ignore[attr-defined]
@@ -57,9 +62,11 @@ def test_explicit_permission_gives_absent(how: str) -> None:
     assert plan.env()["FLOWER_TOOLKIT_SOURCE"] == "absent"
 
 
-def test_reachable_repo_fetches_key(repo: str, tmp_path: Path) -> None:
-    gpu = GpuConfig(toolkit_repo=f"{repo}/deb", toolkit_key_url=f"{repo}/gpgkey")
+def test_reachable_repo_fetches_key(repo: str, tmp_path: Path, key: apt_mirror.ThrowawayKey) -> None:
+    gpu = GpuConfig(toolkit_repo=f"{repo}/deb", toolkit_key_url=f"{repo}/gpgkey",
+                    toolkit_key_fingerprint=key.fingerprint)  # fmt: skip
     plan = toolkit.resolve(gpu, timeout=5)
+    assert plan.env()["FLOWER_TOOLKIT_KEY_FINGERPRINT"] == key.fingerprint
     assert plan.source == "nvidia-repo" and plan.version == gpu.toolkit_version and plan.repo == f"{repo}/deb"
     plan.stage_into(tmp_path / "upload")
     assert (
@@ -67,10 +74,17 @@ def test_reachable_repo_fetches_key(repo: str, tmp_path: Path) -> None:
     )
 
 
-def test_mirror_route(repo: str) -> None:
-    gpu = toolkit.parse_override(f"mirror:{repo}/deb", GpuConfig(toolkit_key_url=f"{repo}/gpgkey"))
+def test_mirror_route(repo: str, key: apt_mirror.ThrowawayKey) -> None:
+    pinned = GpuConfig(toolkit_key_url=f"{repo}/gpgkey", toolkit_key_fingerprint=key.fingerprint)
+    gpu = toolkit.parse_override(f"mirror:{repo}/deb", pinned)
     plan = toolkit.resolve(gpu, timeout=5)
     assert plan.source == "mirror" and plan.repo == f"{repo}/deb"
+
+
+def test_a_key_with_another_fingerprint_is_refused(repo: str) -> None:
+    gpu = toolkit.parse_override(f"mirror:{repo}/deb", GpuConfig(toolkit_key_url=f"{repo}/gpgkey"))
+    with pytest.raises(BuildError, match=r"fingerprint mismatch: expected C95B321B61E88C1809C4F759DDCAE044F796ECB0"):
+        toolkit.resolve(gpu, timeout=5)
 
 
 def test_local_directory_of_fixture_packages(tmp_path: Path) -> None:
@@ -108,6 +122,8 @@ def test_gpu_build_without_source_stops_before_anything_slow(monkeypatch: pytest
 
     def load(name: str) -> config.ImageConfig:
         image = real(name)
+        assert image.gpu is not None
+        image = config.offline(image)  # the driver from Debian: the toolkit is what is missing
         assert image.gpu is not None
         return replace(image, gpu=replace(image.gpu, toolkit_repo=UNREACHABLE, toolkit_key_url=UNREACHABLE))
 

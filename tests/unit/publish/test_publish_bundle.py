@@ -105,7 +105,9 @@ def test_marketplace_yaml(fake_build: Make, variant: str) -> None:
         assert template["user_inputs"]["oneapp_fl_cuda_visible_devices"].endswith("|all")
         assert template["user_inputs"]["oneapp_fl_gpu_memory_fraction"].startswith("O|number|")
         assert template["user_inputs"]["oneapp_fl_gpu_memory_fraction"].endswith("|0.8")
-        assert "535.247.01" in doc["description"]
+        assert "580.126.20" in doc["description"]
+        assert "Driver branch R580 from NVIDIA's repository, open kernel modules: NVIDIA supports driver " \
+            "branch R580 until 2028-06" in doc["description"]
     else:
         assert template["os"] == {"arch": "x86_64"}
         assert "cpu_model" not in template
@@ -125,9 +127,9 @@ def test_release_notes(fake_build: Make) -> None:
     notes = (out / "RELEASE_NOTES.md").read_text()
     for text in (
         "Debian GNU/Linux 12 (bookworm)", "6.1.0-37-amd64", "| Docker | 20.10.24+dfsg1 |", "| flwr | 1.41.0 |",
-        "| NVIDIA driver | 535.247.01 (branch 535, proprietary kernel modules (nvidia-kernel-dkms)) |",
-        "**NVIDIA driver support:** NVIDIA's support for R535 has ended; NVIDIA's repository route with a "
-        "supported branch is a separate change.",
+        "| NVIDIA driver | 580.126.20 (branch 580, open kernel modules (nvidia-kernel-open-dkms)) |",
+        "**NVIDIA driver support (supported):** NVIDIA supports driver branch R580 until 2028-06",
+        "The driver of branch R580 comes from NVIDIA's repository.",
         "| NVIDIA Container Toolkit | 1.17.8-1", "| packer build | 612.3 s |",
         "| **total** | 660.1 s |", "| 14 | 12 | 0 | 0 | 2 |", "| default-context | 41.2 s |", "64.0 MiB virtual",
         "already carries a Container Toolkit", sha256(build.qcow2), "`ONEAPP_FL_GPU_MEMORY_FRACTION`",
@@ -228,6 +230,38 @@ def test_refuses_a_toolkit_in_an_older_shape(fake_build: Make, toolkit: object) 
     with pytest.raises(Refused, match=r"manifest\.json: gpu\.toolkit"):
         publish(build.name, URL_PREFIX, build.tree)
     _assert_nothing_left(build)
+
+
+@pytest.mark.parametrize(
+    "driver",
+    [
+        {"driver_source": "debian", "driver_branch": "550", "support_ends": None, "support_status": "past-support"},
+        # built while the branch was supported: publishing asks the table again, for today
+        {"driver_branch": "535", "support_ends": "2026-06", "support_status": "supported"},
+    ],
+)
+def test_refuses_a_gpu_image_whose_driver_branch_is_past_support(fake_build: Make, driver: dict[str, object]) -> None:
+    build = fake_build("gpu").tested_and_recorded()
+    manifest = build.manifest()
+    manifest["gpu"].update(driver)
+    build.write_manifest(manifest)
+    with pytest.raises(Refused, match=r"no longer supports driver branch R5(35|50).*--allow-unsupported-driver"):
+        publish(build.name, URL_PREFIX, build.tree)
+    _assert_nothing_left(build)
+
+
+def test_publishes_a_past_support_branch_with_the_flag_and_says_so(fake_build: Make) -> None:
+    build = fake_build("gpu").tested_and_recorded()
+    manifest = build.manifest()
+    manifest["gpu"].update({"driver_source": "debian", "driver_branch": "550", "kernel_modules": "proprietary",
+                            "support_ends": None, "support_status": "past-support"})  # fmt: skip
+    build.write_manifest(manifest)
+    out = publish(build.name, URL_PREFIX, build.tree, allow_unsupported_driver=True)
+    notes = (out / "RELEASE_NOTES.md").read_text()
+    assert "**NVIDIA driver support (past-support):** NVIDIA no longer supports driver branch R550" in notes
+    assert "comes from Debian's package" in notes
+    doc = yaml.safe_load((out / f"{build.name}.marketplace.yaml").read_text())
+    assert "NVIDIA no longer supports driver branch R550" in doc["description"]
 
 
 def test_refuses_a_gpu_image_without_gpu_section(fake_build: Make) -> None:
