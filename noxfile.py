@@ -105,9 +105,16 @@ def _test_image(session: nox.Session, image: str, args: list[str] | None = None)
     out = BuildTree.default().image(image)
     out.tested_record.unlink(missing_ok=True)  # a run that stops early must not leave the old record standing
     session.run(
-        "pytest", "-ra", "-p", "no:cacheprovider", "tests/image", f"--image={image}",
-        f"--junitxml={out.junit}", *(session.posargs if args is None else args), success_codes=[0, 1],
-    )  # fmt: skip
+        "pytest",
+        "-ra",
+        "-p",
+        "no:cacheprovider",
+        "tests/image",
+        f"--image={image}",
+        f"--junitxml={out.junit}",
+        *(session.posargs if args is None else args),
+        success_codes=[0, 1],
+    )
     # records which file was tested and, per scenario, what passed, failed and was skipped (publish
     # checks it); exits 1 unless every required scenario ran and passed (so a -k subset exits 1 too)
     session.run("python", "-m", "appliance_build.publish", "record-tested", image)
@@ -136,10 +143,11 @@ def test_image(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff, mypy --strict on the pipeline package, shellcheck on every shell script."""
+    """ruff check and ruff format --check, mypy --strict on the packages, shellcheck on every shell script."""
     _install(session, "lint", "flower")  # mypy reads flwr's types for e2e/
-    session.run("ruff", "check", "appliance_build", "supernode_runtime", "supernode_container", "e2e", "tests",
-                "noxfile.py")  # fmt: skip
+    python = ["appliance_build", "supernode_runtime", "supernode_container", "e2e", "tests", "noxfile.py"]
+    session.run("ruff", "check", *python)
+    session.run("ruff", "format", "--check", *python)  # [tool.ruff] in pyproject.toml: line length 120
     session.run("mypy", "appliance_build", "supernode_runtime", "supernode_container", "e2e")
     scripts = sorted(glob.glob("provision/*.sh") + glob.glob("scripts/*.sh") + glob.glob(".ci/*") + ["setup-host.sh"])
     session.run("shellcheck", "-x", *scripts, external=True)

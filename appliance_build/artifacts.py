@@ -474,8 +474,10 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
         key_type, item_type = typing.get_args(tp)
         if not isinstance(value, dict):
             raise _Invalid(f"{label}: expected an object, got {_kind(value)}")
-        return {_decode(key_type, k, f"{where}[{k!r}]"): _decode(item_type, v, f"{where}.{k}" if where else k)
-                for k, v in value.items()}  # fmt: skip
+        return {
+            _decode(key_type, k, f"{where}[{k!r}]"): _decode(item_type, v, f"{where}.{k}" if where else k)
+            for k, v in value.items()
+        }
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
@@ -508,8 +510,9 @@ def _decode_dataclass(cls: type[T], value: Any, where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(value) - set(fields))
     if unknown:
-        raise _Invalid(f"{_join(where, unknown[0])}: unknown field (this checkout reads manifest_version "
-                       f"{MANIFEST_VERSION})")  # fmt: skip
+        raise _Invalid(
+            f"{_join(where, unknown[0])}: unknown field (this checkout reads manifest_version {MANIFEST_VERSION})"
+        )
     kwargs = {}
     for name, spec in fields.items():
         path = _join(where, name)

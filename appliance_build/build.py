@@ -99,8 +99,9 @@ def prepare_upload(image: ImageConfig, container_tag: str, out: ImageArtifacts, 
     """The tree the configure run uploads before its steps (the layer has its own)."""
     shutil.rmtree(out.upload, ignore_errors=True)
     out.upload.mkdir(parents=True)
-    shutil.copytree(RUNTIME_DIR, out.upload / "supernode_runtime",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
+    shutil.copytree(
+        RUNTIME_DIR, out.upload / "supernode_runtime", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     shutil.copy2(PROVISION_DIR / "finalize.sh", out.upload / "finalize.sh")
     (out.upload / "scripts").mkdir()
     for script in SCRIPTS_DIR.glob("*.sh"):
@@ -140,10 +141,16 @@ def toolkit_record(toolkit: ToolkitPlan, inventory: dict[str, Any]) -> ToolkitRe
         return ToolkitRecord("absent", "absent", absent_reason=toolkit.reason or "building without it was allowed")
     found = inventory.get("gpu_toolkit")
     if not isinstance(found, dict) or found.get("toolkit") != "present" or not found.get("version"):
-        raise BuildError(f"NVIDIA Container Toolkit from {toolkit.source}: the build VM recorded {found!r} in "
-                         "/etc/flower/gpu-toolkit.json, not an installed version (see logs/packer.log)")  # fmt: skip
-    return ToolkitRecord("installed", toolkit.source, version=str(found["version"]),  # type: ignore[arg-type]
-                         detail=str(found.get("detail") or "") or None)  # fmt: skip
+        raise BuildError(
+            f"NVIDIA Container Toolkit from {toolkit.source}: the build VM recorded {found!r} in "
+            "/etc/flower/gpu-toolkit.json, not an installed version (see logs/packer.log)"
+        )
+    return ToolkitRecord(
+        "installed",
+        toolkit.source,  # type: ignore[arg-type]  # nvidia-repo | mirror | local here
+        version=str(found["version"]),
+        detail=str(found.get("detail") or "") or None,
+    )
 
 
 def gpu_manifest(
@@ -189,11 +196,20 @@ def _inventory(out: ImageArtifacts) -> dict[str, Any]:
 
 
 def build_image(
-    name: str, *, packer_target: str | None = None, toolkit_source: str | None = None,
-    allow_missing_toolkit: bool = False, offline: bool = False,
-) -> Manifest:  # fmt: skip
-    request = plan.check(name, packer_target=packer_target, toolkit_source=toolkit_source,
-                         allow_missing_toolkit=allow_missing_toolkit, offline=offline)  # fmt: skip
+    name: str,
+    *,
+    packer_target: str | None = None,
+    toolkit_source: str | None = None,
+    allow_missing_toolkit: bool = False,
+    offline: bool = False,
+) -> Manifest:
+    request = plan.check(
+        name,
+        packer_target=packer_target,
+        toolkit_source=toolkit_source,
+        allow_missing_toolkit=allow_missing_toolkit,
+        offline=offline,
+    )
     image, target, toolkit = request.image, request.target, request.toolkit
     out = ImageArtifacts.for_image(name)
     out.root.mkdir(parents=True, exist_ok=True)
@@ -214,8 +230,10 @@ def build_image(
         with timer.stage("supernode container"):
             container = container_stage.ensure(image.flower, image.base, out.logs)
         if (base.key, container.key) != (runs.base_key, runs.container_key):  # plan.runs() derives them too
-            raise BuildError(f"cache keys drifted: base {base.key} / {runs.base_key}, "
-                             f"container {container.key} / {runs.container_key}")  # fmt: skip
+            raise BuildError(
+                f"cache keys drifted: base {base.key} / {runs.base_key}, "
+                f"container {container.key} / {runs.container_key}"
+            )
         variables = {"accelerator": accel.name, "cpu_model": accel.cpu}
         with packer.build_keypair(name) as key:
 
@@ -234,8 +252,9 @@ def build_image(
             with timer.stage("packer build"):
                 provisioners = packer_run(runs.configure, out.logs / "packer.log")
         with timer.stage("compress"):
-            artifact = finalize.compress(runs.configure.output_disk, out.qcow2, out.logs / "compress.log",
-                                         image.disk.compression)  # fmt: skip
+            artifact = finalize.compress(
+                runs.configure.output_disk, out.qcow2, out.logs / "compress.log", image.disk.compression
+            )
         inventory = _inventory(out)
         manifest = Manifest(
             image=name,
@@ -250,12 +269,15 @@ def build_image(
                 machine=image.disk.machine,  # type: ignore[arg-type]  # pc | q35, checked by config
             ),
             base=BaseRecord.from_stage(image.base.provider, base.key, base.cached, base.facts),
-            container=ContainerRecord.from_stage(container.key, container.cached, {"tag": container.tag,
-                                                                                   **container.facts}),
+            container=ContainerRecord.from_stage(
+                container.key, container.cached, {"tag": container.tag, **container.facts}
+            ),
             contents=Contents.from_inventory(inventory, out.inventory),
             inputs=input_hashes(image),
             gpu=gpu_manifest(image, base, inventory, toolkit),
-            layer=None if layer is None else LayerRecord(
+            layer=None
+            if layer is None
+            else LayerRecord(
                 key=layer.key,
                 cached=layer.cached,
                 steps=tuple(layer.facts.get("steps", ())),
@@ -267,7 +289,7 @@ def build_image(
             stages_s=timer.durations,
             total_s=round(time.monotonic() - started, 1),
             artifact=Artifact(**artifact),
-        )  # fmt: skip
+        )
         manifest.write(finalize.staged(out.manifest))
     say(
         f"done: {out.qcow2} ({manifest.artifact.file_bytes / 2**20:.0f} MiB, virtual "

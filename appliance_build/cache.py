@@ -80,8 +80,10 @@ def locked(entry: Path, what: str) -> Iterator[None]:
             except BlockingIOError:
                 now = time.monotonic()
                 if now >= next_beat:
-                    say(f"{what}: waiting for {_holder(lock_file)}, which is building {entry.name} "
-                        f"(waited {now - started:.0f} s)")  # fmt: skip
+                    say(
+                        f"{what}: waiting for {_holder(lock_file)}, which is building {entry.name} "
+                        f"(waited {now - started:.0f} s)"
+                    )
                     next_beat = now + WAIT_HEARTBEAT_SECONDS
                 time.sleep(0.5)
         waited = time.monotonic() - started

@@ -75,11 +75,26 @@ def _root_tarball(log: Path) -> Path:
         return tarball if tarball.is_file() else None
 
     def build(scratch: Path) -> None:
-        sources = [f"deb {MIRROR} {SUITE} main", f"deb {MIRROR} {SUITE}-updates main",
-                   f"deb http://security.debian.org/debian-security {SUITE}-security main"]  # fmt: skip
-        run(["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar", "--include=ca-certificates",
-             SUITE, str(scratch / "root.tar"), *sources], log, label="mmdebstrap (fresh root)",
-            timeout=1800)  # fmt: skip
+        sources = [
+            f"deb {MIRROR} {SUITE} main",
+            f"deb {MIRROR} {SUITE}-updates main",
+            f"deb http://security.debian.org/debian-security {SUITE}-security main",
+        ]
+        run(
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                "--mode=root",
+                "--format=tar",
+                "--include=ca-certificates",
+                SUITE,
+                str(scratch / "root.tar"),
+                *sources,
+            ],
+            log,
+            label="mmdebstrap (fresh root)",
+            timeout=1800,
+        )
 
     tarball, _ = cache.reuse_or_build(entry, "fresh Debian 12 root", load=load, build=build)
     return tarball
@@ -88,8 +103,9 @@ def _root_tarball(log: Path) -> Path:
 def _copy_checkout(dest: Path, log: Path) -> str:
     """What a clone of this checkout holds: the committed tree of HEAD (uncommitted changes are
     not part of it, as they would not be part of a clone). Returns the commit."""
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()  # fmt: skip
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     dest.mkdir(parents=True)
     archive = dest.with_name("src.tar")
     run(["git", "-C", str(REPO), "archive", "--format=tar", "-o", str(archive), commit], log, label="git archive")
@@ -99,8 +115,12 @@ def _copy_checkout(dest: Path, log: Path) -> str:
 
 
 def _environment() -> dict[str, str]:
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-           "LANG": "C.UTF-8", "TERM": "dumb"}  # fmt: skip
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+    }
     if HOST_CA.is_file():
         for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
             env[name] = CA_IN_ROOT
@@ -112,8 +132,9 @@ def _environment() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     interrupt_on_sigterm()
-    parser = argparse.ArgumentParser(prog="fresh_host", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="fresh_host", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--keep", action="store_true", help="keep the root afterwards (its path is printed)")
     args = parser.parse_args(argv)
     out = BuildTree.default().fresh_host
@@ -142,10 +163,28 @@ def main(argv: list[str] | None = None) -> int:
             (debs / "partial").mkdir(parents=True, exist_ok=True)
             t = time.monotonic()
             run(
-                ["unshare", "--mount", "--propagation", "private", "--fork", "sh", "-c", ENTER, "enter",
-                 str(root), str(HOST_CA) if HOST_CA.is_file() else "", str(debs), "/bin/bash", "-c", IN_ROOT],
-                log, label="setup-host.sh + nox -s lint tests (fresh root)", env=_environment(), timeout=3600,
-            )  # fmt: skip
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--fork",
+                    "sh",
+                    "-c",
+                    ENTER,
+                    "enter",
+                    str(root),
+                    str(HOST_CA) if HOST_CA.is_file() else "",
+                    str(debs),
+                    "/bin/bash",
+                    "-c",
+                    IN_ROOT,
+                ],
+                log,
+                label="setup-host.sh + nox -s lint tests (fresh root)",
+                env=_environment(),
+                timeout=3600,
+            )
             timings["readme_commands"] = round(time.monotonic() - t, 1)
         finally:
             if args.keep:

@@ -78,9 +78,10 @@ def require(*stages: str) -> None:
     lines = [f"{tool.name} (package {tool.package})" for tool in unique]
     install = " ".join(dict.fromkeys(tool.package for tool in unique))
     raise MissingToolError(
-        f"missing on this host for {', '.join(stages)}:\n  " + "\n  ".join(lines)
+        f"missing on this host for {', '.join(stages)}:\n  "
+        + "\n  ".join(lines)
         + f"\ninstall with ./setup-host.sh, or: apt-get install {install}"
-    )  # fmt: skip
+    )
 
 
 def main() -> int:

@@ -35,8 +35,7 @@ LOG = "/root/dkms.log"
 RC = "/root/dkms.rc"
 # the module file DKMS made, by its module name (Debian installs it as nvidia-current.ko)
 FIND_MODULE = (
-    "for f in $(find /lib/modules -name 'nvidia*.ko*'); do "
-    '[ "$(modinfo -F name "$f")" = nvidia ] && echo "$f"; done'
+    'for f in $(find /lib/modules -name \'nvidia*.ko*\'); do [ "$(modinfo -F name "$f")" = nvidia ] && echo "$f"; done'
 )
 
 
@@ -95,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     # the base's cloud.cfg has disable_root: false, so root gets the key too
     user_data = f"#cloud-config\nssh_authorized_keys: ['{public_line(key)}']\n"
     seed = isos.nocloud_iso(out / "seed.iso", user_data, "instance-id: dkms-measure\n")
-    spec = VmSpec(base.disk, firmware="bios", machine="q35", memory=3072,
-                  accel=accel_for_disk(base.disk), cdroms=(seed,))  # fmt: skip
+    spec = VmSpec(
+        base.disk, firmware="bios", machine="q35", memory=3072, accel=accel_for_disk(base.disk), cdroms=(seed,)
+    )
     components = " ".join(gpu.base.components)
     with VirtualMachine(spec, out / "dkms-vm") as vm:
         vm.wait_for_ssh(key, timeout=900)

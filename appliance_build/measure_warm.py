@@ -31,10 +31,15 @@ from .progress import interrupt_on_sigterm, say
 
 
 def copy_checkout(dest: Path) -> None:
-    listed = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        capture_output=True, check=True,
-    ).stdout.decode().split("\0")  # fmt: skip
+    listed = (
+        subprocess.run(
+            ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         source = REPO / rel
         if source.is_file():
@@ -55,8 +60,12 @@ def timed_build(checkout: Path, image: str, log: Path) -> tuple[float, Manifest]
     with log.open("w") as sink:
         done = subprocess.run(
             [sys.executable, "-m", "appliance_build", "build", image],
-            cwd=checkout, env=env, stdout=sink, stderr=subprocess.STDOUT, check=False,
-        )  # fmt: skip
+            cwd=checkout,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     seconds = round(time.monotonic() - started, 1)
     if done.returncode != 0:
         raise BuildError(f"the build in {checkout} failed (exit {done.returncode}): see {log}")
@@ -82,8 +91,9 @@ def summary(seconds: float, manifest: Manifest) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     interrupt_on_sigterm()
-    parser = argparse.ArgumentParser(prog="measure_warm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="measure_warm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("image", nargs="?", default="supernode-cpu")
     parser.add_argument("--step", default="50-appliance-runtime.sh", help="the provisioning step to change")
     args = parser.parse_args(argv)
@@ -111,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         "warm_over_cold": round(warm[0] / cold[0], 3),
     }
     (out / "warm-vs-cold.json").write_text(json.dumps(result, indent=2) + "\n")
-    say(f"cold {cold[0]:.0f} s, warm {warm[0]:.0f} s: warm/cold = {result['warm_over_cold']:.2f} "
-        f"({out / 'warm-vs-cold.json'})")  # fmt: skip
+    say(
+        f"cold {cold[0]:.0f} s, warm {warm[0]:.0f} s: warm/cold = {result['warm_over_cold']:.2f} "
+        f"({out / 'warm-vs-cold.json'})"
+    )
     reused = result["warm"]["cached"]
     if not all(reused.values()):
         print(f"error: the warm build rebuilt something: {reused}", file=sys.stderr)

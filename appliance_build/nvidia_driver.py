@@ -98,12 +98,13 @@ class DriverRoute:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DriverRoute:
-        return cls(**{k: str(data[k]) for k in ("url", "key_url", "fingerprint", "branch", "version",
-                                                 "kernel_modules")})  # fmt: skip
+        return cls(
+            **{k: str(data[k]) for k in ("url", "key_url", "fingerprint", "branch", "version", "kernel_modules")}
+        )
 
     def switch_hint(self) -> str:
         return (
-            f"the NVIDIA driver route is gpu.driver_source = \"nvidia-repo\" ({self.url}). "
+            f'the NVIDIA driver route is gpu.driver_source = "nvidia-repo" ({self.url}). '
             "To build without NVIDIA's repository use the offline route: `nox -s build_gpu -- --offline` "
             "(driver from Debian, toolkit local or absent), or set gpu.driver_repo to a mirror of it"
         )
@@ -129,9 +130,12 @@ def fingerprints(key: bytes) -> list[str]:
     a `fpr` record follows each `pub`)."""
     with tempfile.TemporaryDirectory(prefix="flower-gpg-") as home:
         out = subprocess.run(
-            ["gpg", "--batch", "--with-colons", "--show-keys"], input=key, capture_output=True,
-            env=_gpg_env(Path(home)), check=False,
-        )  # fmt: skip
+            ["gpg", "--batch", "--with-colons", "--show-keys"],
+            input=key,
+            capture_output=True,
+            env=_gpg_env(Path(home)),
+            check=False,
+        )
     found, after_pub = [], False
     for line in out.stdout.decode(errors="replace").splitlines():
         fields = line.split(":")
@@ -161,14 +165,17 @@ def verify_signed(route: DriverRoute, key: bytes, signed: bytes) -> bytes:
     with tempfile.TemporaryDirectory(prefix="flower-gpgv-") as tmp:
         home = Path(tmp)
         keyring = home / "pinned.gpg"
-        dearmor = subprocess.run(["gpg", "--batch", "--dearmor"], input=key, capture_output=True,
-                                 env=_gpg_env(home), check=False)  # fmt: skip
+        dearmor = subprocess.run(
+            ["gpg", "--batch", "--dearmor"], input=key, capture_output=True, env=_gpg_env(home), check=False
+        )
         keyring.write_bytes(dearmor.stdout if dearmor.returncode == 0 else key)
         (home / "InRelease").write_bytes(signed)
         out = subprocess.run(
             ["gpgv", "--keyring", str(keyring), "--output", str(home / "content"), str(home / "InRelease")],
-            capture_output=True, env=_gpg_env(home), check=False,
-        )  # fmt: skip
+            capture_output=True,
+            env=_gpg_env(home),
+            check=False,
+        )
         if out.returncode != 0:
             detail = out.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no signature"]
             raise RouteError(
@@ -231,8 +238,10 @@ def preflight(route: DriverRoute, timeout: float = 20.0) -> bytes:
         raise
     except (TimeoutError, urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise RouteError(f"NVIDIA driver repository not reachable: {step}: {reason} "
-                         f"(gave up within {timeout:.0f} s).\n{route.switch_hint()}") from None  # fmt: skip
+        raise RouteError(
+            f"NVIDIA driver repository not reachable: {step}: {reason} "
+            f"(gave up within {timeout:.0f} s).\n{route.switch_hint()}"
+        ) from None
     if hashlib.sha256(blob).hexdigest() != sha256 or len(blob) != size:
         raise RouteError(f"{base}{name} does not match the SHA256 and size the signed Release file gives")
     index = (gzip.decompress(blob) if name.endswith(".gz") else blob).decode(errors="replace")
@@ -276,8 +285,15 @@ def _chroot(root: Path, *argv: str, log: Path, timeout: float) -> subprocess.Com
     with log.open("a") as sink:
         sink.write(f"\n$ chroot {root} {' '.join(argv)}\n")
         sink.flush()
-        return subprocess.run(["chroot", str(root), *argv], stdout=sink, stderr=subprocess.STDOUT, text=True,
-                              env=env, timeout=timeout, check=False)  # fmt: skip
+        return subprocess.run(
+            ["chroot", str(root), *argv],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
 
 
 def _tail(log: Path) -> str:
@@ -288,8 +304,10 @@ def _status(root: Path) -> dict[str, tuple[str, str]]:
     """Package -> (Status, Version) from the root's dpkg database."""
     out = subprocess.run(
         ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", "${Package}\t${Status}\t${Version}\n"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = (line.split("\t") for line in out.stdout.splitlines() if line.count("\t") == 2)
     return {name: (status, version) for name, status, version in rows}
 
@@ -322,11 +340,14 @@ def check_root(root: Path, route: DriverRoute) -> dict[str, Any]:
     else:
         module_version, module_license = _modinfo(modules[0], "version"), _modinfo(modules[0], "license")
         if module_version != route.upstream_version:
-            failures.append(f"modinfo version of {modules[0].name} is {module_version!r}, "
-                            f"pinned {route.upstream_version}")  # fmt: skip
+            failures.append(
+                f"modinfo version of {modules[0].name} is {module_version!r}, pinned {route.upstream_version}"
+            )
         if module_license != MODULE_LICENSES[route.kernel_modules]:
-            failures.append(f"module licence {module_license!r} is not the {route.kernel_modules} flavour's "
-                            f"{MODULE_LICENSES[route.kernel_modules]!r}")  # fmt: skip
+            failures.append(
+                f"module licence {module_license!r} is not the {route.kernel_modules} flavour's "
+                f"{MODULE_LICENSES[route.kernel_modules]!r}"
+            )
     status = _status(root)
     for package in route.packages:
         state, version = status.get(package, ("not installed", ""))
@@ -354,9 +375,14 @@ def check_root(root: Path, route: DriverRoute) -> dict[str, Any]:
         "module_path": "/" + str(modules[0].relative_to(root)),
         "packages": {p: status[p][1] for p in route.packages},
         "held": held,
-        "checks": {"module_file": "PASS", "module_version": "PASS", "module_flavour": "PASS",
-                   "package_versions": "PASS", "holds": "PASS"},
-    }  # fmt: skip
+        "checks": {
+            "module_file": "PASS",
+            "module_version": "PASS",
+            "module_flavour": "PASS",
+            "package_versions": "PASS",
+            "holds": "PASS",
+        },
+    }
 
 
 def install_into(root: Path, route: DriverRoute, key: bytes, log: Path, timeout: float = 3600.0) -> dict[str, Any]:
@@ -376,8 +402,19 @@ def install_into(root: Path, route: DriverRoute, key: bytes, log: Path, timeout:
             f"apt-get update with {route.url} failed (unsigned, wrong key or unreachable):\n  {_tail(log)}"
         )
     pins = [f"{package}={route.version}" for package in route.packages]
-    install = _chroot(root, "apt-get", *APT_OPTIONS, "install", "-y", "-q", "--no-install-recommends", "--", *pins,
-                      log=log, timeout=timeout)  # fmt: skip
+    install = _chroot(
+        root,
+        "apt-get",
+        *APT_OPTIONS,
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "--",
+        *pins,
+        log=log,
+        timeout=timeout,
+    )
     if install.returncode != 0:
         raise RouteError(f"apt-get install {' '.join(pins)} failed:\n  {_tail(log)}")
     to_hold = sorted(p for p, (state, _) in _status(root).items() if HOLD_RE.match(p) and state.endswith(" installed"))
@@ -401,18 +438,22 @@ def hook(spec: Path) -> str:
     import shlex
 
     repo = Path(__file__).resolve().parent.parent
-    return (f"env PYTHONPATH={shlex.quote(str(repo))} {shlex.quote(sys.executable)} -m appliance_build.nvidia_driver "
-            f'install "$1" {shlex.quote(str(spec))}')  # fmt: skip
+    return (
+        f"env PYTHONPATH={shlex.quote(str(repo))} {shlex.quote(sys.executable)} -m appliance_build.nvidia_driver "
+        f'install "$1" {shlex.quote(str(spec))}'
+    )
 
 
 def write_spec(path: Path, route: DriverRoute, key: bytes, log: Path) -> None:
-    path.write_text(json.dumps({"route": route.as_dict(), "key": key.decode("ascii", errors="strict"),
-                                "log": str(log)}))  # fmt: skip
+    path.write_text(
+        json.dumps({"route": route.as_dict(), "key": key.decode("ascii", errors="strict"), "log": str(log)})
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="appliance_build.nvidia_driver", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="appliance_build.nvidia_driver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("install", help="install the route's pinned driver into ROOT (run as root)")
     p.add_argument("root", type=Path)
@@ -428,8 +469,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     record["install_seconds"] = round(time.monotonic() - started, 1)
     (args.root / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"NVIDIA driver {record['package_version']} ({route.kernel_modules} modules) for {record['kernel']}: "
-          "checks passed, held")  # fmt: skip
+    print(
+        f"NVIDIA driver {record['package_version']} ({route.kernel_modules} modules) for {record['kernel']}: "
+        "checks passed, held"
+    )
     return 0
 
 

@@ -99,9 +99,12 @@ def support(branch: str, today: dt.date | None = None) -> tuple[str, str]:
 
 
 def driver_record(
-    driver_source: str, driver_branch: str, kernel_modules: str, driver_version: str = "",
+    driver_source: str,
+    driver_branch: str,
+    kernel_modules: str,
+    driver_version: str = "",
     today: dt.date | None = None,
-) -> DriverRecord:  # fmt: skip
+) -> DriverRecord:
     ends, status = support(driver_branch, today)
     return DriverRecord(driver_source, driver_branch, driver_version, kernel_modules, ends, status)
 

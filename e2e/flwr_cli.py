@@ -53,8 +53,13 @@ def toml_value(value: object) -> str:
 
 
 def connection_toml(name: str, address: str, root_certificates: Path | None) -> str:
-    lines = ["[superlink]", f"default = {toml_value(name)}", "", f"[superlink.{name}]",
-             f"address = {toml_value(address)}"]  # fmt: skip
+    lines = [
+        "[superlink]",
+        f"default = {toml_value(name)}",
+        "",
+        f"[superlink.{name}]",
+        f"address = {toml_value(address)}",
+    ]
     if root_certificates is None:
         lines.append("insecure = true")
     else:
@@ -142,15 +147,23 @@ class FlwrCli:
     def call(self, *args: str, timeout: float | None = None) -> str:
         argv = self.command(*args)
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, env=flower_env(self.home),
-                                  timeout=timeout or self.timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+            proc = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                env=flower_env(self.home),
+                timeout=timeout or self.timeout,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired as exc:
             self._record(argv, f"(timed out after {exc.timeout} s)\n")
             raise FlwrError(f"{' '.join(args[:2])} timed out after {exc.timeout:.0f} s") from exc
         self._record(argv, proc.stdout + proc.stderr)
         if proc.returncode != 0:
-            raise FlwrError(f"flwr {' '.join(args[:2])} failed (exit {proc.returncode}): "
-                            f"{(proc.stdout + proc.stderr).strip()[-600:]}")  # fmt: skip
+            raise FlwrError(
+                f"flwr {' '.join(args[:2])} failed (exit {proc.returncode}): "
+                f"{(proc.stdout + proc.stderr).strip()[-600:]}"
+            )
         return proc.stdout
 
     def json_call(self, *args: str, timeout: float | None = None) -> dict[str, Any]:
@@ -163,8 +176,9 @@ class FlwrCli:
     def online_nodes(self) -> list[str]:
         return online_node_ids(self.json_call("supernode", "list", self.name))
 
-    def wait_for_nodes(self, count: int, timeout: float, poll: float = 10.0,
-                       on_change: Any = None) -> tuple[float, list[str]]:  # fmt: skip
+    def wait_for_nodes(
+        self, count: int, timeout: float, poll: float = 10.0, on_change: Any = None
+    ) -> tuple[float, list[str]]:
         """Seconds until at least `count` SuperNodes are online, and their ids; FlwrError on timeout."""
         start = time.monotonic()
         seen: list[str] = []
@@ -195,8 +209,14 @@ class FlwrCli:
         with log.open("ab") as out:
             out.write(f"$ {' '.join(argv)}\n".encode())
             out.flush()
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=flower_env(self.home), start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=flower_env(self.home),
+                start_new_session=True,
+            )
         submitted = time.monotonic()
         try:
             while True:
@@ -218,8 +238,9 @@ class FlwrCli:
     def status(self, run_id: int) -> str:
         return run_status(self.json_call("ls", self.name, "--run-id", str(run_id)), run_id)
 
-    def wait_for_run(self, handle: RunHandle, timeout: float, results: Path | None = None,
-                     safety_poll: float = 60.0) -> str:  # fmt: skip
+    def wait_for_run(
+        self, handle: RunHandle, timeout: float, results: Path | None = None, safety_poll: float = 60.0
+    ) -> str:
         """The final status of the run ("finished:completed", ...); on timeout the run is stopped.
 
         Each ``flwr ls`` is a Python start on a host that may be busy emulating VMs, so the

@@ -133,16 +133,28 @@ def count(events: Iterable[dict[str, Any]], bad_lines: int = 0) -> NodeLaunches:
         elif kind == CHILD_EXIT and isinstance(event.get("seconds"), int | float):
             task_s.append(float(event["seconds"]))
     return NodeLaunches(
-        launches=sum(tasks.values()), tasks=dict(tasks), modes=dict(modes), fallback_reasons=reasons,
-        superexec_pids=sorted(pids), exit_statuses=dict(statuses), launcher_starts=starts,
+        launches=sum(tasks.values()),
+        tasks=dict(tasks),
+        modes=dict(modes),
+        fallback_reasons=reasons,
+        superexec_pids=sorted(pids),
+        exit_statuses=dict(statuses),
+        launcher_starts=starts,
         launch_s_max=round(max(launch_s), 3) if launch_s else None,
         task_s_max=round(max(task_s), 3) if task_s else None,
         bad_lines=bad_lines,
-    )  # fmt: skip
+    )
 
 
-def problems(name: str, launches: NodeLaunches, *, took_part: bool, replies: int | None = None,
-             allow_relaunch: bool = False, allow_fallback: bool = False) -> list[str]:  # fmt: skip
+def problems(
+    name: str,
+    launches: NodeLaunches,
+    *,
+    took_part: bool,
+    replies: int | None = None,
+    allow_relaunch: bool = False,
+    allow_fallback: bool = False,
+) -> list[str]:
     """What fails a run on this node; [] = passed.
 
     - a pile-up: more launches than the `replies` (train + evaluate, with errors) the node sent in
@@ -165,8 +177,9 @@ def problems(name: str, launches: NodeLaunches, *, took_part: bool, replies: int
             "(or a task never answered)"
         )
     elif replies is not None and 0 < launches.launches < replies:
-        out.append(f"{name}: the launch log has {launches.launches} launches for {replies} answered task(s): "
-                   "it misses some")  # fmt: skip
+        out.append(
+            f"{name}: the launch log has {launches.launches} launches for {replies} answered task(s): it misses some"
+        )
     relaunched = launches.relaunched
     if relaunched and not allow_relaunch:
         worst = sorted(relaunched.items(), key=lambda item: -item[1])[:3]
@@ -182,6 +195,7 @@ def problems(name: str, launches: NodeLaunches, *, took_part: bool, replies: int
         )
     failed = {status: n for status, n in launches.exit_statuses.items() if status != "0"}
     if failed:
-        out.append(f"{name}: ClientApp(s) exited non-zero (status: count) {failed}: e.g. a late one on an "
-                   "expired task token")  # fmt: skip
+        out.append(
+            f"{name}: ClientApp(s) exited non-zero (status: count) {failed}: e.g. a late one on an expired task token"
+        )
     return out

@@ -125,11 +125,12 @@ class NodeState:
 
     def report(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "partition_id": self.spec.partition_id, "tls": self.spec.tls,
+            "partition_id": self.spec.partition_id,
+            "tls": self.spec.tls,
             "ssh_s": None if self.ssh_s is None else round(self.ssh_s, 1),
             "ready_s": None if self.ready_s is None else round(self.ready_s, 1),
             "note": self.note,
-        }  # fmt: skip
+        }
         if self.status is not None:
             doc["status_errors"] = self.status.get("errors", [])
             doc["supernode_will_start"] = self.status.get("supernode_will_start")
@@ -195,11 +196,21 @@ class VmNodes(LaunchLogs):
     mode = "vm"
 
     def __init__(
-        self, specs: list[NodeSpec], *, image: Path, firmware: str, machine: str = "q35", workdir: Path,
+        self,
+        specs: list[NodeSpec],
+        *,
+        image: Path,
+        firmware: str,
+        machine: str = "q35",
+        workdir: Path,
         superlink_address: str,
-        tls: TlsMaterial, wrong_ca: Path | None = None, memory: int = 1536, cpus: int = 1,
-        accel: Accelerator | None = None, ssh_timeout: float = 900,
-    ) -> None:  # fmt: skip
+        tls: TlsMaterial,
+        wrong_ca: Path | None = None,
+        memory: int = 1536,
+        cpus: int = 1,
+        accel: Accelerator | None = None,
+        ssh_timeout: float = 900,
+    ) -> None:
         self.specs = specs
         self.image = image
         self.firmware = firmware
@@ -224,8 +235,9 @@ class VmNodes(LaunchLogs):
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stack.close()
 
     def _boot(self) -> None:
@@ -235,11 +247,21 @@ class VmNodes(LaunchLogs):
             workdir = self.workdir / spec.name
             context = appliance_context(spec, self.superlink_address, self.tls, self.wrong_ca)
             workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / "context.json").write_text(json.dumps(
-                {k: ("<ca>" if k.endswith("CA_CERT") and v else v) for k, v in context.items()}, indent=2))  # fmt: skip
-            vm = self._stack.enter_context(appliance.start(
-                self.image, workdir, context, firmware=self.firmware, machine=self.machine,
-                memory=self.memory, cpus=self.cpus, accel=accel))  # fmt: skip
+            (workdir / "context.json").write_text(
+                json.dumps({k: ("<ca>" if k.endswith("CA_CERT") and v else v) for k, v in context.items()}, indent=2)
+            )
+            vm = self._stack.enter_context(
+                appliance.start(
+                    self.image,
+                    workdir,
+                    context,
+                    firmware=self.firmware,
+                    machine=self.machine,
+                    memory=self.memory,
+                    cpus=self.cpus,
+                    accel=accel,
+                )
+            )
             self.states[spec.name].started_at = vm.vm.started_at
             say(f"e2e: {spec.name} (partition {spec.partition_id}, TLS {spec.tls}) booting; console {vm.vm.serial_log}")
             started[spec.name] = vm
@@ -355,8 +377,16 @@ class LocalNodes(LaunchLogs):
     mode = "local"
     launcher_poll_s = 0.5
 
-    def __init__(self, specs: list[NodeSpec], *, workdir: Path, superlink_address: str, tls: TlsMaterial,
-                 wrong_ca: Path | None = None, entrypoint: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        specs: list[NodeSpec],
+        *,
+        workdir: Path,
+        superlink_address: str,
+        tls: TlsMaterial,
+        wrong_ca: Path | None = None,
+        entrypoint: bool = False,
+    ) -> None:
         self.specs = specs
         self.workdir = workdir
         self.superlink_address = superlink_address
@@ -378,8 +408,12 @@ class LocalNodes(LaunchLogs):
             ca.parent.mkdir(parents=True, exist_ok=True)
             ca.write_text(resolution.config.ca_cert_pem)
         options = runtime_launch.supernode_args(resolution.config, root_certificates=str(ca))
-        env = {name: value for name, _, value in
-               (item.partition("=") for item in runtime_launch.container_env(resolution.config, None))}  # fmt: skip
+        env = {
+            name: value
+            for name, _, value in (
+                item.partition("=") for item in runtime_launch.container_env(resolution.config, None)
+            )
+        }
         argv = [*options, "--port", str(free_port())]
         runtime_launch.check_argv_lengths(argv)
         return argv, env
@@ -409,17 +443,22 @@ class LocalNodes(LaunchLogs):
                     out.write(f"$ {' '.join(argv)}\n".encode())
                     out.flush()
                     self.processes[spec.name] = subprocess.Popen(
-                        argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                        env=env, start_new_session=True,
-                    )  # fmt: skip
+                        argv,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env=env,
+                        start_new_session=True,
+                    )
                 state.started_at = time.monotonic()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def stop(self) -> None:

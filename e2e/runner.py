@@ -86,38 +86,76 @@ def positive_float(text: str) -> float:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m e2e.runner", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m e2e.runner",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--image", default="supernode-cpu", help="image name under build/ (default supernode-cpu)")
     parser.add_argument("--faults", action="store_true", help="also run the fault scenarios")
-    parser.add_argument("--scenario", action="append", choices=SCENARIOS, default=None,
-                        help="run only this scenario (repeatable; superlink-restart implies baseline); "
-                        "default: baseline, and with --faults all four")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIOS,
+        default=None,
+        help="run only this scenario (repeatable; superlink-restart implies baseline); "
+        "default: baseline, and with --faults all four",
+    )
     parser.add_argument("--rounds", type=positive_int, default=3, help="FL rounds per run (default 3; at least 2)")
-    parser.add_argument("--nodes", choices=("vm", "local"), default="vm",
-                        help="SuperNodes as appliance VMs (default) or local flower-supernode processes")
+    parser.add_argument(
+        "--nodes",
+        choices=("vm", "local"),
+        default="vm",
+        help="SuperNodes as appliance VMs (default) or local flower-supernode processes",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output directory (default build/e2e)")
-    parser.add_argument("--vm-memory", type=positive_int, default=VM_MEMORY_MIB,
-                        help=f"MiB per VM (default {VM_MEMORY_MIB})")
+    parser.add_argument(
+        "--vm-memory", type=positive_int, default=VM_MEMORY_MIB, help=f"MiB per VM (default {VM_MEMORY_MIB})"
+    )
     parser.add_argument("--vm-cpus", type=positive_int, default=VM_CPUS, help=f"vCPUs per VM (default {VM_CPUS})")
-    parser.add_argument("--ready-timeout", type=positive_float, default=READY_TIMEOUT_S,
-                        help="seconds for a VM to boot until its SuperNode container runs, and for the warm "
-                        f"ClientApp launchers to be ready before a run (default {READY_TIMEOUT_S:.0f})")
-    parser.add_argument("--connect-timeout", type=positive_float, default=CONNECT_TIMEOUT_S,
-                        help="seconds for the SuperNodes to show up at the SuperLink "
-                        f"(default {CONNECT_TIMEOUT_S:.0f})")
-    parser.add_argument("--run-timeout", type=positive_float, default=RUN_TIMEOUT_S,
-                        help=f"seconds for one `flwr run` to finish (default {RUN_TIMEOUT_S:.0f})")
-    parser.add_argument("--round-timeout", type=positive_float, default=ROUND_TIMEOUT_S,
-                        help="seconds the ServerApp waits for the replies of one round phase; fewer replies than "
-                        f"needed stop the run (default {ROUND_TIMEOUT_S:.0f})")
-    parser.add_argument("--bad-tls", choices=(TLS_EMPTY_CA, TLS_WRONG_CA), default=TLS_EMPTY_CA,
-                        help="the bad-tls fault: TLS on with an empty CA (default) or with an unrelated CA")
-    parser.add_argument("--connect-only", action="store_true",
-                        help="no `flwr run`: check only that the nodes connect (TLS), reconnect, join late and that "
-                        "a bad TLS node stays out (for guests too slow to start a ClientApp in flwr's 30 s window)")
-    parser.add_argument("--no-superlink-db", action="store_true",
-                        help="run the SuperLink with in-memory state (a restart then forgets the nodes)")
+    parser.add_argument(
+        "--ready-timeout",
+        type=positive_float,
+        default=READY_TIMEOUT_S,
+        help="seconds for a VM to boot until its SuperNode container runs, and for the warm "
+        f"ClientApp launchers to be ready before a run (default {READY_TIMEOUT_S:.0f})",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=positive_float,
+        default=CONNECT_TIMEOUT_S,
+        help=f"seconds for the SuperNodes to show up at the SuperLink (default {CONNECT_TIMEOUT_S:.0f})",
+    )
+    parser.add_argument(
+        "--run-timeout",
+        type=positive_float,
+        default=RUN_TIMEOUT_S,
+        help=f"seconds for one `flwr run` to finish (default {RUN_TIMEOUT_S:.0f})",
+    )
+    parser.add_argument(
+        "--round-timeout",
+        type=positive_float,
+        default=ROUND_TIMEOUT_S,
+        help="seconds the ServerApp waits for the replies of one round phase; fewer replies than "
+        f"needed stop the run (default {ROUND_TIMEOUT_S:.0f})",
+    )
+    parser.add_argument(
+        "--bad-tls",
+        choices=(TLS_EMPTY_CA, TLS_WRONG_CA),
+        default=TLS_EMPTY_CA,
+        help="the bad-tls fault: TLS on with an empty CA (default) or with an unrelated CA",
+    )
+    parser.add_argument(
+        "--connect-only",
+        action="store_true",
+        help="no `flwr run`: check only that the nodes connect (TLS), reconnect, join late and that "
+        "a bad TLS node stays out (for guests too slow to start a ClientApp in flwr's 30 s window)",
+    )
+    parser.add_argument(
+        "--no-superlink-db",
+        action="store_true",
+        help="run the SuperLink with in-memory state (a restart then forgets the nodes)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error("--rounds must be at least 2 to see the loss go down")
@@ -171,17 +209,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_out(out)
     faults = any(name != BASELINE for name in selected_scenarios(args))
     options = Options(
-        out=out, image=args.image, image_file=image_file, firmware=firmware, machine=machine, nodes=args.nodes,
-        rounds=args.rounds, faults=faults, memory=args.vm_memory, cpus=args.vm_cpus,
-        ready_timeout=args.ready_timeout, connect_timeout=args.connect_timeout, run_timeout=args.run_timeout,
-        round_timeout=args.round_timeout, bad_tls=args.bad_tls, superlink_db=not args.no_superlink_db,
+        out=out,
+        image=args.image,
+        image_file=image_file,
+        firmware=firmware,
+        machine=machine,
+        nodes=args.nodes,
+        rounds=args.rounds,
+        faults=faults,
+        memory=args.vm_memory,
+        cpus=args.vm_cpus,
+        ready_timeout=args.ready_timeout,
+        connect_timeout=args.connect_timeout,
+        run_timeout=args.run_timeout,
+        round_timeout=args.round_timeout,
+        bad_tls=args.bad_tls,
+        superlink_db=not args.no_superlink_db,
         connect_only=args.connect_only,
-    )  # fmt: skip
+    )
     summary = sm.Summary(
-        image=args.image if args.nodes == "vm" else "(local SuperNodes)", nodes_mode=args.nodes, rounds=args.rounds,
-        faults=faults, started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        image=args.image if args.nodes == "vm" else "(local SuperNodes)",
+        nodes_mode=args.nodes,
+        rounds=args.rounds,
+        faults=faults,
+        started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()},
-    )  # fmt: skip
+    )
     started = time.monotonic()
     material = tls.create(out / "tls")
     wrong_ca = tls.create_unrelated_ca(out / "tls" / "unrelated-ca.pem")

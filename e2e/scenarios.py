@@ -76,10 +76,18 @@ class Scenarios:
     @contextlib.contextmanager
     def superlink(self, directory: Path, *, start: bool = True) -> Iterator[tuple[E2eSuperLink, FlwrCli]]:
         database = directory / "superlink-state.db" if self.o.superlink_db else None
-        with running(directory / "superlink.log", flwr_home=directory / "flwr-superlink", tls=self.tls_files(),
-                     database=database, port=free_port(), start=start) as link:  # fmt: skip
-            say(f"e2e: SuperLink {'on' if start else 'reserved'} {link.host_address} "
-                f"(guests: {link.guest_address}); log {link.log}")  # fmt: skip
+        with running(
+            directory / "superlink.log",
+            flwr_home=directory / "flwr-superlink",
+            tls=self.tls_files(),
+            database=database,
+            port=free_port(),
+            start=start,
+        ) as link:
+            say(
+                f"e2e: SuperLink {'on' if start else 'reserved'} {link.host_address} "
+                f"(guests: {link.guest_address}); log {link.log}"
+            )
             cli = FlwrCli(directory / "flwr-cli", link.host_address, self.tls.ca_cert, directory / "flwr-cli.log")
             cli.write_config()
             try:
@@ -89,26 +97,50 @@ class Scenarios:
 
     def nodes(self, specs: list[NodeSpec], directory: Path, link: E2eSuperLink) -> Nodes:
         if self.o.nodes == "local":
-            return LocalNodes(specs, workdir=directory, superlink_address=link.host_address, tls=self.tls,
-                              wrong_ca=self.wrong_ca, entrypoint=True)  # fmt: skip
+            return LocalNodes(
+                specs,
+                workdir=directory,
+                superlink_address=link.host_address,
+                tls=self.tls,
+                wrong_ca=self.wrong_ca,
+                entrypoint=True,
+            )
         assert self.o.image_file is not None and self.o.firmware is not None and self.o.machine is not None
         return VmNodes(
-            specs, image=self.o.image_file, firmware=self.o.firmware, machine=self.o.machine, workdir=directory,
-            superlink_address=link.guest_address, tls=self.tls, wrong_ca=self.wrong_ca,
-            memory=self.o.memory, cpus=self.o.cpus, ssh_timeout=self.o.ready_timeout,
-        )  # fmt: skip
+            specs,
+            image=self.o.image_file,
+            firmware=self.o.firmware,
+            machine=self.o.machine,
+            workdir=directory,
+            superlink_address=link.guest_address,
+            tls=self.tls,
+            wrong_ca=self.wrong_ca,
+            memory=self.o.memory,
+            cpus=self.o.cpus,
+            ssh_timeout=self.o.ready_timeout,
+        )
 
     def expected_helper(self) -> str | None:
         return DEVICE_HELPER if self.o.nodes == "vm" else None
 
-    def run_app(self, cli: FlwrCli, nodes: Nodes, directory: Path, label: str, *, partitions: list[int],
-                min_nodes: int, wait_nodes_timeout: float | None = None,
-                expect_tasks: bool = True) -> tuple[sm.RunReport, dict[str, Any] | None]:  # fmt: skip
+    def run_app(
+        self,
+        cli: FlwrCli,
+        nodes: Nodes,
+        directory: Path,
+        label: str,
+        *,
+        partitions: list[int],
+        min_nodes: int,
+        wait_nodes_timeout: float | None = None,
+        expect_tasks: bool = True,
+    ) -> tuple[sm.RunReport, dict[str, Any] | None]:
         """Submit the app, wait for the run to finish (bounded), read its results file, count the ClientApp
         launches of the run on every node (`expect_tasks`: the nodes of `partitions` must have some)."""
         nodes.wait_launchers(self.o.ready_timeout)
-        before = {name: len(found[0]) if (found := nodes.launch_events_of_healthy(name)) else 0
-                  for name in nodes.states}  # fmt: skip
+        before = {
+            name: len(found[0]) if (found := nodes.launch_events_of_healthy(name)) else 0 for name in nodes.states
+        }
         results = directory / f"results-{label}.json"
         results.unlink(missing_ok=True)
         run_config: dict[str, object] = {
@@ -132,13 +164,21 @@ class Scenarios:
         report.rounds = sm.round_table(doc)
         losses = " -> ".join(f"{r['eval_loss']:.4f}" for r in report.rounds if r["eval_loss"] is not None)
         times = ", ".join(f"{r['round_s']:.1f} s" for r in report.rounds if r.get("round_s") is not None)
-        say(f"e2e: run {report.run_id} ({label}): {report.status} after {report.seconds:.0f} s; "
-            f"eval loss {losses or '-'}; round times {times or '-'}")  # fmt: skip
+        say(
+            f"e2e: run {report.run_id} ({label}): {report.status} after {report.seconds:.0f} s; "
+            f"eval loss {losses or '-'}; round times {times or '-'}"
+        )
         self.count_launches(report, nodes, before, partitions if expect_tasks else [], sm.replies_per_partition(doc))
         return report, doc
 
-    def count_launches(self, report: sm.RunReport, nodes: Nodes, before: dict[str, int], partitions: list[int],
-                       replies: dict[int, int] | None) -> None:  # fmt: skip
+    def count_launches(
+        self,
+        report: sm.RunReport,
+        nodes: Nodes,
+        before: dict[str, int],
+        partitions: list[int],
+        replies: dict[int, int] | None,
+    ) -> None:
         """The run's ClientApp launches per node and task (the log's events after `before`), against the
         tasks each node answered (`replies` per partition, from the results file); a pile-up or a fallback
         is a problem of the run, and so is a node of `partitions` without a launch to count."""
@@ -154,19 +194,35 @@ class Scenarios:
                 continue  # e.g. the empty-CA node: no SuperNode, so no log, and none expected
             report.launches[name] = {**counted.as_dict(), "replies": answered}
             report.problems += ln.problems(name, counted, took_part=took_part, replies=answered)
-        say("e2e: ClientApp launches " + "; ".join(
-            f"{name}: {doc['launches']} for {doc['replies']} answered task(s), max {doc['max_per_task']} per token, "
-            f"{doc['modes'].get(ln.FALLBACK, 0)} fallback(s)" if doc["log"] else f"{name}: no launch log"
-            for name, doc in report.launches.items()))  # fmt: skip
+        say(
+            "e2e: ClientApp launches "
+            + "; ".join(
+                f"{name}: {doc['launches']} for {doc['replies']} answered task(s), "
+                f"max {doc['max_per_task']} per token, {doc['modes'].get(ln.FALLBACK, 0)} fallback(s)"
+                if doc["log"]
+                else f"{name}: no launch log"
+                for name, doc in report.launches.items()
+            )
+        )
 
     def check_run(self, report: sm.RunReport, doc: dict[str, Any] | None, partitions: list[int]) -> None:
         if report.status != COMPLETED and not report.problems:
             report.problems.append(f"run status {report.status!r}, expected {COMPLETED!r}")
-        report.problems += sm.check_results(doc, expected_rounds=self.o.rounds, expected_partitions=partitions,
-                                            expected_helper=self.expected_helper())  # fmt: skip
+        report.problems += sm.check_results(
+            doc, expected_rounds=self.o.rounds, expected_partitions=partitions, expected_helper=self.expected_helper()
+        )
 
-    def completed_run(self, report: sm.ScenarioReport, cli: FlwrCli, nodes: Nodes, directory: Path, label: str, *,
-                      partitions: list[int], min_nodes: int = NUM_NODES) -> None:  # fmt: skip
+    def completed_run(
+        self,
+        report: sm.ScenarioReport,
+        cli: FlwrCli,
+        nodes: Nodes,
+        directory: Path,
+        label: str,
+        *,
+        partitions: list[int],
+        min_nodes: int = NUM_NODES,
+    ) -> None:
         """A `flwr run` that must complete, checked and added to the report; with --connect-only a note instead."""
         if self.o.connect_only:
             report.notes.append(CONNECT_ONLY_NOTE)
@@ -185,8 +241,9 @@ class Scenarios:
         say(f"e2e: {len(ids)} SuperNode(s) online ({seconds:.0f} s of waiting)")
         return ids
 
-    def connect_timings(self, report: sm.ScenarioReport, link: E2eSuperLink, since: float, count: int,
-                        prefix: str = "") -> None:  # fmt: skip
+    def connect_timings(
+        self, report: sm.ScenarioReport, link: E2eSuperLink, since: float, count: int, prefix: str = ""
+    ) -> None:
         text = link.log.read_text(errors="replace") if link.log.exists() else ""
         first, nth = sm.connect_times(sm.node_activations(text), since, count)
         report.timings[f"{prefix}first_node_s"] = first
@@ -225,20 +282,25 @@ class Scenarios:
         finally:
             report.timings["total_s"] = round(time.monotonic() - started, 1)
             report.finish()
-            say(f"e2e: == scenario {report.name}: {'ok' if report.ok else 'FAILED'} "
-                f"({report.timings['total_s']:.0f} s)" + "".join(f"\n   - {p}" for p in report.problems)
-                + "".join(f"\n   - {p}" for r in report.runs for p in r.problems))  # fmt: skip
+            say(
+                f"e2e: == scenario {report.name}: {'ok' if report.ok else 'FAILED'} "
+                f"({report.timings['total_s']:.0f} s)"
+                + "".join(f"\n   - {p}" for p in report.problems)
+                + "".join(f"\n   - {p}" for r in report.runs for p in r.problems)
+            )
         return report
 
     # -- scenarios ---------------------------------------------------------------------------
     def baseline(self, with_restart: bool) -> list[sm.ScenarioReport]:
         """SuperLink up, two nodes boot and join, one run; then (faults) restart the SuperLink, run again."""
         base = sm.ScenarioReport(
-            "baseline", f"SuperLink (TLS) up first; {NUM_NODES} SuperNodes boot, join and train "
-            f"{self.o.rounds} rounds.")  # fmt: skip
+            "baseline", f"SuperLink (TLS) up first; {NUM_NODES} SuperNodes boot, join and train {self.o.rounds} rounds."
+        )
         restart = sm.ScenarioReport(
-            "superlink-restart", "Fault (b): the SuperLink is stopped and started again (same port and state) "
-            "between two runs; the SuperNodes reconnect by themselves and the second run completes.")  # fmt: skip
+            "superlink-restart",
+            "Fault (b): the SuperLink is stopped and started again (same port and state) "
+            "between two runs; the SuperNodes reconnect by themselves and the second run completes.",
+        )
         reports = [base]
         self.reports.append(base)
         if with_restart:
@@ -248,9 +310,11 @@ class Scenarios:
 
         def body(report: sm.ScenarioReport) -> None:
             since = time.time()
-            with self.superlink(directory) as (link, cli), \
-                    self.nodes(node_specs(NUM_NODES), directory, link) as nodes, \
-                    self.collecting(report, nodes, directory):  # fmt: skip
+            with (
+                self.superlink(directory) as (link, cli),
+                self.nodes(node_specs(NUM_NODES), directory, link) as nodes,
+                self.collecting(report, nodes, directory),
+            ):
                 nodes.wait_ready(self.o.ready_timeout)
                 if self.wait_nodes(cli, report, NUM_NODES):
                     self.connect_timings(report, link, since, NUM_NODES)
@@ -272,12 +336,21 @@ class Scenarios:
             reports.append(restart)
         return reports
 
-    def _restart(self, report: sm.ScenarioReport, link: E2eSuperLink, cli: FlwrCli, nodes: Nodes,
-                 directory: Path, partitions: list[int]) -> None:  # fmt: skip
+    def _restart(
+        self,
+        report: sm.ScenarioReport,
+        link: E2eSuperLink,
+        cli: FlwrCli,
+        nodes: Nodes,
+        directory: Path,
+        partitions: list[int],
+    ) -> None:
         report.notes.append("same VMs as the baseline scenario (logs in its directory)")
         if link.database is None:
-            report.notes.append("SuperLink without a state DB: the SuperNodes get 401 for their old node ids, "
-                                "exit, and come back through the appliance's 15 s restart loop")  # fmt: skip
+            report.notes.append(
+                "SuperLink without a state DB: the SuperNodes get 401 for their old node ids, "
+                "exit, and come back through the appliance's 15 s restart loop"
+            )
         before = {name: len(nodes.supernode_log(name)) for name in nodes.states}
         old_pid = link.pid
         link.restart(pause=5.0)
@@ -290,8 +363,9 @@ class Scenarios:
         self.completed_run(report, cli, nodes, directory, "run-2-after-restart", partitions=partitions)
         self.connect_timings(report, link, since, NUM_NODES)
         if report.timings.get("first_node_s") is None:
-            report.notes.append("no new node activation after the restart: the SuperNodes kept their node ids "
-                                "(state DB) and resumed")  # fmt: skip
+            report.notes.append(
+                "no new node activation after the restart: the SuperNodes kept their node ids (state DB) and resumed"
+            )
 
     def _check_reconnected(self, report: sm.ScenarioReport, nodes: Nodes, before: dict[str, int]) -> None:
         """Each SuperNode's own log must say it reconnected after the restart (the DB keeps them "online")."""
@@ -299,7 +373,7 @@ class Scenarios:
         pending = set(before)
         while pending and time.monotonic() < deadline:
             for name in sorted(pending):
-                found = RECONNECTED.findall(nodes.supernode_log(name)[before[name]:])
+                found = RECONNECTED.findall(nodes.supernode_log(name)[before[name] :])
                 if found:
                     report.timings[f"{name}_reconnect_s"] = float(found[-1])
                     pending.discard(name)
@@ -310,15 +384,19 @@ class Scenarios:
 
     def superlink_late(self) -> sm.ScenarioReport:
         report = sm.ScenarioReport(
-            "superlink-late", "Fault (a): the SuperNodes boot while the SuperLink is down; it starts only after "
-            "they are ready; they keep retrying and join.")  # fmt: skip
+            "superlink-late",
+            "Fault (a): the SuperNodes boot while the SuperLink is down; it starts only after "
+            "they are ready; they keep retrying and join.",
+        )
         directory = self.o.out / "superlink-late"
         partitions = list(range(NUM_NODES))
 
         def body(report: sm.ScenarioReport) -> None:
-            with self.superlink(directory, start=False) as (link, cli), \
-                    self.nodes(node_specs(NUM_NODES), directory, link) as nodes, \
-                    self.collecting(report, nodes, directory):  # fmt: skip
+            with (
+                self.superlink(directory, start=False) as (link, cli),
+                self.nodes(node_specs(NUM_NODES), directory, link) as nodes,
+                self.collecting(report, nodes, directory),
+            ):
                 nodes.wait_ready(self.o.ready_timeout)
                 report.notes.append("SuperNodes ready (containers running, retrying) before the SuperLink started")
                 since = time.time()
@@ -332,9 +410,11 @@ class Scenarios:
 
     def bad_tls(self) -> sm.ScenarioReport:
         report = sm.ScenarioReport(
-            "bad-tls", f"Fault (c): one node has FL_TLS_ENABLED=YES with a bad CA ({self.o.bad_tls}); it reports the "
+            "bad-tls",
+            f"Fault (c): one node has FL_TLS_ENABLED=YES with a bad CA ({self.o.bad_tls}); it reports the "
             "error and stays out, a run with min-nodes 1 completes with the other node, and a run that needs both "
-            "fails with a clear message instead of hanging.")  # fmt: skip
+            "fails with a clear message instead of hanging.",
+        )
         directory = self.o.out / "bad-tls"
         specs = node_specs(NUM_NODES, bad_tls=self.o.bad_tls)
         good = [s.partition_id for s in specs if s.healthy]
@@ -342,8 +422,11 @@ class Scenarios:
 
         def body(report: sm.ScenarioReport) -> None:
             since = time.time()
-            with self.superlink(directory) as (link, cli), self.nodes(specs, directory, link) as nodes, \
-                    self.collecting(report, nodes, directory):  # fmt: skip
+            with (
+                self.superlink(directory) as (link, cli),
+                self.nodes(specs, directory, link) as nodes,
+                self.collecting(report, nodes, directory),
+            ):
                 nodes.wait_ready(self.o.ready_timeout)
                 for spec in bad:
                     self._check_bad_node_status(report, nodes, spec)
@@ -358,9 +441,16 @@ class Scenarios:
                     report.fail(f"{len(online)} SuperNodes online, expected only the {len(good)} good one(s)")
                 if not self.o.connect_only:
                     # fails before its first round: no task, so no launch is expected (any would still be checked)
-                    strict, strict_doc = self.run_app(cli, nodes, directory, "run-2-min-nodes-2", partitions=good,
-                                                      min_nodes=NUM_NODES, wait_nodes_timeout=60.0,
-                                                      expect_tasks=False)  # fmt: skip
+                    strict, strict_doc = self.run_app(
+                        cli,
+                        nodes,
+                        directory,
+                        "run-2-min-nodes-2",
+                        partitions=good,
+                        min_nodes=NUM_NODES,
+                        wait_nodes_timeout=60.0,
+                        expect_tasks=False,
+                    )
                     self._check_clear_failure(strict, strict_doc)
                     report.runs.append(strict)
                 for spec in bad:

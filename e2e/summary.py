@@ -35,9 +35,12 @@ def check_decreasing(values: list[float | None], label: str) -> list[str]:
 
 
 def check_results(
-    doc: dict[str, Any] | None, *, expected_rounds: int, expected_partitions: Iterable[int],
+    doc: dict[str, Any] | None,
+    *,
+    expected_rounds: int,
+    expected_partitions: Iterable[int],
     expected_helper: str | None = None,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """Everything wrong with a run according to its results file; [] = passed.
 
     Passed means: the ServerApp finished, rounds 1..expected_rounds all ran,
@@ -131,21 +134,24 @@ def round_table(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
         eval_started, eval_done = _stamp(entry, "eval_started_s"), _stamp(entry, "eval_done_s")
         following = _stamp(entries[index + 1], "started_s") if index + 1 < len(entries) else _stamp(doc, "duration_s")
         round_s = _span(started, eval_done) if eval_done is not None else _span(started, following)
-        devices = sorted({f"{c.get('device')} ({c.get('helper')})" for c in entry.get("train_clients", [])
-                          if "error" not in c})  # fmt: skip
-        table.append({
-            "round": entry.get("round"),
-            "train_loss": entry.get("train_loss"),
-            "eval_loss": entry.get("eval_loss"),
-            "train_nodes": entry.get("train_nodes"),
-            "eval_nodes": entry.get("eval_nodes"),
-            "partitions": sorted(c.get("partition_id") for c in entry.get("train_clients", []) if "error" not in c),
-            "devices": devices,
-            "started_s": started,
-            "round_s": round_s,
-            "train_s": _span(started, train_done),
-            "eval_s": _span(eval_started, eval_done),
-        })  # fmt: skip
+        devices = sorted(
+            {f"{c.get('device')} ({c.get('helper')})" for c in entry.get("train_clients", []) if "error" not in c}
+        )
+        table.append(
+            {
+                "round": entry.get("round"),
+                "train_loss": entry.get("train_loss"),
+                "eval_loss": entry.get("eval_loss"),
+                "train_nodes": entry.get("train_nodes"),
+                "eval_nodes": entry.get("eval_nodes"),
+                "partitions": sorted(c.get("partition_id") for c in entry.get("train_clients", []) if "error" not in c),
+                "devices": devices,
+                "started_s": started,
+                "round_s": round_s,
+                "train_s": _span(started, train_done),
+                "eval_s": _span(eval_started, eval_done),
+            }
+        )
     return table
 
 
@@ -228,8 +234,10 @@ def render_markdown(summary: Summary) -> str:
     for s in summary.scenarios:
         lines += ["", f"## {s.name}: {'ok' if s.ok else 'FAILED'}", "", s.description, ""]
         if s.nodes:
-            lines += ["| node | partition | TLS | SSH login | boot to ready | launcher import | notes |",
-                      "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+            lines += [
+                "| node | partition | TLS | SSH login | boot to ready | launcher import | notes |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
             for name, node in s.nodes.items():
                 lines.append(
                     f"| {name} | {node.get('partition_id')} | {node.get('tls')} | {_seconds(node.get('ssh_s'))} "
@@ -241,9 +249,11 @@ def render_markdown(summary: Summary) -> str:
             lines.append(f"Run {run.run_id}: {run.status}, {_seconds(run.seconds)} (results `{run.results_file}`)")
             lines.append("")
             if run.rounds:
-                lines += ["| round | train loss | eval loss | nodes (train/eval) | partitions | devices "
-                          "| round time | train | eval |",
-                          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+                lines += [
+                    "| round | train loss | eval loss | nodes (train/eval) | partitions | devices "
+                    "| round time | train | eval |",
+                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+                ]
                 for r in run.rounds:
                     lines.append(
                         f"| {r['round']} | {_loss(r['train_loss'])} | {_loss(r['eval_loss'])} "
@@ -266,9 +276,11 @@ def render_markdown(summary: Summary) -> str:
 
 def launch_table(launches: dict[str, dict[str, Any]]) -> list[str]:
     """The Markdown table of a run's ClientApp launches per node."""
-    lines = ["| node | ClientApp launches | tasks answered | task tokens | most launches of one token "
-             "| warm / fallback | SuperExec pids | exit statuses | slowest launch | slowest task |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        "| node | ClientApp launches | tasks answered | task tokens | most launches of one token "
+        "| warm / fallback | SuperExec pids | exit statuses | slowest launch | slowest task |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, node in launches.items():
         if not node.get("log", True):
             replies = "-" if node.get("replies") is None else node.get("replies")
@@ -293,7 +305,7 @@ def write(summary: Summary, directory: Path) -> tuple[Path, Path]:
     return json_path, md_path
 
 
-ACTIVATION = "POST /v1/fleet/activate-node HTTP/1.1\" 200"
+ACTIVATION = 'POST /v1/fleet/activate-node HTTP/1.1" 200'
 
 
 def node_activations(superlink_log: str) -> list[float]:

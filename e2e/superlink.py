@@ -92,9 +92,14 @@ class E2eSuperLink(SuperLink):
 
 @contextlib.contextmanager
 def running(
-    log: Path, *, flwr_home: Path, tls: TlsFiles | None = None, database: Path | None = None,
-    port: int | None = None, start: bool = True,
-) -> Iterator[E2eSuperLink]:  # fmt: skip
+    log: Path,
+    *,
+    flwr_home: Path,
+    tls: TlsFiles | None = None,
+    database: Path | None = None,
+    port: int | None = None,
+    start: bool = True,
+) -> Iterator[E2eSuperLink]:
     """An E2eSuperLink, stopped on exit; `start=False` only reserves the port (start it later)."""
     link = E2eSuperLink(port or free_port(), log, tls, database=database, flwr_home=flwr_home)
     try:

@@ -40,17 +40,23 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption(),
-    ))  # fmt: skip
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     path.chmod(0o600)
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Flower appliance e2e"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])  # fmt: skip
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Flower appliance e2e"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def make_ca(common_name: str = "Flower appliance e2e CA") -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -66,9 +72,17 @@ def make_ca(common_name: str = "Flower appliance e2e CA") -> tuple[x509.Certific
         .not_valid_after(now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -78,9 +92,11 @@ def make_ca(common_name: str = "Flower appliance e2e CA") -> tuple[x509.Certific
 
 
 def make_server_cert(
-    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
-    ips: tuple[str, ...] = SERVER_IPS, dns: tuple[str, ...] = SERVER_DNS,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:  # fmt: skip
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ips: tuple[str, ...] = SERVER_IPS,
+    dns: tuple[str, ...] = SERVER_DNS,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _key()
     now = datetime.datetime.now(datetime.UTC)
     names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
@@ -96,9 +112,7 @@ def make_server_cert(
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return cert, key
@@ -109,8 +123,9 @@ def create(directory: Path) -> TlsMaterial:
     directory.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = make_ca()
     server_cert, server_key = make_server_cert(ca_cert, ca_key)
-    material = TlsMaterial(directory / "ca.pem", directory / "ca.key", directory / "server.pem",
-                           directory / "server.key")  # fmt: skip
+    material = TlsMaterial(
+        directory / "ca.pem", directory / "ca.key", directory / "server.pem", directory / "server.key"
+    )
     material.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     _write_key(material.ca_key, ca_key)
     material.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))

@@ -128,8 +128,12 @@ class Supervisor:
         ran = time.monotonic() - self.launcher_started
         self.backoff = RESTART_FIRST_S if ran > HEALTHY_AFTER_S else min(self.backoff * 2, RESTART_MAX_S)
         delay = RESTART_FIRST_S if ran > HEALTHY_AFTER_S else self.backoff
-        print(f"entrypoint: warm ClientApp launcher exited ({code}) after {ran:.0f} s; restarting in {delay:.0f} s "
-              "(ClientApps start the stock way meanwhile)", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"entrypoint: warm ClientApp launcher exited ({code}) after {ran:.0f} s; restarting in {delay:.0f} s "
+            "(ClientApps start the stock way meanwhile)",
+            file=sys.stderr,
+            flush=True,
+        )
         self.launcher = None
         self.restart_at = time.monotonic() + delay
         self.restarts += 1
@@ -216,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         root = prepare(env)
     except OSError as exc:
-        print(f"entrypoint: warm ClientApp launcher disabled ({exc}); starting flower-supernode the stock way",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"entrypoint: warm ClientApp launcher disabled ({exc}); starting flower-supernode the stock way",
+            file=sys.stderr,
+            flush=True,
+        )
         os.execve(supernode, supernode_argv, env)
     try:
         return Supervisor(supernode_argv, env, Path(env[shim.ENV_SOCKET])).run()

@@ -183,10 +183,17 @@ def hand_over(path: str, args: list[str], timeout: float, started: float | None)
     try:
         sock.settimeout(timeout)
         sock.connect(path)
-        request = encode_request({
-            "protocol": PROTOCOL, "argv": [PROGRAM, *args], "env": dict(os.environ), "cwd": os.getcwd(),
-            "pgid": os.getpgid(0), "shim_pid": os.getpid(), "started": started,
-        })  # fmt: skip
+        request = encode_request(
+            {
+                "protocol": PROTOCOL,
+                "argv": [PROGRAM, *args],
+                "env": dict(os.environ),
+                "cwd": os.getcwd(),
+                "pgid": os.getpgid(0),
+                "shim_pid": os.getpid(),
+                "started": started,
+            }
+        )
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         sock.sendall(request)
         reader = LineReader(sock)

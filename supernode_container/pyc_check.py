@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pyc_check: not compilable (cannot be imported either): {path}", file=sys.stderr)
         for path in report.missing:
             print(f"pyc_check: no valid .pyc: {path}", file=sys.stderr)
-        print(f"pyc_check: {root}: {report.checked} modules, {len(report.missing)} without a valid .pyc, "
-              f"{len(report.uncompilable)} not compilable")  # fmt: skip
+        print(
+            f"pyc_check: {root}: {report.checked} modules, {len(report.missing)} without a valid .pyc, "
+            f"{len(report.uncompilable)} not compilable"
+        )
         failed = failed or bool(report.missing)
     return 1 if failed else 0
 

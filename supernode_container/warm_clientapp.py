@@ -188,8 +188,9 @@ def finish_interpreter() -> None:
             stream.flush()
 
 
-def run_child(conn: socket.socket, request: dict[str, Any], fds: list[int], entry: Callable[[], object],
-              inherited: list[int]) -> None:  # fmt: skip
+def run_child(
+    conn: socket.socket, request: dict[str, Any], fds: list[int], entry: Callable[[], object], inherited: list[int]
+) -> None:
     """The forked child: set up, ACK, run flwr_clientapp(), report, ``os._exit``. Never returns."""
     try:
         reset_signals()
@@ -199,8 +200,9 @@ def run_child(conn: socket.socket, request: dict[str, Any], fds: list[int], entr
         adopt_task(request, fds)
         conn.settimeout(None)
         conn.sendall(f"ACK {os.getpid()}\n".encode())
-        log_event("start", shim_pid=request.get("shim_pid"), shim_started=request.get("started"),
-                  **task_fields(sys.argv[1:]))  # fmt: skip
+        log_event(
+            "start", shim_pid=request.get("shim_pid"), shim_started=request.get("started"), **task_fields(sys.argv[1:])
+        )
     except BaseException:
         with contextlib.suppress(Exception):
             traceback.print_exc()
@@ -389,8 +391,7 @@ class Launcher:
             with contextlib.suppress(OSError):
                 child.conn.sendall(EXIT + f" {code}\n".encode())
             child.conn.close()
-            log_event("exit", child=pid, task=child.task, status=code,
-                      seconds=round(time.time() - child.forked_at, 3))  # fmt: skip
+            log_event("exit", child=pid, task=child.task, status=code, seconds=round(time.time() - child.forked_at, 3))
 
     def close(self) -> None:
         """Stop listening (running children go on and report to their shims themselves)."""
@@ -426,10 +427,19 @@ def main(argv: list[str] | None = None) -> int:
     launcher.install_signals()
     launcher.bind()
     seconds = time.monotonic() - started
-    log_event("ready", how=how, modules=len(sys.modules), import_seconds=round(seconds, 3),
-              gpu_modules=gpu_modules_loaded(), flower_supernode=FULL_CLI_MODULE in sys.modules)  # fmt: skip
-    print(f"warm-clientapp: ready on {args.socket} ({how} import of {len(sys.modules)} modules in {seconds:.2f} s)",
-          file=sys.stderr, flush=True)  # fmt: skip
+    log_event(
+        "ready",
+        how=how,
+        modules=len(sys.modules),
+        import_seconds=round(seconds, 3),
+        gpu_modules=gpu_modules_loaded(),
+        flower_supernode=FULL_CLI_MODULE in sys.modules,
+    )
+    print(
+        f"warm-clientapp: ready on {args.socket} ({how} import of {len(sys.modules)} modules in {seconds:.2f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
     launcher.serve()
     return 0
 

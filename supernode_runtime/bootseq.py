@@ -192,9 +192,7 @@ class BootSequence:
             names = ", ".join(e.variable for e in res.errors)
             self._step(2, "error", f"{len(res.errors)} invalid: {names}")
         else:
-            self._step(
-                2, "warning" if res.warnings else "ok", f"{len(res.settings)} variables valid"
-            )
+            self._step(2, "warning" if res.warnings else "ok", f"{len(res.settings)} variables valid")
 
     def tls_material(self) -> None:
         cfg = self.state.config
@@ -208,9 +206,7 @@ class BootSequence:
             return
         if not cfg.tls_enabled or cfg.ca_cert_pem is None:
             removed = remove_file(self.paths.tls_ca)
-            self._step(
-                3, "skipped", "TLS off (--insecure)" + ("; old CA removed" if removed else "")
-            )
+            self._step(3, "skipped", "TLS off (--insecure)" + ("; old CA removed" if removed else ""))
             return
         try:
             atomic_write(self.paths.tls_ca, cfg.ca_cert_pem, mode=0o644)
@@ -250,9 +246,7 @@ class BootSequence:
         attempts = max(1, self.opt.discovery_attempts)
         for attempt in range(1, attempts + 1):
             try:
-                found = find_superlink_address(
-                    get_service(access, self.opt.onegate_timeout), access.vmid
-                )
+                found = find_superlink_address(get_service(access, self.opt.onegate_timeout), access.vmid)
             except OneGateError as exc:
                 reason = f"OneGate: {exc}"
             else:
@@ -260,9 +254,7 @@ class BootSequence:
                     self._warn(f"ignored published SuperLink address: {rejected}")
                 if found.address:
                     assert self.state.config is not None
-                    self.state.config = dataclasses.replace(
-                        self.state.config, superlink_address=found.address
-                    )
+                    self.state.config = dataclasses.replace(self.state.config, superlink_address=found.address)
                     self.report.superlink = {"address": found.address, "source": found.where}
                     self._step(4, "ok", f"{found.address} (OneGate: {found.where})")
                     return None
@@ -401,8 +393,12 @@ class BootSequence:
         argv = self.launch_spec()
         self.onegate_report()
         if self.dry:
-            summary = "the boot would NOT start the SuperNode" if self.report.errors else (
-                "the boot would start the SuperNode" + (" if: " + "; ".join(self.deferred) if self.deferred else "")
+            summary = (
+                "the boot would NOT start the SuperNode"
+                if self.report.errors
+                else (
+                    "the boot would start the SuperNode" + (" if: " + "; ".join(self.deferred) if self.deferred else "")
+                )
             )
             self._log(f"check finished: {summary}; {len(self.report.errors)} error(s)")
             return BootResult(self.report, argv, list(self.deferred))

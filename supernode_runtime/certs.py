@@ -126,8 +126,7 @@ def _decode_value(raw: str) -> str:
         raise CertificateError("does not decode to PEM text (it is binary, not base64 of ca.pem)") from exc
     if "PRIVATE KEY" in text.upper():
         raise CertificateError(
-            "contains a PRIVATE KEY: only the CA certificate may be given; "
-            "the value was not written anywhere"
+            "contains a PRIVATE KEY: only the CA certificate may be given; the value was not written anywhere"
         )
     return text
 

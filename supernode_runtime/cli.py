@@ -75,9 +75,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if doc is None:
         print("no status recorded: the boot sequence has not run (flower-appliance boot)")
         return EXIT_NO_STATUS
-    print(
-        json.dumps(doc, indent=2) if args.json else render_text(doc), end="\n" if args.json else ""
-    )
+    print(json.dumps(doc, indent=2) if args.json else render_text(doc), end="\n" if args.json else "")
     return EXIT_OK if not doc.get("errors") else 1
 
 
@@ -119,9 +117,7 @@ def _cmd_variables(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flower-appliance", description="Flower SuperNode appliance runtime"
-    )
+    parser = argparse.ArgumentParser(prog="flower-appliance", description="Flower SuperNode appliance runtime")
     sub = parser.add_subparsers(dest="command", required=True)
 
     boot = sub.add_parser("boot", help="run the boot sequence")

@@ -119,14 +119,10 @@ def _choose(var: Variable, layers: Sequence[Layer], res: Resolution) -> tuple[st
     """Return (raw value, spelled name, source label) for ``var``."""
     for label, values in reversed(layers):
         given = [
-            (name, values[name])
-            for name in (var.oneapp_name, var.name)
-            if name in values and values[name].strip()
+            (name, values[name]) for name in (var.oneapp_name, var.name) if name in values and values[name].strip()
         ]
         if len(given) == 2 and given[0][1].strip() != given[1][1].strip():
-            res.warnings.append(
-                f"{label}: both {var.oneapp_name} and {var.name} are set; {var.oneapp_name} is used"
-            )
+            res.warnings.append(f"{label}: both {var.oneapp_name} and {var.name} are set; {var.oneapp_name} is used")
         if given:
             name, raw = given[0]
             return raw.strip(), name, f"{name} ({label})"
@@ -157,9 +153,7 @@ def resolve(layers: Sequence[Layer]) -> Resolution:
             try:
                 value = var.parse(raw)
             except InvalidValue as exc:
-                res.errors.append(
-                    VariableError(name, shown_value(var, raw), str(exc), var.accepted)
-                )
+                res.errors.append(VariableError(name, shown_value(var, raw), str(exc), var.accepted))
         typed[var.name] = value
         res.settings[var.name] = Setting(var.name, raw, source, value)
     _cross_checks(typed, spelled, res)

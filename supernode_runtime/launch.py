@@ -41,9 +41,14 @@ SPEC_VERSION = 1
 QUIET_ENV = ("FLWR_TELEMETRY_ENABLED=0", "FLWR_DISABLE_UPDATE_CHECK=1")
 
 SUPERNODE_FLAGS = (
-    "--superlink", "--insecure", "--root-certificates", "--isolation",
-    "--node-config", "--max-retries", "--max-wait-time",
-)  # fmt: skip
+    "--superlink",
+    "--insecure",
+    "--root-certificates",
+    "--isolation",
+    "--node-config",
+    "--max-retries",
+    "--max-wait-time",
+)
 
 _IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}")
 
@@ -194,11 +199,7 @@ def read_launch_spec(path: Path) -> list[str]:
     except (OSError, json.JSONDecodeError) as exc:
         raise LaunchError(f"cannot read launch spec {path}: {exc}") from exc
     argv = doc.get("argv") if isinstance(doc, dict) else None
-    if (
-        not isinstance(argv, list)
-        or not all(isinstance(a, str) for a in argv)
-        or argv[:2] != ["docker", "run"]
-    ):
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv) or argv[:2] != ["docker", "run"]:
         raise LaunchError(f"launch spec {path} has no valid docker run argv")
     return argv
 

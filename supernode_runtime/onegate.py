@@ -44,9 +44,7 @@ class OneGateAccess:
     token: str
 
     @classmethod
-    def from_context(
-        cls, endpoint: str | None, vmid: str | None, token: str | None
-    ) -> OneGateAccess | None:
+    def from_context(cls, endpoint: str | None, vmid: str | None, token: str | None) -> OneGateAccess | None:
         """Build access data, or None when something is missing or malformed."""
         if not endpoint or not vmid or not token:
             return None
@@ -63,9 +61,7 @@ def _opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _request(
-    access: OneGateAccess, method: str, path: str, body: bytes | None, timeout: float
-) -> bytes:
+def _request(access: OneGateAccess, method: str, path: str, body: bytes | None, timeout: float) -> bytes:
     headers = {"X-ONEGATE-TOKEN": access.token, "X-ONEGATE-VMID": access.vmid}
     if body is not None:
         headers["Content-Type"] = "application/x-www-form-urlencoded"
@@ -110,9 +106,7 @@ def vm_update_body(attributes: Mapping[str, str]) -> bytes:
     return "\n".join(lines).encode("utf-8")
 
 
-def put_vm_attributes(
-    access: OneGateAccess, attributes: Mapping[str, str], timeout: float = DEFAULT_TIMEOUT
-) -> None:
+def put_vm_attributes(access: OneGateAccess, attributes: Mapping[str, str], timeout: float = DEFAULT_TIMEOUT) -> None:
     """Publish ``attributes`` into this VM's USER_TEMPLATE (``PUT /vm``)."""
     _request(access, "PUT", "/vm", vm_update_body(attributes), timeout)
 

@@ -65,8 +65,7 @@ def _error_line(err: dict[str, str]) -> str:
         return printable(err["message"])
     if err.get("variable"):
         return printable(
-            f"{err['variable']}={err.get('value', '')}: {err.get('reason', '')}; "
-            f"accepted: {err.get('accepted', '')}"
+            f"{err['variable']}={err.get('value', '')}: {err.get('reason', '')}; accepted: {err.get('accepted', '')}"
         )
     return ""
 

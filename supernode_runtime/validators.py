@@ -20,6 +20,7 @@ DEFAULT_SUPERLINK_PORT = 8000
 Verified in flwr 1.41.0: ``SUPERLINK_DEFAULT_CLIENT_ADDRESS = "127.0.0.1:8000"``.
 """
 
+
 class InvalidValue(ValueError):
     """A context value does not have the accepted form."""
 
@@ -222,17 +223,14 @@ def node_config_values(raw: str) -> dict[str, Any]:
         key, value = match.group(1), match.group(2)
         if not _KEY_RE.fullmatch(key):
             raise InvalidValue(
-                f"key {key!r} may only use letters, digits, '_', '-' and '.' "
-                "and must not start with '-'"
+                f"key {key!r} may only use letters, digits, '_', '-' and '.' and must not start with '-'"
             )
         if value[0] not in "'\"" and "#" in value:
             raise InvalidValue(f"'#' in the unquoted value of {key!r} starts a TOML comment; quote the value")
         try:
             parsed = tomllib.loads(f"{key} = {value}")
         except tomllib.TOMLDecodeError as exc:
-            raise InvalidValue(
-                f"value {value!r} of {key!r} is not a number, true/false or a quoted string"
-            ) from exc
+            raise InvalidValue(f"value {value!r} of {key!r} is not a number, true/false or a quoted string") from exc
         if not all(isinstance(leaf, (bool, int, float, str)) for leaf in _leaves(parsed)):
             raise InvalidValue(f"value {value!r} of {key!r} is not a number, bool or string")
         pairs.append(f"{key} = {value}")

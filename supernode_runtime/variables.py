@@ -232,9 +232,7 @@ def lookup(name: str) -> Variable | None:
 # --- names that look like ours ----------------------------------------------------------
 
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
-KNOWN_SPELLINGS: frozenset[str] = frozenset(
-    name for var in VARIABLES for name in (var.name, var.oneapp_name)
-)
+KNOWN_SPELLINGS: frozenset[str] = frozenset(name for var in VARIABLES for name in (var.name, var.oneapp_name))
 
 
 def normalized_name(text: str) -> str:

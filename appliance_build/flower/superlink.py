@@ -56,10 +56,13 @@ class SuperLink:
             return [*argv, "--insecure"]
         return [
             *argv,
-            "--ssl-ca-certfile", str(self.tls.ca_cert),
-            "--ssl-certfile", str(self.tls.server_cert),
-            "--ssl-keyfile", str(self.tls.server_key),
-        ]  # fmt: skip
+            "--ssl-ca-certfile",
+            str(self.tls.ca_cert),
+            "--ssl-certfile",
+            str(self.tls.server_cert),
+            "--ssl-keyfile",
+            str(self.tls.server_key),
+        ]
 
     def environment(self) -> dict[str, str]:
         """The SuperLink starts flower-superexec by name: its own bin directory must be on PATH."""
@@ -72,8 +75,14 @@ class SuperLink:
         with self.log.open("ab") as out:
             out.write(f"\n$ {' '.join(argv)}\n".encode())
             out.flush()
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=self.environment(), start_new_session=True)  # fmt: skip
+            self.process = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.environment(),
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -93,7 +93,7 @@ def _check_gpu(manifest: Manifest, image_name: str, *, allow_unsupported_driver:
     if driver["support_status"] == "past-support" and not allow_unsupported_driver:
         raise Refused(
             f"{image_name}: {nvidia_support.describe(driver)}. Rebuild with a supported branch from NVIDIA's "
-            "repository (gpu.driver_source = \"nvidia-repo\", nox -s build_gpu without --offline), or publish it "
+            'repository (gpu.driver_source = "nvidia-repo", nox -s build_gpu without --offline), or publish it '
             "anyway with --allow-unsupported-driver (the release notes and the description say so)"
         )
     toolkit = manifest.gpu.toolkit
@@ -195,18 +195,27 @@ def _write_bundle(
         md5=actual.md5,
     )
     document = marketplace.appliance_document(
-        manifest, facts, version=version, publisher=publisher, opennebula_version=opennebula_version,
+        manifest,
+        facts,
+        version=version,
+        publisher=publisher,
+        opennebula_version=opennebula_version,
         gpu_passthrough_verified=verdict.gpu_passthrough_verified is not False,
-    )  # fmt: skip
+    )
     appliance_yaml = marketplace.dump(document)
     problems = marketplace.check_text(appliance_yaml)
     if problems:
         raise PublishError("the generated marketplace YAML is invalid:\n  " + "\n  ".join(problems))
     boot_times = read_boot_times(image)
     notes = release_notes.render(
-        manifest, facts, version=str(document["version"]), junit=junit, verdict=verdict, boot_times=boot_times,
+        manifest,
+        facts,
+        version=str(document["version"]),
+        junit=junit,
+        verdict=verdict,
+        boot_times=boot_times,
         tested_sha256=str(tested["sha256"]),
-    )  # fmt: skip
+    )
     artifact = {
         "image": image_name,
         "variant": variant,
@@ -291,12 +300,23 @@ def publish(
         actual = digests(bundled)
         _check_checksums(qcow2, sha_file, manifest, actual)
         virtual_bytes = qcow2_virtual_size(bundled)
-        junit, verdict, tested = _check_tested(image, variant, actual.sha256,
-                                               allow_unverified_gpu=allow_unverified_gpu)  # fmt: skip
-        _write_bundle(partial, image, variant, manifest, actual, virtual_bytes, junit, verdict,
-                      tested,
-                      url_prefix=url_prefix, gpu_pci_address=gpu_pci_address, version=version,
-                      publisher=publisher, opennebula_version=opennebula_version)  # fmt: skip
+        junit, verdict, tested = _check_tested(image, variant, actual.sha256, allow_unverified_gpu=allow_unverified_gpu)
+        _write_bundle(
+            partial,
+            image,
+            variant,
+            manifest,
+            actual,
+            virtual_bytes,
+            junit,
+            verdict,
+            tested,
+            url_prefix=url_prefix,
+            gpu_pci_address=gpu_pci_address,
+            version=version,
+            publisher=publisher,
+            opennebula_version=opennebula_version,
+        )
         partial.chmod(0o755)
         partial.rename(final)
     except BaseException:

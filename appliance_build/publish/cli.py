@@ -30,10 +30,16 @@ def _tree(args: argparse.Namespace) -> BuildTree:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     final = publish(
-        args.image, args.url_prefix, _tree(args), gpu_pci_address=args.gpu_pci_address, version=args.version,
-        publisher=args.publisher, opennebula_version=args.opennebula_version,
-        allow_unverified_gpu=args.allow_unverified_gpu, allow_unsupported_driver=args.allow_unsupported_driver,
-    )  # fmt: skip
+        args.image,
+        args.url_prefix,
+        _tree(args),
+        gpu_pci_address=args.gpu_pci_address,
+        version=args.version,
+        publisher=args.publisher,
+        opennebula_version=args.opennebula_version,
+        allow_unverified_gpu=args.allow_unverified_gpu,
+        allow_unsupported_driver=args.allow_unsupported_driver,
+    )
     print(f"published {args.image}: {final}")
     for path in sorted(final.iterdir()):
         print(f"  {path.name}")
@@ -72,8 +78,11 @@ def cmd_vm_template(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m appliance_build.publish", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m appliance_build.publish",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("publish", help="write build/publish/IMAGE/ for a built and tested image")

@@ -214,8 +214,15 @@ _Dumper.add_representer(str, _str_representer)
 
 def dump(document: dict[str, Any]) -> str:
     """YAML like the marketplace's files: `---` first, block style, multi-line text as `|-`."""
-    text = yaml.dump(document, Dumper=_Dumper, explicit_start=True, sort_keys=False,
-                     default_flow_style=False, allow_unicode=True, width=1_000_000)  # fmt: skip
+    text = yaml.dump(
+        document,
+        Dumper=_Dumper,
+        explicit_start=True,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=1_000_000,
+    )
     return str(text)
 
 

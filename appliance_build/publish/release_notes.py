@@ -102,8 +102,10 @@ def render(
     if gpu is not None:
         driver = nvidia_support.from_manifest(gpu)
         source = {"nvidia-repo": "NVIDIA's repository", "debian": "Debian's package"}[gpu.driver_source]
-        add(f"**NVIDIA driver support ({driver['support_status']}):** {nvidia_support.describe(driver)}. "
-            f"The driver of branch R{gpu.driver_branch} comes from {source}.")  # fmt: skip
+        add(
+            f"**NVIDIA driver support ({driver['support_status']}):** {nvidia_support.describe(driver)}. "
+            f"The driver of branch R{gpu.driver_branch} comes from {source}."
+        )
         add("")
 
     add("## Build")
@@ -134,17 +136,21 @@ def render(
     )
     add("")
     if verdict.gpu_passthrough_verified is False:
-        add(f"**{GPU_UNVERIFIED}**: {verdict.gpu_unverified_reason}. The GPU passthrough checks need a GPU on the "
+        add(
+            f"**{GPU_UNVERIFIED}**: {verdict.gpu_unverified_reason}. The GPU passthrough checks need a GPU on the "
             "test host; what was tested is the image without a GPU. Run `/opt/flower/scripts/validate-gpu.sh` "
-            "in the first VM with a GPU attached.")  # fmt: skip
+            "in the first VM with a GPU attached."
+        )
         add("")
     if junit.scenarios:
         required = REQUIRED_SCENARIOS.get(variant, ())
         add("| scenario | required | tests | passed | failed | errors | skipped |")
         add("| --- | --- | --- | --- | --- | --- | --- |")
         for scenario, s in junit.scenarios.items():
-            add(f"| {_cell(scenario)} | {'yes' if scenario in required else 'no'} | {s.tests} | {s.passed} | "
-                f"{s.failed} | {s.errors} | {s.skipped} |")  # fmt: skip
+            add(
+                f"| {_cell(scenario)} | {'yes' if scenario in required else 'no'} | {s.tests} | {s.passed} | "
+                f"{s.failed} | {s.errors} | {s.skipped} |"
+            )
         add("")
     skipped = [c for c in junit.not_passed if c.outcome == "skipped"]
     if skipped:

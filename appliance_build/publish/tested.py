@@ -70,12 +70,25 @@ class ScenarioCounts:
         return self.passed > 0 and self.failed == 0 and self.errors == 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"tests": self.tests, "passed": self.passed, "failed": self.failed, "errors": self.errors,
-                "skipped": self.skipped}  # fmt: skip
+        return {
+            "tests": self.tests,
+            "passed": self.passed,
+            "failed": self.failed,
+            "errors": self.errors,
+            "skipped": self.skipped,
+        }
 
     def summary(self) -> str:
-        parts = [f"{n} {what}" for n, what in ((self.passed, "passed"), (self.failed, "failed"),
-                                               (self.errors, "errors"), (self.skipped, "skipped")) if n]  # fmt: skip
+        parts = [
+            f"{n} {what}"
+            for n, what in (
+                (self.passed, "passed"),
+                (self.failed, "failed"),
+                (self.errors, "errors"),
+                (self.skipped, "skipped"),
+            )
+            if n
+        ]
         return ", ".join(parts) or "no tests"
 
 
@@ -105,8 +118,13 @@ class JunitCounts:
         )
 
     def totals(self) -> dict[str, int]:
-        return {"tests": self.tests, "passed": self.passed, "failed": self.failures, "errors": self.errors,
-                "skipped": self.skipped}  # fmt: skip
+        return {
+            "tests": self.tests,
+            "passed": self.passed,
+            "failed": self.failures,
+            "errors": self.errors,
+            "skipped": self.skipped,
+        }
 
     def skip_reason(self, scenario: str) -> str:
         """The first skip message of a scenario ("" if none)."""

@@ -95,11 +95,29 @@ def download_wheels(lock: Path, suite: DebianSuite, dest: Path, log: Path) -> No
     hash is not pinned there."""
     platforms = [arg for p in suite.manylinux_platforms for arg in ("--platform", p)]
     run(
-        ["python3", "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-         "--require-hashes", "--only-binary=:all:", "--implementation", "cp",
-         "--python-version", suite.python, *platforms, "-r", str(lock), "-d", str(dest)],
-        log, label="pip download (hash-checked wheels)", timeout=1800,
-    )  # fmt: skip
+        [
+            "python3",
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--require-hashes",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            suite.python,
+            *platforms,
+            "-r",
+            str(lock),
+            "-d",
+            str(dest),
+        ],
+        log,
+        label="pip download (hash-checked wheels)",
+        timeout=1800,
+    )
 
 
 def ensure(flower: FlowerConfig, base: BaseConfig, logs: Path) -> ContainerImage:
@@ -157,20 +175,33 @@ def _build(flower: FlowerConfig, base: BaseConfig, scratch: Path, logs: Path) ->
         hooks.insert(-1, f"--customize-hook=upload {shlex.quote(str(DEVICE_HELPER))} {site}/flower_device.py")
     hooks[-1:-1] = [
         f'--customize-hook=mkdir -p "$1{site}/supernode_container"',
-        *(f"--customize-hook=upload {shlex.quote(str(p))} {site}/supernode_container/{p.name}"
-          for p in launcher_sources()),
+        *(
+            f"--customize-hook=upload {shlex.quote(str(p))} {site}/supernode_container/{p.name}"
+            for p in launcher_sources()
+        ),
         # the container user cannot write .pyc files: compile every module now and check each one
         f'--customize-hook=chroot "$1" {VENV}/bin/python -m supernode_container.pyc_check --compile {site}',
-    ]  # fmt: skip
+    ]
     tar = scratch / "rootfs.tar"
     run(
-        ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar",
-         "--include=python3,python3-venv,ca-certificates,tini",
-         "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
-         "--dpkgopt=path-exclude=/usr/share/locale/*",
-         *hooks, suite.codename, str(tar), *sources(base, suite)],
-        log, label="mmdebstrap (container rootfs)", timeout=1800,
-    )  # fmt: skip
+        [
+            "mmdebstrap",
+            "--variant=minbase",
+            "--mode=root",
+            "--format=tar",
+            "--include=python3,python3-venv,ca-certificates,tini",
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-exclude=/usr/share/man/*",
+            "--dpkgopt=path-exclude=/usr/share/locale/*",
+            *hooks,
+            suite.codename,
+            str(tar),
+            *sources(base, suite),
+        ],
+        log,
+        label="mmdebstrap (container rootfs)",
+        timeout=1800,
+    )
     run(["gzip", "-1", str(tar)], log, label="gzip rootfs")
     runs = (scratch / "flwr-version").read_text().strip()
     (scratch / "flwr-version").unlink()

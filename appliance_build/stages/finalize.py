@@ -28,17 +28,31 @@ def compress(overlay: Path, final: Path, log: Path, compression: str = "zstd") -
     partial.unlink(missing_ok=True)
     try:
         run(
-            ["qemu-img", "convert", "-p", "-c", "-O", "qcow2", "-o", f"compression_type={compression}",
-             str(overlay), str(partial)],
-            log, label=f"qemu-img convert -c ({compression})", timeout=3600,
-        )  # fmt: skip
+            [
+                "qemu-img",
+                "convert",
+                "-p",
+                "-c",
+                "-O",
+                "qcow2",
+                "-o",
+                f"compression_type={compression}",
+                str(overlay),
+                str(partial),
+            ],
+            log,
+            label=f"qemu-img convert -c ({compression})",
+            timeout=3600,
+        )
         sha = file_sha256(partial)
         info = json.loads(
             subprocess.run(
                 ["qemu-img", "info", "--output=json", str(partial)],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout
-        )  # fmt: skip
+        )
         staged(final.with_name(final.name + ".sha256")).write_text(f"{sha}  {final.name}\n")
         partial.rename(staged(final))
     finally:

@@ -86,8 +86,11 @@ def build(hcl: Path, output_dir: Path, key: KeyPair, log: Path, variables: dict[
     say(f"packer build {hcl.name} (log: {log})")
     run(
         [_packer(), "build", "-color=false", "-timestamp-ui", "-on-error=cleanup", *_vars(key, variables), str(hcl)],
-        log, label=f"packer build {hcl.stem.removesuffix('.pkr')}", env=packer_env(), timeout=4 * 3600,
-    )  # fmt: skip
+        log,
+        label=f"packer build {hcl.stem.removesuffix('.pkr')}",
+        env=packer_env(),
+        timeout=4 * 3600,
+    )
     return provisioner_seconds(log.read_text(errors="replace"))
 
 

@@ -215,8 +215,11 @@ class Rendered:
 
 def provision_env(image: ImageConfig, container_tag: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of every provisioning script (values are validated config, no quotes)."""
-    gpu = {"FLOWER_NVIDIA_BRANCH": image.gpu.driver_branch, "FLOWER_NVIDIA_KERNEL_MODULES": image.gpu.kernel_modules
-           } if image.gpu else {}  # fmt: skip
+    gpu = (
+        {"FLOWER_NVIDIA_BRANCH": image.gpu.driver_branch, "FLOWER_NVIDIA_KERNEL_MODULES": image.gpu.kernel_modules}
+        if image.gpu
+        else {}
+    )
     return {
         **gpu,
         **(extra or {}),

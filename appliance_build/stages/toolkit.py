@@ -28,8 +28,12 @@ from ..paths import PROVISION_DIR
 from ..progress import say, warn
 
 INSTALLER = PROVISION_DIR / "65-nvidia-container-toolkit.sh"
-REQUIRED = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
-            "libnvidia-container1")  # fmt: skip
+REQUIRED = (
+    "nvidia-container-toolkit",
+    "nvidia-container-toolkit-base",
+    "libnvidia-container-tools",
+    "libnvidia-container1",
+)
 HOW_TO = (
     "Provide the NVIDIA Container Toolkit one of these ways:\n"
     "  - make NVIDIA's repository reachable ({repo})\n"
@@ -55,8 +59,12 @@ class ToolkitPlan:
     key_fingerprint: str = ""
 
     def env(self) -> dict[str, str]:
-        return {"FLOWER_TOOLKIT_SOURCE": self.source, "FLOWER_TOOLKIT_VERSION": self.version,
-                "FLOWER_TOOLKIT_REPO": self.repo, "FLOWER_TOOLKIT_KEY_FINGERPRINT": self.key_fingerprint}  # fmt: skip
+        return {
+            "FLOWER_TOOLKIT_SOURCE": self.source,
+            "FLOWER_TOOLKIT_VERSION": self.version,
+            "FLOWER_TOOLKIT_REPO": self.repo,
+            "FLOWER_TOOLKIT_KEY_FINGERPRINT": self.key_fingerprint,
+        }
 
     def stage_into(self, upload: Path) -> None:
         """Put the key or the .deb files where 65-nvidia-container-toolkit.sh expects them, and
@@ -104,8 +112,9 @@ def _fetch(url: str, timeout: float) -> bytes:
 
 
 def _deb_fields(deb: Path) -> tuple[str, str]:
-    out = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version"], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["dpkg-deb", "-f", str(deb), "Package", "Version"], capture_output=True, text=True, check=True
+    ).stdout
     values = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
     return values.get("Package", ""), values.get("Version", "")
 
@@ -138,9 +147,11 @@ def resolve(
         raise BuildError(f"{gpu.toolkit_key_url} did not return an armored OpenPGP key")
     found = fingerprints(key)
     if found != [gpu.toolkit_key_fingerprint]:
-        raise BuildError(f"NVIDIA Container Toolkit key {gpu.toolkit_key_url}: fingerprint mismatch: expected "
-                         f"{gpu.toolkit_key_fingerprint} (gpu.toolkit_key_fingerprint), "
-                         f"got {', '.join(found) or 'none'}")  # fmt: skip
+        raise BuildError(
+            f"NVIDIA Container Toolkit key {gpu.toolkit_key_url}: fingerprint mismatch: expected "
+            f"{gpu.toolkit_key_fingerprint} (gpu.toolkit_key_fingerprint), "
+            f"got {', '.join(found) or 'none'}"
+        )
     say(f"NVIDIA Container Toolkit {gpu.toolkit_version} from {repo}")
     return ToolkitPlan(gpu.toolkit_source, gpu.toolkit_version, repo=repo, key=key, key_fingerprint=found[0])
 
@@ -149,8 +160,10 @@ def _local(gpu: GpuConfig) -> ToolkitPlan:
     directory = Path(gpu.toolkit_path)
     debs = tuple(sorted(directory.glob("*.deb"))) if directory.is_dir() else ()
     if not debs:
-        raise BuildError(f"NVIDIA Container Toolkit: no .deb files in {directory}\n"
-                         + HOW_TO.format(repo=gpu.toolkit_repo, version=gpu.toolkit_version))  # fmt: skip
+        raise BuildError(
+            f"NVIDIA Container Toolkit: no .deb files in {directory}\n"
+            + HOW_TO.format(repo=gpu.toolkit_repo, version=gpu.toolkit_version)
+        )
     packages = dict(_deb_fields(deb) for deb in debs)
     missing = [p for p in REQUIRED if p not in packages]
     if missing:

@@ -61,15 +61,35 @@ def kvm_boots(kernel: Path, *, qemu: str = QEMU, timeout: float = 25.0) -> tuple
         initrd = Path(tmp) / "initrd.gz"
         _probe_initramfs(initrd, Path(busybox))
         argv = [
-            qemu, "-accel", "kvm", "-cpu", "host", "-m", "256", "-smp", "1",
-            "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio",
-            "-kernel", str(kernel), "-initrd", str(initrd),
-            "-append", "console=ttyS0 panic=-1 quiet",
-        ]  # fmt: skip
+            qemu,
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-kernel",
+            str(kernel),
+            "-initrd",
+            str(initrd),
+            "-append",
+            "console=ttyS0 panic=-1 quiet",
+        ]
         proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -127,10 +127,18 @@ class StartedAppliance:
 
 @contextlib.contextmanager
 def start(
-    image: Path, workdir: Path, context: dict[str, str], *, firmware: str, machine: str = "q35",
-    memory: int = 2048, cpus: int = 2, vfio: tuple[str, ...] = (), token: str = "",
+    image: Path,
+    workdir: Path,
+    context: dict[str, str],
+    *,
+    firmware: str,
+    machine: str = "q35",
+    memory: int = 2048,
+    cpus: int = 2,
+    vfio: tuple[str, ...] = (),
+    token: str = "",
     accel: accel_probe.Accelerator | None = None,
-) -> Iterator[StartedAppliance]:  # fmt: skip
+) -> Iterator[StartedAppliance]:
     """Start `image` with a CONTEXT CD (the context, the GUEST_NET network and a fresh SSH key for root)
     and yield at once, so that several VMs can boot side by side; the VM stops when the block ends."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -139,20 +147,45 @@ def start(
     variables = {**GUEST_NET, "SSH_PUBLIC_KEY": public_line(key), **context}
     iso = context_iso(workdir / "context.iso", variables, token=token)
     spec = VmSpec(
-        image, firmware=firmware, machine=machine, memory=memory, cpus=cpus,
-        accel=accel or accel_probe.for_disk(image), cdroms=(iso,), vfio=vfio,
-    )  # fmt: skip
+        image,
+        firmware=firmware,
+        machine=machine,
+        memory=memory,
+        cpus=cpus,
+        accel=accel or accel_probe.for_disk(image),
+        cdroms=(iso,),
+        vfio=vfio,
+    )
     with VirtualMachine(spec, workdir / "vm") as vm:
         yield StartedAppliance(vm, key, key_file, workdir)
 
 
 @contextlib.contextmanager
 def boot(
-    image: Path, workdir: Path, context: dict[str, str], *, firmware: str, machine: str = "q35",
-    memory: int = 2048, cpus: int = 2, vfio: tuple[str, ...] = (), token: str = "",
-    accel: accel_probe.Accelerator | None = None, ssh_timeout: float = 900,
-) -> Iterator[BootedAppliance]:  # fmt: skip
+    image: Path,
+    workdir: Path,
+    context: dict[str, str],
+    *,
+    firmware: str,
+    machine: str = "q35",
+    memory: int = 2048,
+    cpus: int = 2,
+    vfio: tuple[str, ...] = (),
+    token: str = "",
+    accel: accel_probe.Accelerator | None = None,
+    ssh_timeout: float = 900,
+) -> Iterator[BootedAppliance]:
     """Boot `image` with a CONTEXT CD; yield once root can log in over SSH."""
-    with start(image, workdir, context, firmware=firmware, machine=machine, memory=memory, cpus=cpus,
-               vfio=vfio, token=token, accel=accel) as started:  # fmt: skip
+    with start(
+        image,
+        workdir,
+        context,
+        firmware=firmware,
+        machine=machine,
+        memory=memory,
+        cpus=cpus,
+        vfio=vfio,
+        token=token,
+        accel=accel,
+    ) as started:
         yield started.wait_for_ssh(ssh_timeout)

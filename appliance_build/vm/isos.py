@@ -25,8 +25,9 @@ def make_iso(out: Path, label: str, files: dict[str, bytes]) -> Path:
             (Path(tmp) / name).write_bytes(content)
         subprocess.run(
             [tool, "-as", "mkisofs", "-quiet", "-V", label, "-J", "-R", "-o", str(out), tmp],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+        )
     return out
 
 

@@ -19,6 +19,7 @@ import contextlib
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -36,9 +37,12 @@ from .host_check import check_vfio_host
 
 GUEST_MAC = "02:00:0a:00:02:0f"  # OpenNebula-style MAC for 10.0.2.15 (QEMU user net)
 GUEST_NET = {
-    "ETH0_MAC": GUEST_MAC, "ETH0_IP": "10.0.2.15", "ETH0_MASK": "255.255.255.0",
-    "ETH0_GATEWAY": "10.0.2.2", "ETH0_DNS": "10.0.2.3",
-}  # fmt: skip
+    "ETH0_MAC": GUEST_MAC,
+    "ETH0_IP": "10.0.2.15",
+    "ETH0_MASK": "255.255.255.0",
+    "ETH0_GATEWAY": "10.0.2.2",
+    "ETH0_DNS": "10.0.2.3",
+}
 WATCHED_EVENTS = ("SHUTDOWN", "RESET", "GUEST_PANICKED", "STOP")
 
 
@@ -59,10 +63,16 @@ class VmSpec:
         if not self.vfio:
             return self
         return VmSpec(
-            self.image, "uefi", "q35", self.memory, self.cpus,
+            self.image,
+            "uefi",
+            "q35",
+            self.memory,
+            self.cpus,
             Accelerator("kvm", "host", "VFIO passthrough needs KVM"),
-            self.cdroms, self.vfio, self.host_forwards,
-        )  # fmt: skip
+            self.cdroms,
+            self.vfio,
+            self.host_forwards,
+        )
 
 
 def free_port() -> int:
@@ -72,33 +82,59 @@ def free_port() -> int:
 
 
 def qemu_argv(
-    spec: VmSpec, *, overlay: Path, ssh_port: int, serial_log: Path, qmp_socket: Path,
-    uefi_vars: Path | None, uefi_code: Path | None, forwards: dict[int, int] | None = None,
-) -> list[str]:  # fmt: skip
+    spec: VmSpec,
+    *,
+    overlay: Path,
+    ssh_port: int,
+    serial_log: Path,
+    qmp_socket: Path,
+    uefi_vars: Path | None,
+    uefi_code: Path | None,
+    forwards: dict[int, int] | None = None,
+) -> list[str]:
     """The QEMU command line for `spec` (pure: tests check it without running QEMU)."""
     spec = spec.effective()
     netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
     for guest, host in (forwards or {}).items():
         netdev += f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
     argv = [
-        "qemu-system-x86_64", "-name", "flower-test", "-machine", spec.machine,
+        "qemu-system-x86_64",
+        "-name",
+        "flower-test",
+        "-machine",
+        spec.machine,
         *spec.accel.qemu_args(),
-        "-m", str(spec.memory), "-smp", str(spec.cpus),
-        "-nodefaults", "-display", "none", "-vga", "none",
-        "-serial", f"file:{serial_log}",
-        "-qmp", f"unix:{qmp_socket},server=on,wait=off",
-        "-drive", f"file={overlay},format=qcow2,if=virtio,discard=unmap",
-        "-netdev", netdev,
-        "-device", f"virtio-net-pci,netdev=net0,mac={GUEST_MAC}",
-        "-device", "virtio-rng-pci",
-    ]  # fmt: skip
+        "-m",
+        str(spec.memory),
+        "-smp",
+        str(spec.cpus),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-serial",
+        f"file:{serial_log}",
+        "-qmp",
+        f"unix:{qmp_socket},server=on,wait=off",
+        "-drive",
+        f"file={overlay},format=qcow2,if=virtio,discard=unmap",
+        "-netdev",
+        netdev,
+        "-device",
+        f"virtio-net-pci,netdev=net0,mac={GUEST_MAC}",
+        "-device",
+        "virtio-rng-pci",
+    ]
     if spec.firmware == "uefi":
         if uefi_code is None or uefi_vars is None:
             raise BuildError("UEFI boot needs the firmware code and a per-run variables file")
         argv += [
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={uefi_code}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={uefi_vars}",
-        ]  # fmt: skip
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={uefi_code}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={uefi_vars}",
+        ]
     for index, iso in enumerate(spec.cdroms):
         argv += ["-drive", f"file={iso},media=cdrom,readonly=on,if=ide,index={index}"]
     for address in spec.vfio:
@@ -131,8 +167,9 @@ class VirtualMachine:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -145,10 +182,21 @@ class VirtualMachine:
         overlay = self.workdir / "overlay.qcow2"
         overlay.unlink(missing_ok=True)
         subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
-             "-b", str(self.spec.image.resolve()), str(overlay)],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                str(self.spec.image.resolve()),
+                str(overlay),
+            ],
+            check=True,
+            capture_output=True,
+        )
         code = vars_copy = None
         if self.spec.firmware == "uefi":
             uefi = find_uefi()
@@ -156,17 +204,26 @@ class VirtualMachine:
         qmp_socket = self.workdir / "qmp.sock"
         qmp_socket.unlink(missing_ok=True)
         argv = qemu_argv(
-            self.spec, overlay=overlay, ssh_port=self.ssh_port, serial_log=self.serial_log,
-            qmp_socket=qmp_socket, uefi_vars=vars_copy, uefi_code=code, forwards=self.forwards,
-        )  # fmt: skip
+            self.spec,
+            overlay=overlay,
+            ssh_port=self.ssh_port,
+            serial_log=self.serial_log,
+            qmp_socket=qmp_socket,
+            uefi_vars=vars_copy,
+            uefi_code=code,
+            forwards=self.forwards,
+        )
         (self.workdir / "qemu-cmdline.txt").write_text(" ".join(argv) + "\n")
-        say(f"starting VM ({self.spec.firmware}, {self.spec.machine}, {self.spec.accel.name}); "
-            f"ssh 127.0.0.1:{self.ssh_port}; console {self.serial_log}")  # fmt: skip
+        say(
+            f"starting VM ({self.spec.firmware}, {self.spec.machine}, {self.spec.accel.name}); "
+            f"ssh 127.0.0.1:{self.ssh_port}; console {self.serial_log}"
+        )
         self.started_at = time.monotonic()
         self.attempts += 1
         stderr = (self.workdir / "qemu-stderr.log").open("wb")
-        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
-                                      start_new_session=True)  # fmt: skip
+        self._proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True
+        )
         deadline = time.monotonic() + 30
         while not qmp_socket.exists():
             if self._proc.poll() is not None:
@@ -255,8 +312,13 @@ class VirtualMachine:
         raise BuildError(f"no SSH login within {timeout:.0f} s ({last_error}); console tail:\n  " + "\n  ".join(tail))
 
     @contextlib.contextmanager
-    def ssh(self, key: paramiko.PKey, user: str = "root", timeout: float = 30,  # type: ignore[no-untyped-def]
-            connect_attempts: int = 1):  # fmt: skip
+    def ssh(
+        self,
+        key: paramiko.PKey,
+        user: str = "root",
+        timeout: float = 30,
+        connect_attempts: int = 1,
+    ) -> Iterator[paramiko.SSHClient]:
         """An SSH client logged in as `user`. A guest early in its first boot may drop connections
         (cloud-init restarts sshd after SSH first answers): with `connect_attempts` > 1 a failed
         connect is retried every 5 s. Only the connect: a command is never sent twice."""
@@ -265,9 +327,17 @@ class VirtualMachine:
         try:
             for attempt in range(1, connect_attempts + 1):
                 try:
-                    client.connect("127.0.0.1", port=self.ssh_port, username=user, pkey=key, timeout=timeout,
-                                   banner_timeout=timeout, auth_timeout=timeout, allow_agent=False,
-                                   look_for_keys=False)  # fmt: skip
+                    client.connect(
+                        "127.0.0.1",
+                        port=self.ssh_port,
+                        username=user,
+                        pkey=key,
+                        timeout=timeout,
+                        banner_timeout=timeout,
+                        auth_timeout=timeout,
+                        allow_agent=False,
+                        look_for_keys=False,
+                    )
                     break
                 except (paramiko.SSHException, OSError):
                     if attempt == connect_attempts:

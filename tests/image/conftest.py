@@ -83,9 +83,13 @@ def timings(artifacts: ImageArtifacts, results_dir: Path) -> Iterator[dict[str, 
 
 @pytest.fixture(scope="session")
 def boot_scenario(
-    image_file: Path, manifest: Manifest, accel: Any, artifacts: ImageArtifacts, timings: dict[str, Any],
+    image_file: Path,
+    manifest: Manifest,
+    accel: Any,
+    artifacts: ImageArtifacts,
+    timings: dict[str, Any],
     tmp_path_factory: pytest.TempPathFactory,
-) -> Any:  # fmt: skip
+) -> Any:
     """boot_scenario(name, context, wait="ready"|"configured", **boot_kwargs): a context manager
     that boots the image with that CONTEXT, records its timings under `name`, and keeps its
     serial log, journal and status in test-results/<name>/ whatever the tests did."""

@@ -50,9 +50,15 @@ def test_supernode_not_started(host: Host) -> None:
 
 @pytest.mark.parametrize(
     "variable",
-    ["FL_SUPERLINK_ADDRESS", "FL_NODE_CONFIG", "FL_ISOLATION", "FL_GPU_MEMORY_FRACTION", "FL_LOG_LEVEL",
-     "FL_CUDA_VISIBLE_DEVICES"],
-)  # fmt: skip
+    [
+        "FL_SUPERLINK_ADDRESS",
+        "FL_NODE_CONFIG",
+        "FL_ISOLATION",
+        "FL_GPU_MEMORY_FRACTION",
+        "FL_LOG_LEVEL",
+        "FL_CUDA_VISIBLE_DEVICES",
+    ],
+)
 def test_error_names_the_variable(host: Host, variable: str) -> None:
     errors = guest.status(host)["errors"]
     assert any(variable in str(e) for e in errors), errors

@@ -18,9 +18,13 @@ pytestmark = pytest.mark.vm
 
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
 def test_boots_to_ssh_with_key_from_context(
-    firmware: str, image_file: Path, accel: Any, artifacts: ImageArtifacts,
-    timings: dict[str, Any], tmp_path: Path,
-) -> None:  # fmt: skip
+    firmware: str,
+    image_file: Path,
+    accel: Any,
+    artifacts: ImageArtifacts,
+    timings: dict[str, Any],
+    tmp_path: Path,
+) -> None:
     before = image_file.stat().st_mtime_ns
     with appliance.boot(image_file, tmp_path, {}, firmware=firmware, accel=accel) as booted:
         try:

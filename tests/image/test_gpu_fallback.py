@@ -26,8 +26,11 @@ WARNING = "WARNING: GPU requested but not available, falling back to CPU"
 def booted(boot_scenario: Any, superlink: Any, vfio: tuple[str, ...]) -> Iterator[appliance.BootedAppliance]:
     if vfio:
         pytest.skip("a GPU is passed through (--vfio): the no-GPU fallback cannot be observed")
-    context = {"ONEAPP_FL_SUPERLINK_ADDRESS": superlink.guest_address, "FL_GPU_ENABLED": "yes",
-               "FL_CUDA_VISIBLE_DEVICES": "0"}  # fmt: skip
+    context = {
+        "ONEAPP_FL_SUPERLINK_ADDRESS": superlink.guest_address,
+        "FL_GPU_ENABLED": "yes",
+        "FL_CUDA_VISIBLE_DEVICES": "0",
+    }
     with boot_scenario("gpu-requested-absent", context) as vm:
         yield vm
 

@@ -20,8 +20,9 @@ pytestmark = [pytest.mark.vm, pytest.mark.gpu]
 
 
 @pytest.fixture(scope="module")
-def booted(boot_scenario: Any, manifest: Manifest, superlink: Any,
-           vfio: tuple[str, ...]) -> Iterator[appliance.BootedAppliance]:  # fmt: skip
+def booted(
+    boot_scenario: Any, manifest: Manifest, superlink: Any, vfio: tuple[str, ...]
+) -> Iterator[appliance.BootedAppliance]:
     if not vfio:
         pytest.skip("no GPU was passed through: run with --vfio <PCI address> on a KVM host with a vfio-bound GPU")
     if manifest.gpu is None:

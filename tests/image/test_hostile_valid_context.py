@@ -24,8 +24,8 @@ from appliance_build.vm import appliance
 pytestmark = pytest.mark.vm
 
 NODE_CONFIG = (
-    'partition-id=0 cmd="$(touch /tmp/pwned-subst)" tick=\'`touch /tmp/pwned-backtick`\' '
-    'semi="x; touch /tmp/pwned-semicolon" pipe=\'| touch /tmp/pwned-pipe && reboot\' '
+    "partition-id=0 cmd=\"$(touch /tmp/pwned-subst)\" tick='`touch /tmp/pwned-backtick`' "
+    "semi=\"x; touch /tmp/pwned-semicolon\" pipe='| touch /tmp/pwned-pipe && reboot' "
     'opt="--insecure --superlink=evil:1"'
 )
 CONTEXT_EXTRA = {

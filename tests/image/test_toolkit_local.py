@@ -98,4 +98,3 @@ def test_built_image_unchanged(image_file: Path, booted: appliance.BootedApplian
     # the VM ran on an overlay: the built file's checksum is still the one the build wrote
     sha_file = image_file.with_name(image_file.name + ".sha256")
     assert sha_file.read_text().split()[0] == file_sha256(image_file)
-

@@ -65,9 +65,11 @@ def booted(
 
 
 def installer(url: str, fingerprint: str) -> str:
-    return (f"FLOWER_TOOLKIT_SOURCE=mirror FLOWER_UPLOAD={UPLOAD} FLOWER_TOOLKIT_REPO={url} "
-            f"FLOWER_TOOLKIT_VERSION={toolkit_debs.FIXTURE_VERSION} FLOWER_TOOLKIT_KEY_FINGERPRINT={fingerprint} "
-            f"{INSTALLER}")  # fmt: skip
+    return (
+        f"FLOWER_TOOLKIT_SOURCE=mirror FLOWER_UPLOAD={UPLOAD} FLOWER_TOOLKIT_REPO={url} "
+        f"FLOWER_TOOLKIT_VERSION={toolkit_debs.FIXTURE_VERSION} FLOWER_TOOLKIT_KEY_FINGERPRINT={fingerprint} "
+        f"{INSTALLER}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +82,9 @@ def refusals(booted: appliance.BootedAppliance, mirror: dict[str, Any]) -> dict[
 
 
 @pytest.fixture(scope="module")
-def installed(booted: appliance.BootedAppliance, mirror: dict[str, Any],
-              refusals: dict[str, tuple[int, str, str]]) -> dict[str, Any]:  # fmt: skip
+def installed(
+    booted: appliance.BootedAppliance, mirror: dict[str, Any], refusals: dict[str, tuple[int, str, str]]
+) -> dict[str, Any]:
     code, out, err = booted.run(installer(mirror["url"], mirror["key"].fingerprint), timeout=600)
     return {"rc": code, "out": out, "err": err}
 

@@ -47,14 +47,14 @@ def test_base_boots_to_ssh_with_injected_key(
         f"    sudo: 'ALL=(ALL) NOPASSWD:ALL'\n    ssh_authorized_keys: ['{public_line(key)}']\n"
     )
     seed = isos.nocloud_iso(tmp_path / "seed.iso", user_data, "instance-id: base-test\n")
-    spec = VmSpec(base_image.disk, firmware=firmware, machine="q35", accel=accel_probe.for_disk(base_image.disk),
-                  cdroms=(seed,))  # fmt: skip
+    spec = VmSpec(
+        base_image.disk, firmware=firmware, machine="q35", accel=accel_probe.for_disk(base_image.disk), cdroms=(seed,)
+    )
     before = base_image.disk.stat().st_mtime
     with VirtualMachine(spec, tmp_path / "vm") as vm:
         seconds = vm.wait_for_ssh(key, user="tester", timeout=900)
         probe = "cat /proc/cmdline; test -d /sys/firmware/efi && echo EFI || echo BIOS; sudo -n id -u"
-        code, out, _ = vm.run(key, probe,
-                              user="tester")  # fmt: skip
+        code, out, _ = vm.run(key, probe, user="tester")
         net_code, net, net_err = vm.run(key, NETWORKD_PROBE, user="tester")
         print(f"{provider} {firmware}: SSH login after {seconds:.0f} s")
     assert code == 0

@@ -56,9 +56,22 @@ def _root_tarball(log: Path) -> Path:
 
     def build(scratch: Path) -> None:
         sources = [f"deb {base.mirror} {suite} main", f"deb {base.mirror} {suite}-updates main"]
-        run(["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar", f"--include={','.join(ROOT_PACKAGES)}",
-             "--aptopt=Acquire::Retries \"3\"", suite, str(scratch / "root.tar"), *sources],
-            log, label="mmdebstrap (NVIDIA route test root)", timeout=1800)  # fmt: skip
+        run(
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                "--mode=root",
+                "--format=tar",
+                f"--include={','.join(ROOT_PACKAGES)}",
+                '--aptopt=Acquire::Retries "3"',
+                suite,
+                str(scratch / "root.tar"),
+                *sources,
+            ],
+            log,
+            label="mmdebstrap (NVIDIA route test root)",
+            timeout=1800,
+        )
 
     tarball, _ = cache.reuse_or_build(entry, "NVIDIA route test root", load=load, build=build)
     return tarball
@@ -77,21 +90,31 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     tmp = tmp_path_factory.mktemp("nvidia-mirror")
     key = apt_mirror.ThrowawayKey.create(tmp / "gnupg")
     other = apt_mirror.ThrowawayKey.create(tmp / "gnupg-other", name="Flower TEST FIXTURE other key")
-    debs = driver_debs.build(tmp / "debs") + driver_debs.build(tmp / "debs-newer", driver_debs.NEWER_UPSTREAM,
-                                                                driver_debs.NEWER)  # fmt: skip
+    debs = driver_debs.build(tmp / "debs") + driver_debs.build(
+        tmp / "debs-newer", driver_debs.NEWER_UPSTREAM, driver_debs.NEWER
+    )
     signed = apt_mirror.build_flat_repository(tmp / "signed", debs, key)
     unsigned = apt_mirror.build_flat_repository(tmp / "unsigned", debs, None)
     swapped = apt_mirror.build_flat_repository(tmp / "swapped", debs, key)
     (swapped / "fixture-key.asc").write_bytes(other.public)  # published key != the signer
-    with (apt_mirror.serve(signed) as url, apt_mirror.serve(unsigned) as unsigned_url,
-          apt_mirror.serve(swapped) as swapped_url):  # fmt: skip
+    with (
+        apt_mirror.serve(signed) as url,
+        apt_mirror.serve(unsigned) as unsigned_url,
+        apt_mirror.serve(swapped) as swapped_url,
+    ):
         yield {"url": url, "unsigned_url": unsigned_url, "swapped_url": swapped_url, "key": key, "other": other}
 
 
 def route(mirror: dict[str, Any], **changes: str) -> DriverRoute:
-    values = {"url": mirror["url"], "key_url": mirror["url"] + "fixture-key.asc",
-              "fingerprint": mirror["key"].fingerprint, "branch": driver_debs.BRANCH,
-              "version": driver_debs.VERSION, "kernel_modules": "open", **changes}  # fmt: skip
+    values = {
+        "url": mirror["url"],
+        "key_url": mirror["url"] + "fixture-key.asc",
+        "fingerprint": mirror["key"].fingerprint,
+        "branch": driver_debs.BRANCH,
+        "version": driver_debs.VERSION,
+        "kernel_modules": "open",
+        **changes,
+    }
     return DriverRoute(**values)
 
 
@@ -110,9 +133,29 @@ def in_root(root: Path, route: DriverRoute, key: bytes, work: Path) -> subproces
     spec = work / f"spec-{time.time_ns()}.json"
     nvidia_driver.write_spec(spec, route, key, work / "install.log")
     hook = nvidia_driver.hook(spec)
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "--fork", "sh", "-c", ENTER, "enter",
-                           str(root), "sh", "-c", hook, "exec", str(root)],
-                          capture_output=True, text=True, timeout=1800, check=False)  # fmt: skip
+    return subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--fork",
+            "sh",
+            "-c",
+            ENTER,
+            "enter",
+            str(root),
+            "sh",
+            "-c",
+            hook,
+            "exec",
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -124,16 +167,21 @@ def apt_refuses_other_key(mirror: dict[str, Any], root: Path, workdir: Path) -> 
 
 
 @pytest.fixture(scope="module")
-def installed(mirror: dict[str, Any], root: Path, workdir: Path,
-              apt_refuses_other_key: subprocess.CompletedProcess[str]) -> dict[str, Any]:  # fmt: skip
+def installed(
+    mirror: dict[str, Any], root: Path, workdir: Path, apt_refuses_other_key: subprocess.CompletedProcess[str]
+) -> dict[str, Any]:
     pinned = route(mirror)
     started = time.monotonic()
     key = nvidia_driver.preflight(pinned, timeout=10)
     result = in_root(root, pinned, key, workdir)
     log = (workdir / "install.log").read_text(errors="replace")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + log[-4000:]
-    return {"record": json.loads((root / nvidia_driver.RECORD).read_text()), "seconds": time.monotonic() - started,
-            "route": pinned, "stdout": result.stdout}  # fmt: skip
+    return {
+        "record": json.loads((root / nvidia_driver.RECORD).read_text()),
+        "seconds": time.monotonic() - started,
+        "route": pinned,
+        "stdout": result.stdout,
+    }
 
 
 def test_apt_itself_refuses_a_repository_signed_by_another_key(apt_refuses_other_key: Any) -> None:
@@ -144,11 +192,18 @@ def test_apt_itself_refuses_a_repository_signed_by_another_key(apt_refuses_other
 
 def test_route_installs_the_pinned_version_and_checks_pass(installed: dict[str, Any], root: Path) -> None:
     record = installed["record"]
-    assert record["checks"] == {"module_file": "PASS", "module_version": "PASS", "module_flavour": "PASS",
-                                "package_versions": "PASS", "holds": "PASS"}  # fmt: skip
+    assert record["checks"] == {
+        "module_file": "PASS",
+        "module_version": "PASS",
+        "module_flavour": "PASS",
+        "package_versions": "PASS",
+        "holds": "PASS",
+    }
     assert record["driver_version"] == driver_debs.UPSTREAM and record["package_version"] == driver_debs.VERSION
-    assert record["packages"] == {"nvidia-driver-cuda": driver_debs.VERSION,
-                                  "nvidia-kernel-open-dkms": driver_debs.VERSION}  # fmt: skip
+    assert record["packages"] == {
+        "nvidia-driver-cuda": driver_debs.VERSION,
+        "nvidia-kernel-open-dkms": driver_debs.VERSION,
+    }
     assert record["kernel"] == nvidia_driver.image_kernel(root)
     print(f"NVIDIA route in the chroot (preflight, install, DKMS, checks): {installed['seconds']:.0f} s")
 
@@ -156,22 +211,26 @@ def test_route_installs_the_pinned_version_and_checks_pass(installed: dict[str, 
 def test_module_is_built_for_the_roots_kernel(installed: dict[str, Any], root: Path) -> None:
     module = root / installed["record"]["module_path"].lstrip("/")
     assert module.is_file() and f"/lib/modules/{installed['record']['kernel']}/" in installed["record"]["module_path"]
-    fields = {f: subprocess.run(["modinfo", "-F", f, str(module)], capture_output=True, text=True).stdout.strip()
-              for f in ("name", "version", "license")}  # fmt: skip
+    fields = {
+        f: subprocess.run(["modinfo", "-F", f, str(module)], capture_output=True, text=True).stdout.strip()
+        for f in ("name", "version", "license")
+    }
     assert fields == {"name": "nvidia", "version": driver_debs.UPSTREAM, "license": "Dual MIT/GPL"}
 
 
 def test_driver_and_kernel_packages_are_held(installed: dict[str, Any], root: Path) -> None:
-    held = subprocess.run(["chroot", str(root), "apt-mark", "showhold"], capture_output=True, text=True,
-                          check=True).stdout.split()  # fmt: skip
+    held = subprocess.run(
+        ["chroot", str(root), "apt-mark", "showhold"], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert {"nvidia-driver-cuda", "nvidia-kernel-open-dkms"} <= set(held)
     assert any(p.startswith("linux-headers-") for p in held)
     assert held == installed["record"]["held"]
 
 
 def test_pin_keeps_the_exact_version_although_a_newer_one_is_offered(installed: dict[str, Any], root: Path) -> None:
-    policy = subprocess.run(["chroot", str(root), "apt-cache", "policy", "nvidia-driver-cuda"], capture_output=True,
-                            text=True, check=True).stdout  # fmt: skip
+    policy = subprocess.run(
+        ["chroot", str(root), "apt-cache", "policy", "nvidia-driver-cuda"], capture_output=True, text=True, check=True
+    ).stdout
     assert driver_debs.NEWER in policy  # the mirror does offer the newer version
     assert f"Candidate: {driver_debs.VERSION}" in policy
     assert (root / nvidia_driver.PREFERENCES).read_text() == nvidia_driver.preferences(installed["route"])
@@ -201,8 +260,12 @@ def test_refuses_a_key_with_another_fingerprint(mirror: dict[str, Any]) -> None:
 
 def test_refuses_a_repository_signed_by_another_key(mirror: dict[str, Any]) -> None:
     """The key file matches its pin, but InRelease was signed by someone else."""
-    swapped = route(mirror, url=mirror["swapped_url"], key_url=mirror["swapped_url"] + "fixture-key.asc",
-                    fingerprint=mirror["other"].fingerprint)  # fmt: skip
+    swapped = route(
+        mirror,
+        url=mirror["swapped_url"],
+        key_url=mirror["swapped_url"] + "fixture-key.asc",
+        fingerprint=mirror["other"].fingerprint,
+    )
     with pytest.raises(RouteError, match=r"InRelease is not signed by the pinned key " + mirror["other"].fingerprint):
         nvidia_driver.preflight(swapped, timeout=10)
 

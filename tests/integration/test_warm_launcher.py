@@ -36,8 +36,7 @@ def test_stock_flwr_makes_no_progress_when_clientapps_start_slowly(tmp_path: Pat
 
 
 def test_the_warm_launcher_completes_every_round_with_one_launch_per_task(tmp_path: Path) -> None:
-    outcome = deploy(tmp_path / "warm", warm=True, delay=DELAY_S, rounds=ROUNDS, round_timeout=70.0,
-                     run_timeout=150.0)  # fmt: skip
+    outcome = deploy(tmp_path / "warm", warm=True, delay=DELAY_S, rounds=ROUNDS, round_timeout=70.0, run_timeout=150.0)
     assert outcome.status == "finished:completed", f"{outcome.problems}\n{outcome.logs()}"
     assert outcome.completed_rounds == ROUNDS
     losses = [r["eval_loss"] for r in (outcome.results or {})["rounds"]]

@@ -39,11 +39,15 @@ def summary(values: list[float]) -> dict[str, Any]:
 def measure(outcome: Outcome, warm: bool) -> dict[str, Any]:
     starts = outcome.launches.warm_start_seconds() if warm else outcome.launches.stock_start_seconds()
     return {
-        "status": outcome.status, "run_seconds": outcome.seconds, "rounds_completed": outcome.completed_rounds,
-        "launch_to_flwr_clientapp_s": summary(starts), "round_s": summary(outcome.round_seconds()),
+        "status": outcome.status,
+        "run_seconds": outcome.seconds,
+        "rounds_completed": outcome.completed_rounds,
+        "launch_to_flwr_clientapp_s": summary(starts),
+        "round_s": summary(outcome.round_seconds()),
         "launches": len(outcome.launches.of("shim") if warm else outcome.launches.of("real-start")),
-        "launcher_idle_memory_kib": outcome.launcher_memory, "problems": outcome.problems,
-    }  # fmt: skip
+        "launcher_idle_memory_kib": outcome.launcher_memory,
+        "problems": outcome.problems,
+    }
 
 
 def main() -> int:
@@ -51,19 +55,25 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=BuildTree.default().measurements / "warm-launcher.json")
     args = parser.parse_args()
-    doc: dict[str, Any] = {"flwr": version("flwr"), "python": platform.python_version(), "rounds": args.rounds,
-                           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+    doc: dict[str, Any] = {
+        "flwr": version("flwr"),
+        "python": platform.python_version(),
+        "rounds": args.rounds,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     with tempfile.TemporaryDirectory(prefix="warm-launcher-bench-") as scratch:
         for label, warm in (("stock", False), ("warm", True)):
-            outcome = deploy(Path(scratch) / label, warm=warm, delay=0.0, rounds=args.rounds, round_timeout=120.0,
-                             run_timeout=300.0)  # fmt: skip
+            outcome = deploy(
+                Path(scratch) / label, warm=warm, delay=0.0, rounds=args.rounds, round_timeout=120.0, run_timeout=300.0
+            )
             doc[label] = measure(outcome, warm)
     stock, warm_ = doc["stock"]["launch_to_flwr_clientapp_s"], doc["warm"]["launch_to_flwr_clientapp_s"]
     if stock.get("n") and warm_.get("n"):
         doc["ratio_stock_over_warm_launch_median"] = round(stock["median"] / warm_["median"], 1)
     if doc["stock"]["round_s"].get("n") and doc["warm"]["round_s"].get("n"):
         doc["ratio_stock_over_warm_round_median"] = round(
-            doc["stock"]["round_s"]["median"] / doc["warm"]["round_s"]["median"], 2)  # fmt: skip
+            doc["stock"]["round_s"]["median"] / doc["warm"]["round_s"]["median"], 2
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(doc, indent=2))

@@ -127,8 +127,16 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def deploy(workdir: Path, *, warm: bool, delay: float, rounds: int, round_timeout: float, run_timeout: float,
-           connect_timeout: float = 90.0) -> Outcome:  # fmt: skip
+def deploy(
+    workdir: Path,
+    *,
+    warm: bool,
+    delay: float,
+    rounds: int,
+    round_timeout: float,
+    run_timeout: float,
+    connect_timeout: float = 90.0,
+) -> Outcome:
     """One SuperLink, two SuperNodes (warm launcher on or off), one `flwr run`; everything stopped after."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "launches.jsonl"
@@ -145,20 +153,27 @@ def deploy(workdir: Path, *, warm: bool, delay: float, rounds: int, round_timeou
     started = time.monotonic()
     status, problems, memory = "not started", [], {}
     results = workdir / "results.json"
-    with patched_environ(env), running(workdir / "superlink.log", flwr_home=workdir / "flwr-superlink",
-                                       tls=files) as link:  # fmt: skip
+    with (
+        patched_environ(env),
+        running(workdir / "superlink.log", flwr_home=workdir / "flwr-superlink", tls=files) as link,
+    ):
         cli = FlwrCli(workdir / "flwr-cli", link.host_address, material.ca_cert, workdir / "flwr-cli.log")
         cli.write_config()
         try:
-            with ContainerNodes(node_specs(NODES), workdir=workdir, superlink_address=link.host_address,
-                                tls=material) as nodes:  # fmt: skip
+            with ContainerNodes(
+                node_specs(NODES), workdir=workdir, superlink_address=link.host_address, tls=material
+            ) as nodes:
                 cli.wait_for_nodes(NODES, connect_timeout, poll=1.0)
                 for ready in (e for e in read_events(log) if e["event"] == "ready"):
                     memory[str(ready["pid"])] = smaps_rollup(int(ready["pid"]))  # idle: before any task
                 run_config: dict[str, object] = {
-                    "num-server-rounds": rounds, "min-nodes": NODES, "wait-nodes-timeout": connect_timeout,
-                    "round-timeout": round_timeout, "local-steps": 5, "results-path": str(results.resolve()),
-                }  # fmt: skip
+                    "num-server-rounds": rounds,
+                    "min-nodes": NODES,
+                    "wait-nodes-timeout": connect_timeout,
+                    "round-timeout": round_timeout,
+                    "local-steps": 5,
+                    "results-path": str(results.resolve()),
+                }
                 started = time.monotonic()
                 handle = cli.submit(APP_DIR, run_config, workdir / "run")
                 status = cli.wait_for_run(handle, run_timeout, results=results, safety_poll=10.0)
@@ -169,5 +184,6 @@ def deploy(workdir: Path, *, warm: bool, delay: float, rounds: int, round_timeou
         finally:
             cli.close()
     doc = json.loads(results.read_text()) if results.exists() else None
-    return Outcome(status, round(time.monotonic() - started, 1), doc, Launches(read_events(log)), workdir,
-                   problems, memory)  # fmt: skip
+    return Outcome(
+        status, round(time.monotonic() - started, 1), doc, Launches(read_events(log)), workdir, problems, memory
+    )

@@ -35,13 +35,34 @@ BOOTLOADER_MARKER = "FLOWER-BOOTLOADER-INSTALLED"
 RECIPE_VERSION = 4
 
 PACKAGES = (
-    "systemd-sysv", "udev", "dbus", "initramfs-tools", "zstd",
-    "grub-pc-bin", "grub-efi-amd64-bin", "grub2-common",
-    "cloud-init", "cloud-guest-utils", "fdisk", "e2fsprogs", "dosfstools",
-    "openssh-server", "sudo", "ifupdown", "isc-dhcp-client", "iproute2", "netbase",
-    "ca-certificates", "python3", "procps", "less", "curl", "gnupg", "apt-utils",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "initramfs-tools",
+    "zstd",
+    "grub-pc-bin",
+    "grub-efi-amd64-bin",
+    "grub2-common",
+    "cloud-init",
+    "cloud-guest-utils",
+    "fdisk",
+    "e2fsprogs",
+    "dosfstools",
+    "openssh-server",
+    "sudo",
+    "ifupdown",
+    "isc-dhcp-client",
+    "iproute2",
+    "netbase",
+    "ca-certificates",
+    "python3",
+    "procps",
+    "less",
+    "curl",
+    "gnupg",
+    "apt-utils",
     "qemu-guest-agent",
-)  # fmt: skip
+)
 
 # Networking "networkd" (debian-13): cloud-init takes the first available renderer of eni,
 # sysconfig, netplan, network-manager, ..., networkd (cloudinit/net/renderers.py; eni needs
@@ -190,8 +211,7 @@ def build(base: BaseConfig, out: Path, logs: Path) -> dict[str, Any]:
     timings["install_bootloader"] = round(time.monotonic() - t, 1)
 
     t = time.monotonic()
-    run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(out / "disk.qcow2")], log,
-        label="qemu-img convert")  # fmt: skip
+    run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(out / "disk.qcow2")], log, label="qemu-img convert")
     timings["convert"] = round(time.monotonic() - t, 1)
     shutil.copy2(work / "vmlinuz", out / "vmlinuz")
     shutil.rmtree(work)
@@ -276,15 +296,28 @@ def _bootstrap(base: BaseConfig, rootdir: Path, log: Path) -> None:
     more = " plus the extra packages" if base.extra_packages else ""
     say(f"mmdebstrap {suite} from {base.mirror} (about 2 minutes{more})")
     run(
-        ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
-         f"--components={','.join(base.components)}", *_extra_packages_hooks(base.extra_packages, rootdir.parent),
-         *driver, *networkd, f"--include={','.join((*packages(suite_of(base)), base.kernel))}",
-         "--aptopt=Acquire::Retries \"3\"",
-         "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-         "--dpkgopt=path-exclude=/usr/share/man/*",
-         suite, str(rootdir), *sources],
-        log, label="mmdebstrap", timeout=1800,
-    )  # fmt: skip
+        [
+            "mmdebstrap",
+            "--variant=minbase",
+            "--mode=root",
+            "--format=directory",
+            f"--components={','.join(base.components)}",
+            *_extra_packages_hooks(base.extra_packages, rootdir.parent),
+            *driver,
+            *networkd,
+            f"--include={','.join((*packages(suite_of(base)), base.kernel))}",
+            '--aptopt=Acquire::Retries "3"',
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+            "--dpkgopt=path-exclude=/usr/share/man/*",
+            suite,
+            str(rootdir),
+            *sources,
+        ],
+        log,
+        label="mmdebstrap",
+        timeout=1800,
+    )
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -333,8 +366,10 @@ def _kernel_files(root: Path) -> tuple[Path, Path]:
 def _facts(root: Path) -> dict[str, Any]:
     out = subprocess.run(
         ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", "${Package}\t${Version}\n"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     packages = dict(line.split("\t", 1) for line in out.stdout.splitlines() if line)
     kernel = _kernel_files(root)[0].name.removeprefix("vmlinuz-")
     os_release = dict(line.split("=", 1) for line in (root / "etc/os-release").read_text().splitlines() if "=" in line)
@@ -344,6 +379,7 @@ def _facts(root: Path) -> dict[str, Any]:
         "kernel": kernel,
         "packages": packages,
     }
+
     # Debian installs the module as nvidia-current.ko (module name "nvidia", aliased in modprobe.d)
     def field(module: Path, name: str) -> str:
         out = subprocess.run(["modinfo", "-F", name, str(module)], capture_output=True, text=True, check=False)
@@ -364,15 +400,33 @@ def _install_bootloader(
     console = log.parent / "base-bootloader-console.log"
     say(f"installing GRUB (BIOS + UEFI) from a one-shot VM; console: {console}")
     run(
-        ["qemu-system-x86_64", *chosen.qemu_args(), "-m", "1024", "-smp", "2",
-         "-nodefaults", "-display", "none", "-no-reboot",
-         "-serial", f"file:{console}",
-         "-drive", f"file={raw},format=raw,if=virtio,cache=unsafe",
-         "-kernel", str(kernel), "-initrd", str(initrd),
-         "-append", f"root=UUID={layout.root_uuid} rw init=/usr/local/sbin/install-bootloader "
-                    "console=ttyS0 panic=-1 net.ifnames=0"],
-        log, label="GRUB install VM", timeout=900,
-    )  # fmt: skip
+        [
+            "qemu-system-x86_64",
+            *chosen.qemu_args(),
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            f"file:{console}",
+            "-drive",
+            f"file={raw},format=raw,if=virtio,cache=unsafe",
+            "-kernel",
+            str(kernel),
+            "-initrd",
+            str(initrd),
+            "-append",
+            f"root=UUID={layout.root_uuid} rw init=/usr/local/sbin/install-bootloader "
+            "console=ttyS0 panic=-1 net.ifnames=0",
+        ],
+        log,
+        label="GRUB install VM",
+        timeout=900,
+    )
     if BOOTLOADER_MARKER not in console.read_text(errors="replace"):
         tail = console.read_text(errors="replace").splitlines()[-12:]
         raise BuildError(f"GRUB installation did not complete; see {console}:\n  " + "\n  ".join(tail))

@@ -73,16 +73,46 @@ def make_disk(image: Path, rootdir: Path, layout: Layout, log: Path) -> None:
         handle.truncate(layout.total_bytes)
     subprocess.run(
         ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(image)],
-        input=layout.sfdisk_script(), text=True, check=True, capture_output=True,
-    )  # fmt: skip
+        input=layout.sfdisk_script(),
+        text=True,
+        check=True,
+        capture_output=True,
+    )
     run(
-        ["mkfs.fat", "-F", "32", "-s", "1", "-n", "ESP", "-i", layout.esp_volume_id,
-         f"--offset={layout.esp_start // SECTOR}", str(image), str(layout.esp_mib * 1024)],
-        log, label="mkfs.fat (ESP)",
-    )  # fmt: skip
+        [
+            "mkfs.fat",
+            "-F",
+            "32",
+            "-s",
+            "1",
+            "-n",
+            "ESP",
+            "-i",
+            layout.esp_volume_id,
+            f"--offset={layout.esp_start // SECTOR}",
+            str(image),
+            str(layout.esp_mib * 1024),
+        ],
+        log,
+        label="mkfs.fat (ESP)",
+    )
     run(
-        ["mkfs.ext4", "-q", "-F", "-L", "root", "-U", layout.root_uuid, *_ext4_feature_args(),
-         "-E", f"offset={layout.root_start}", "-d", str(rootdir), str(image),
-         f"{layout.root_mib * 1024}k"],
-        log, label="mkfs.ext4 -d (root)",
-    )  # fmt: skip
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            "root",
+            "-U",
+            layout.root_uuid,
+            *_ext4_feature_args(),
+            "-E",
+            f"offset={layout.root_start}",
+            "-d",
+            str(rootdir),
+            str(image),
+            f"{layout.root_mib * 1024}k",
+        ],
+        log,
+        label="mkfs.ext4 -d (root)",
+    )

@@ -72,8 +72,11 @@ def fetch(base: BaseConfig, out: Path, logs: Path) -> dict[str, Any]:
     say(f"downloading {base.url} (verified against {base.sha256sums_url})")
     original = out / "cloud.img"
     sha = download_verified(base.url, base.sha256sums_url, original)
-    run(["qemu-img", "convert", "-O", "qcow2", str(original), str(out / "disk.qcow2")],
-        logs / "base-ubuntu-24.04.log", label="qemu-img convert")  # fmt: skip
+    run(
+        ["qemu-img", "convert", "-O", "qcow2", str(original), str(out / "disk.qcow2")],
+        logs / "base-ubuntu-24.04.log",
+        label="qemu-img convert",
+    )
     original.unlink()
     shutil.rmtree(out / "work", ignore_errors=True)
     return {

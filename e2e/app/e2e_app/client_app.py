@@ -70,15 +70,23 @@ def train(msg: Message, context: Context) -> Message:
     params = msg.content.array_records["arrays"].to_numpy_ndarrays()
     LOG.info(
         "e2e-app: training partition %d/%d on %s (helper %s, framework %s), %d steps, lr %s",
-        partition_id, num_partitions, info["device"], info["helper"], info["framework"], steps, learning_rate,
-    )  # fmt: skip
+        partition_id,
+        num_partitions,
+        info["device"],
+        info["helper"],
+        info["framework"],
+        steps,
+        learning_rate,
+    )
     new_params, loss = task.train(params, data.x_train, data.y_train, steps=steps, learning_rate=learning_rate)
     LOG.info("e2e-app: partition %d train loss %.6f", partition_id, loss)
-    content = RecordDict({
-        "arrays": ArrayRecord(new_params),
-        "metrics": MetricRecord({"train-loss": loss, "num-examples": len(data.y_train)}),
-        "client-info": info,
-    })  # fmt: skip
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(new_params),
+            "metrics": MetricRecord({"train-loss": loss, "num-examples": len(data.y_train)}),
+            "client-info": info,
+        }
+    )
     return Message(content=content, reply_to=msg)
 
 
@@ -90,8 +98,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     params = msg.content.array_records["arrays"].to_numpy_ndarrays()
     loss = task.evaluate(params, data.x_test, data.y_test)
     LOG.info("e2e-app: partition %d eval loss %.6f", partition_id, loss)
-    content = RecordDict({
-        "metrics": MetricRecord({"eval-loss": loss, "num-examples": len(data.y_test)}),
-        "client-info": _client_info(partition_id, num_partitions),
-    })  # fmt: skip
+    content = RecordDict(
+        {
+            "metrics": MetricRecord({"eval-loss": loss, "num-examples": len(data.y_test)}),
+            "client-info": _client_info(partition_id, num_partitions),
+        }
+    )
     return Message(content=content, reply_to=msg)

@@ -69,9 +69,13 @@ class Recorder:
         self.path = Path(path) if path else None
         self.started = time.time()
         self.doc: dict[str, Any] = {
-            "schema": RESULTS_SCHEMA, "status": "running", "error": None,
-            "settings": settings, "rounds": [], "started_at": self.started,
-        }  # fmt: skip
+            "schema": RESULTS_SCHEMA,
+            "status": "running",
+            "error": None,
+            "settings": settings,
+            "rounds": [],
+            "started_at": self.started,
+        }
         self.write()
 
     def round(self, number: int) -> dict[str, Any]:
@@ -136,27 +140,33 @@ class RecordingFedAvg(FedAvg):
 
     def __init__(self, recorder: Recorder, min_nodes: int, wait_timeout: float) -> None:
         super().__init__(
-            fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=min_nodes,
-            min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
-        )  # fmt: skip
+            fraction_train=1.0,
+            fraction_evaluate=1.0,
+            min_train_nodes=min_nodes,
+            min_evaluate_nodes=min_nodes,
+            min_available_nodes=min_nodes,
+        )
         self.recorder = recorder
         self.min_nodes = min_nodes
         self.wait_timeout = wait_timeout
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:  # fmt: skip
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.recorder.round(server_round)
         wait_for_nodes(grid, self.min_nodes, self.wait_timeout)
         return super().configure_train(server_round, arrays, config, grid)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:  # fmt: skip
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.recorder.mark(server_round, "eval_started_s")
         wait_for_nodes(grid, self.min_nodes, self.wait_timeout)
         return super().configure_evaluate(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:  # fmt: skip
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         entry = self.recorder.mark(server_round, "train_done_s")  # the replies are in (or the round timed out)
         arrays, metrics = super().aggregate_train(server_round, replies)
@@ -165,8 +175,9 @@ class RecordingFedAvg(FedAvg):
         entry["train_loss"] = metric(metrics, "train-loss")
         entry["train_clients"] = _client_infos(replies)
         self.recorder.write()
-        LOG.info("e2e-app: round %d train loss %s from %d node(s)", server_round, entry["train_loss"],
-                 entry["train_nodes"])  # fmt: skip
+        LOG.info(
+            "e2e-app: round %d train loss %s from %d node(s)", server_round, entry["train_loss"], entry["train_nodes"]
+        )
         self._require_replies(server_round, "train", entry["train_nodes"])
         return arrays, metrics
 
@@ -179,8 +190,9 @@ class RecordingFedAvg(FedAvg):
         entry["eval_loss"] = metric(metrics, "eval-loss")
         entry["eval_clients"] = _client_infos(replies)
         self.recorder.write()
-        LOG.info("e2e-app: round %d eval loss %s from %d node(s)", server_round, entry["eval_loss"],
-                 entry["eval_nodes"])  # fmt: skip
+        LOG.info(
+            "e2e-app: round %d eval loss %s from %d node(s)", server_round, entry["eval_loss"], entry["eval_nodes"]
+        )
         self._require_replies(server_round, "evaluate", entry["eval_nodes"])
         return metrics
 
@@ -215,8 +227,9 @@ def main(grid: Grid, context: Context) -> None:
         recorder.doc["nodes_at_start"] = nodes
         LOG.info("e2e-app: %d node(s) connected, starting %d rounds", len(nodes), settings["num_server_rounds"])
         strategy = RecordingFedAvg(recorder, settings["min_nodes"], settings["wait_nodes_timeout"])
-        train_config = ConfigRecord({"local-steps": settings["local_steps"],
-                                     "learning-rate": settings["learning_rate"]})  # fmt: skip
+        train_config = ConfigRecord(
+            {"local-steps": settings["local_steps"], "learning-rate": settings["learning_rate"]}
+        )
         result = strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(task.initial_parameters()),

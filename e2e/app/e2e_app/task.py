@@ -105,8 +105,10 @@ def simulate(num_partitions: int, rounds: int, *, steps: int, learning_rate: flo
     params = initial_parameters()
     losses = []
     for _ in range(rounds):
-        updates = [(train(params, p.x_train, p.y_train, steps=steps, learning_rate=learning_rate)[0], len(p.y_train))
-                   for p in parts]  # fmt: skip
+        updates = [
+            (train(params, p.x_train, p.y_train, steps=steps, learning_rate=learning_rate)[0], len(p.y_train))
+            for p in parts
+        ]
         params = fedavg(updates)
         losses.append(weighted_average([(evaluate(params, p.x_test, p.y_test), len(p.y_test)) for p in parts]))
     return losses

@@ -67,8 +67,14 @@ class Deployment:
     launcher: subprocess.Popen[bytes] | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {**os.environ, "PYTHONPATH": python_path(), shim.ENV_SOCKET: str(self.socket),
-               shim.ENV_LOG: str(self.log), shim.ENV_REAL: str(self.real), **extra}  # fmt: skip
+        env = {
+            **os.environ,
+            "PYTHONPATH": python_path(),
+            shim.ENV_SOCKET: str(self.socket),
+            shim.ENV_LOG: str(self.log),
+            shim.ENV_REAL: str(self.real),
+            **extra,
+        }
         env.pop("FAKE_REAL", None)
         return env
 
@@ -77,18 +83,35 @@ class Deployment:
         if entry is not None:
             argv += ["--entry", entry]
         with (self.root / "launcher.log").open("ab") as out:
-            self.launcher = subprocess.Popen(argv, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL)  # fmt: skip
+            self.launcher = subprocess.Popen(
+                argv, env=self.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         wait_for_path(self.socket, timeout, self.launcher)
         return self.launcher
 
     def shim_argv(self, token: str, *extra: str) -> list[str]:
-        return [sys.executable, "-IS", str(self.shim), "--runtime-api-address", "127.0.0.1:9094",
-                "--token", token, "--insecure", *extra]  # fmt: skip
+        return [
+            sys.executable,
+            "-IS",
+            str(self.shim),
+            "--runtime-api-address",
+            "127.0.0.1:9094",
+            "--token",
+            token,
+            "--insecure",
+            *extra,
+        ]
 
     def run_shim(self, token: str, *extra: str, timeout: float = 60.0, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.shim_argv(token, *extra), env=self.env(**env), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.root)  # fmt: skip
+        return subprocess.run(
+            self.shim_argv(token, *extra),
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            cwd=self.root,
+        )
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         return [e for e in read_log(self.log) if name is None or e["event"] == name]
@@ -111,8 +134,10 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     script.chmod(0o755)
     real = tmp_path / "real" / shim.PROGRAM
     real.parent.mkdir()
-    real.write_text(f"#!{sys.executable}\nimport sys\nsys.path[:0] = {python_path().split(os.pathsep)!r}\n"
-                    "from fake_clientapp import real\nsys.exit(real())\n")  # fmt: skip
+    real.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.path[:0] = {python_path().split(os.pathsep)!r}\n"
+        "from fake_clientapp import real\nsys.exit(real())\n"
+    )
     real.chmod(0o755)
     dep = Deployment(tmp_path, tmp_path / "server.sock", tmp_path / "launches.jsonl", script, real)
     try:

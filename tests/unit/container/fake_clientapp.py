@@ -26,12 +26,23 @@ def main() -> None:
     parser.add_argument("--allow-runtime-dependency-installation", action="store_true")
     token = parser.parse_args().token
     mode = "real" if os.environ.get("FAKE_REAL") else "warm"
-    print(json.dumps({"mode": mode, "pid": os.getpid(), "argv": sys.argv, "cwd": os.getcwd(),
-                      "task_var": os.environ.get("TASK_VAR"), "blas": os.environ.get("OPENBLAS_NUM_THREADS"),
-                      "sigint": str(signal.getsignal(signal.SIGINT)),
-                      "sigterm": str(signal.getsignal(signal.SIGTERM)),
-                      "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
-                      "pgid": os.getpgid(0)}), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "pid": os.getpid(),
+                "argv": sys.argv,
+                "cwd": os.getcwd(),
+                "task_var": os.environ.get("TASK_VAR"),
+                "blas": os.environ.get("OPENBLAS_NUM_THREADS"),
+                "sigint": str(signal.getsignal(signal.SIGINT)),
+                "sigterm": str(signal.getsignal(signal.SIGTERM)),
+                "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+                "pgid": os.getpgid(0),
+            }
+        ),
+        flush=True,
+    )
     print(f"stderr of {token}", file=sys.stderr, flush=True)
     if token.startswith("exit-"):
         sys.exit(int(token.removeprefix("exit-")))

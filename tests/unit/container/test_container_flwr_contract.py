@@ -44,25 +44,40 @@ def executor_argv(monkeypatch: pytest.MonkeyPatch, **spec: Any) -> list[str]:
             calls.append(list(args))
 
     monkeypatch.setattr(subprocess_executor.subprocess, "Popen", FakePopen)
-    fields = {"task_type": TaskType.CLIENT_APP, "runtime_api_address": "127.0.0.1:9094", "token": "abc123",
-              "insecure": False, "root_certificates_path": None, "runtime_dependency_install": False,
-              "parent_pid": None, "suppress_output": False, "task_id": 7, **spec}  # fmt: skip
+    fields = {
+        "task_type": TaskType.CLIENT_APP,
+        "runtime_api_address": "127.0.0.1:9094",
+        "token": "abc123",
+        "insecure": False,
+        "root_certificates_path": None,
+        "runtime_dependency_install": False,
+        "parent_pid": None,
+        "suppress_output": False,
+        "task_id": 7,
+        **spec,
+    }
     subprocess_executor.SubprocessExecutor().launch(ExecutionSpec(**fields))
     (argv,) = calls
     return argv
 
 
 CASES = [
-    dict(zip(("insecure", "root_certificates_path", "parent_pid", "runtime_dependency_install", "suppress_output"),
-             combo, strict=True))
+    dict(
+        zip(
+            ("insecure", "root_certificates_path", "parent_pid", "runtime_dependency_install", "suppress_output"),
+            combo,
+            strict=True,
+        )
+    )
     for combo in itertools.product([True, False], [None, "/app/ca.pem"], [None, 4242], [False, True], [False, True])
     if not (combo[0] and combo[1])
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("spec", CASES, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
-def test_the_shim_parses_what_the_subprocess_executor_launches(monkeypatch: pytest.MonkeyPatch,
-                                                               spec: dict[str, Any]) -> None:  # fmt: skip
+def test_the_shim_parses_what_the_subprocess_executor_launches(
+    monkeypatch: pytest.MonkeyPatch, spec: dict[str, Any]
+) -> None:
     from flwr.supernode.cli.flwr_clientapp import _parse_args_run_flwr_clientapp
 
     argv = executor_argv(monkeypatch, **spec)
@@ -76,7 +91,11 @@ def test_the_shim_parses_what_the_subprocess_executor_launches(monkeypatch: pyte
     assert parsed.get("runtime_dependency_install", False) == spec["runtime_dependency_install"]
     flwr_args = _parse_args_run_flwr_clientapp().parse_args(argv[1:])  # flwr's own reading agrees
     assert (flwr_args.runtime_api_address, flwr_args.token, flwr_args.insecure, flwr_args.parent_pid) == (
-        "127.0.0.1:9094", "abc123", spec["insecure"], spec["parent_pid"])  # fmt: skip
+        "127.0.0.1:9094",
+        "abc123",
+        spec["insecure"],
+        spec["parent_pid"],
+    )
 
 
 def test_every_option_of_the_executor_is_one_flwr_clientapp_accepts() -> None:
@@ -106,11 +125,14 @@ def test_the_console_script_is_the_entry_point_the_launcher_loads() -> None:
     assert doc["same_as_package"] and doc["same_as_console_script"], doc
 
 
-@pytest.mark.parametrize("name, source", [
-    ("FLWR_TELEMETRY_ENABLED", "supercore/telemetry.py"),
-    ("FLWR_DISABLE_UPDATE_CHECK", "supercore/constant.py"),
-    ("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "supercore/superexec/run_superexec.py"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, source",
+    [
+        ("FLWR_TELEMETRY_ENABLED", "supercore/telemetry.py"),
+        ("FLWR_DISABLE_UPDATE_CHECK", "supercore/constant.py"),
+        ("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "supercore/superexec/run_superexec.py"),
+    ],
+)
 def test_the_environment_variables_exist_in_flwr(name: str, source: str) -> None:
     assert f'"{name}"' in (FLWR / source).read_text()
     if name in QUIET_ENV:
@@ -131,8 +153,9 @@ def test_the_real_launcher_runs_flwr_clientapp_and_never_loads_a_gpu_library(dep
     maps = Path(f"/proc/{launcher.pid}/maps").read_text()
     assert not re.search(r"libcuda|libcudart|libtorch|libnvrtc|libcudnn|libtensorflow", maps)
     assert len(list(Path(f"/proc/{launcher.pid}/task").iterdir())) == 1
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)  # fmt: skip
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     result = deployment.run_shim("x" * 16, "--parent-pid", gone.stdout.strip(), timeout=120)
     assert "Start `flwr-clientapp` process" in result.stderr, result.stderr
     assert [e["mode"] for e in deployment.events("shim")] == ["warm"]

@@ -35,8 +35,14 @@ def test_task_runs_warm_with_its_own_stdio_env_cwd_and_exit_code(deployment: Dep
     assert result.returncode == 3, result.stderr
     seen = first_json(result.stdout)
     assert seen["mode"] == "warm"
-    assert seen["argv"] == ["flwr-clientapp", "--runtime-api-address", "127.0.0.1:9094", "--token", "exit-3",
-                            "--insecure"]  # fmt: skip
+    assert seen["argv"] == [
+        "flwr-clientapp",
+        "--runtime-api-address",
+        "127.0.0.1:9094",
+        "--token",
+        "exit-3",
+        "--insecure",
+    ]
     assert seen["task_var"] == "from the task"
     assert seen["blas"] is None  # the launcher's OPENBLAS_NUM_THREADS=1 is not the task's environment
     assert seen["cwd"] == str(deployment.root)
@@ -107,11 +113,14 @@ def test_a_stale_socket_of_a_dead_launcher_falls_back(deployment: Deployment) ->
     assert "ConnectionRefusedError" in deployment.events("shim")[0]["reason"]
 
 
-@pytest.mark.parametrize("args", [
-    ["--help"],
-    ["--runtime-api-address", "127.0.0.1:9094", "--token-file", "/tmp/token"],
-    ["--runtime-api-address", "127.0.0.1:9094", "--token", "exit-0", "--some-new-flwr-option"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["--runtime-api-address", "127.0.0.1:9094", "--token-file", "/tmp/token"],
+        ["--runtime-api-address", "127.0.0.1:9094", "--token", "exit-0", "--some-new-flwr-option"],
+    ],
+)
 def test_other_command_lines_go_to_the_real_program(deployment: Deployment, args: list[str]) -> None:
     deployment.start_launcher()
     argv = [sys.executable, "-IS", str(deployment.shim), *args]
@@ -122,8 +131,13 @@ def test_other_command_lines_go_to_the_real_program(deployment: Deployment, args
 
 def test_the_launcher_dying_mid_task_does_not_lose_the_task(deployment: Deployment) -> None:
     launcher = deployment.start_launcher()
-    proc = subprocess.Popen(deployment.shim_argv("sleep-2"), env=deployment.env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        deployment.shim_argv("sleep-2"),
+        env=deployment.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while not deployment.events("start"):
@@ -141,8 +155,14 @@ def test_the_launcher_dying_mid_task_does_not_lose_the_task(deployment: Deployme
 
 def test_sigterm_to_the_shim_reaches_the_child(deployment: Deployment) -> None:
     deployment.start_launcher()
-    proc = subprocess.Popen(deployment.shim_argv("term"), env=deployment.env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        deployment.shim_argv("term"),
+        env=deployment.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         lines: list[str] = []
@@ -161,8 +181,13 @@ def test_sigterm_to_the_shim_reaches_the_child(deployment: Deployment) -> None:
 
 def test_sigterm_kills_a_child_with_default_handling(deployment: Deployment) -> None:
     deployment.start_launcher()
-    proc = subprocess.Popen(deployment.shim_argv("sleep-30"), env=deployment.env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        deployment.shim_argv("sleep-30"),
+        env=deployment.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while not deployment.events("shim-child"):
@@ -177,8 +202,16 @@ def test_sigterm_kills_a_child_with_default_handling(deployment: Deployment) -> 
 
 def test_tasks_run_concurrently_and_children_are_reaped(deployment: Deployment) -> None:
     launcher = deployment.start_launcher()
-    procs = [subprocess.Popen(deployment.shim_argv("sleep-1"), env=deployment.env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL) for _ in range(4)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            deployment.shim_argv("sleep-1"),
+            env=deployment.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        for _ in range(4)
+    ]
     started = time.monotonic()
     try:
         assert [p.wait(timeout=60) for p in procs] == [0, 0, 0, 0]

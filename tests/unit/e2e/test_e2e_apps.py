@@ -22,8 +22,17 @@ def context(node_config: dict[str, Any], run_config: dict[str, Any] | None = Non
 def train_message(params: list[Any]) -> Message:
     content = RecordDict({"arrays": ArrayRecord(params), "config": ConfigRecord({"local-steps": 5})})
     # what a SuperNode hands to the ClientApp: a message with full metadata (not the public constructor)
-    meta = Metadata(run_id=1, message_id="m1", src_node_id=1, dst_node_id=7, reply_to_message_id="",
-                    group_id="1", created_at=0.0, ttl=3600.0, message_type="train")  # fmt: skip
+    meta = Metadata(
+        run_id=1,
+        message_id="m1",
+        src_node_id=1,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=0.0,
+        ttl=3600.0,
+        message_type="train",
+    )
     message: Message = cast(Any, Message)(metadata=meta, content=content)
     return message
 
@@ -101,8 +110,9 @@ def test_recorder_writes_rounds_and_status(tmp_path: Path) -> None:
     recorder.round(1)["eval_loss"] = 0.5
     recorder.finish("completed")
     doc = json.loads(path.read_text())
-    assert doc["status"] == "completed" and doc["rounds"] == [{"round": 1, "started_s": doc["rounds"][0]["started_s"],
-                                                              "eval_loss": 0.5}]  # fmt: skip
+    assert doc["status"] == "completed" and doc["rounds"] == [
+        {"round": 1, "started_s": doc["rounds"][0]["started_s"], "eval_loss": 0.5}
+    ]
     server_app.Recorder("", {}).finish("completed")  # no path: nothing written, no error
 
 
@@ -112,8 +122,9 @@ def test_app_pyproject_is_a_valid_flower_app() -> None:
     app_dir = Path(client_app.__file__).resolve().parents[1]
     config, _ = load_and_validate(app_dir / "pyproject.toml", check_module=False)
     assert config["tool"]["flwr"]["app"]["components"] == {
-        "serverapp": "e2e_app.server_app:app", "clientapp": "e2e_app.client_app:app",
-    }  # fmt: skip
+        "serverapp": "e2e_app.server_app:app",
+        "clientapp": "e2e_app.client_app:app",
+    }
     assert "federations" not in config["tool"]["flwr"]  # flwr 1.41 would migrate and comment it out
     assert set(config["project"]["dependencies"]) == {"flwr>=1.41.0,<2.0", "numpy>=1.26"}
 

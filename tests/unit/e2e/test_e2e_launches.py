@@ -41,8 +41,9 @@ def counted(text: str) -> ln.NodeLaunches:
 
 
 def test_one_launch_per_task_passes() -> None:
-    text = log(line("ready", import_seconds=0.5, modules=1135),
-               *warm_task("aaa"), *warm_task("bbb", launch_s=0.2, task_s=3.0))  # fmt: skip
+    text = log(
+        line("ready", import_seconds=0.5, modules=1135), *warm_task("aaa"), *warm_task("bbb", launch_s=0.2, task_s=3.0)
+    )
     result = counted(text)
     assert result.launches == 2 and result.tasks == {"aaa": 1, "bbb": 1} and result.max_per_task == 1
     assert result.modes == {"warm": 2} and result.superexec_pids == [SUPEREXEC]
@@ -72,8 +73,13 @@ def test_fewer_launches_than_answered_tasks_means_an_incomplete_log() -> None:
 
 
 def test_one_token_launched_twice_fails() -> None:
-    text = log(shim("bbb"), shim("bbb", mode="fallback", reason="the launcher accepted the task but no child started"),
-               shim("bbb"), shim("ccc"), shim("ccc"))  # fmt: skip
+    text = log(
+        shim("bbb"),
+        shim("bbb", mode="fallback", reason="the launcher accepted the task but no child started"),
+        shim("bbb"),
+        shim("ccc"),
+        shim("ccc"),
+    )
     result = counted(text)
     assert result.tasks == {"bbb": 3, "ccc": 2} and result.relaunched == {"bbb": 3, "ccc": 2}
     problems = ln.problems("node-1", result, took_part=True, replies=2, allow_fallback=True)
@@ -94,8 +100,11 @@ def test_a_fallback_fails_unless_expected() -> None:
 def test_the_tcg_failure_is_a_pile_up_of_fallbacks_with_late_clientapps_failing() -> None:
     """The launcher is not ready, the shims fall back, the slow stock start misses the claim, the task is
     claimed again (new token), and the late ClientApp exits with an error on its expired token."""
-    text = log(shim("aaa", mode="fallback", reason="x"), shim("bbb", mode="fallback", reason="x"),
-               line("shim-exit", status=1, task="aaa"))  # fmt: skip
+    text = log(
+        shim("aaa", mode="fallback", reason="x"),
+        shim("bbb", mode="fallback", reason="x"),
+        line("shim-exit", status=1, task="aaa"),
+    )
     problems = ln.problems("node-0", counted(text), took_part=True, replies=1)
     assert len(problems) == 3
     assert "pile-up: 2 launches for the 1" in problems[0] and "fell back" in problems[1]
@@ -120,8 +129,11 @@ def test_a_line_that_is_not_an_event_is_counted_not_fatal() -> None:
 
 
 def test_a_shim_without_a_parsed_task_is_grouped_apart() -> None:
-    text = log(line("shim", mode="fallback", reason="command line is not the SubprocessExecutor form", task="",
-                    parent_pid=None))  # fmt: skip
+    text = log(
+        line(
+            "shim", mode="fallback", reason="command line is not the SubprocessExecutor form", task="", parent_pid=None
+        )
+    )
     result = counted(text)
     assert result.tasks == {ln.NO_TASK: 1} and result.superexec_pids == []
 
@@ -143,10 +155,12 @@ def test_launcher_ready_is_the_last_ready_event() -> None:
 
 def test_replies_per_partition_count_the_tasks_each_node_ran() -> None:
     ok0, ok1 = {"node_id": 10, "partition_id": 0}, {"node_id": 11, "partition_id": 1}
-    doc = {"rounds": [
-        {"round": 1, "train_clients": [ok0, ok1], "eval_clients": [ok0, {"node_id": 11, "error": "timeout"}]},
-        {"round": 2, "train_clients": [ok0]},
-    ]}  # fmt: skip
+    doc = {
+        "rounds": [
+            {"round": 1, "train_clients": [ok0, ok1], "eval_clients": [ok0, {"node_id": 11, "error": "timeout"}]},
+            {"round": 2, "train_clients": [ok0]},
+        ]
+    }
     assert sm.replies_per_partition(doc) == {0: 3, 1: 2}
     assert sm.replies_per_partition({"rounds": []}) == {}
     assert sm.replies_per_partition(None) is None
@@ -154,13 +168,26 @@ def test_replies_per_partition_count_the_tasks_each_node_ran() -> None:
 
 def test_launch_counts_and_round_times_in_the_summary(tmp_path: Any) -> None:
     run = sm.RunReport(7, "finished:completed", 30.0, "results.json")
-    run.launches = {"node-0": {**counted(log(*warm_task("aaa"), shim("bbb"), shim("bbb"))).as_dict(), "replies": 2},
-                    "node-1": {**ln.NodeLaunches(log=False).as_dict(), "replies": None}}  # fmt: skip
-    run.rounds = sm.round_table({"rounds": [
-        {"round": 1, "started_s": 0.5, "train_done_s": 40.5, "eval_started_s": 40.6, "eval_done_s": 60.5,
-         "round_s": 60.0},
-        {"round": 2, "started_s": 60.6},
-    ], "duration_s": 70.6})  # fmt: skip
+    run.launches = {
+        "node-0": {**counted(log(*warm_task("aaa"), shim("bbb"), shim("bbb"))).as_dict(), "replies": 2},
+        "node-1": {**ln.NodeLaunches(log=False).as_dict(), "replies": None},
+    }
+    run.rounds = sm.round_table(
+        {
+            "rounds": [
+                {
+                    "round": 1,
+                    "started_s": 0.5,
+                    "train_done_s": 40.5,
+                    "eval_started_s": 40.6,
+                    "eval_done_s": 60.5,
+                    "round_s": 60.0,
+                },
+                {"round": 2, "started_s": 60.6},
+            ],
+            "duration_s": 70.6,
+        }
+    )
     assert [(r["round_s"], r["train_s"], r["eval_s"]) for r in run.rounds] == [(60.0, 40.0, 19.9), (10.0, None, None)]
     report = sm.ScenarioReport("baseline", "d", runs=[run])
     summary = sm.Summary("img", "vm", 2, False, "now", scenarios=[report])

@@ -30,10 +30,30 @@ def test_default_timeouts_let_the_serverapp_fail_a_run_first() -> None:
 
 
 def test_faults_and_options() -> None:
-    args = runner.parse_args(["--image", "supernode-gpu", "--faults", "--rounds", "5", "--nodes", "local",
-                              "--vm-memory", "2048", "--bad-tls", "wrong-ca", "--run-timeout", "60"])  # fmt: skip
+    args = runner.parse_args(
+        [
+            "--image",
+            "supernode-gpu",
+            "--faults",
+            "--rounds",
+            "5",
+            "--nodes",
+            "local",
+            "--vm-memory",
+            "2048",
+            "--bad-tls",
+            "wrong-ca",
+            "--run-timeout",
+            "60",
+        ]
+    )
     assert (args.image, args.rounds, args.nodes, args.vm_memory, args.bad_tls) == (
-        "supernode-gpu", 5, "local", 2048, "wrong-ca")  # fmt: skip
+        "supernode-gpu",
+        5,
+        "local",
+        2048,
+        "wrong-ca",
+    )
     assert args.run_timeout == 60.0
     assert runner.selected_scenarios(args) == ["baseline", "superlink-restart", "superlink-late", "bad-tls"]
 
@@ -46,17 +66,26 @@ def test_scenario_selection() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--rounds", "1"], ["--rounds", "0"], ["--rounds", "x"], ["--nodes", "docker"], ["--vm-cpus", "0"],
-     ["--run-timeout", "-5"], ["--bad-tls", "none"], ["--scenario", "nope"]],
-)  # fmt: skip
+    [
+        ["--rounds", "1"],
+        ["--rounds", "0"],
+        ["--rounds", "x"],
+        ["--nodes", "docker"],
+        ["--vm-cpus", "0"],
+        ["--run-timeout", "-5"],
+        ["--bad-tls", "none"],
+        ["--scenario", "nope"],
+    ],
+)
 def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         runner.parse_args(argv)
     assert exc.value.code == 2
 
 
-def test_missing_image_is_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_missing_image_is_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("FLOWER_BUILD_DIR", str(tmp_path))
     assert runner.main(["--image", "supernode-cpu"]) == 2
     assert "build it first" in capsys.readouterr().err
@@ -111,9 +140,11 @@ def test_run_config_toml_round_trips() -> None:
 
 
 def test_parse_flwr_json_output() -> None:
-    text = 'Using SuperLink: e2e (127.0.0.1:1)\n{"success": true, "nodes": [' \
-           '{"node-id": "2", "status": "online"}, {"node-id": "1", "status": "online"},' \
-           '{"node-id": "3", "status": "offline"}]}'  # fmt: skip
+    text = (
+        'Using SuperLink: e2e (127.0.0.1:1)\n{"success": true, "nodes": ['
+        '{"node-id": "2", "status": "online"}, {"node-id": "1", "status": "online"},'
+        '{"node-id": "3", "status": "offline"}]}'
+    )
     doc = flwr_cli.parse_json_output(text)
     assert flwr_cli.online_node_ids(doc) == ["1", "2"]
     with pytest.raises(flwr_cli.FlwrError):
@@ -165,8 +196,9 @@ def test_contexts_pass_the_appliance_validation(tmp_path: Path) -> None:
 
 def test_local_node_argv(tmp_path: Path) -> None:
     material = tls.create(tmp_path)
-    group = nodes.LocalNodes(nodes.node_specs(2, bad_tls="empty-ca"), workdir=tmp_path,
-                             superlink_address="127.0.0.1:5", tls=material)  # fmt: skip
+    group = nodes.LocalNodes(
+        nodes.node_specs(2, bad_tls="empty-ca"), workdir=tmp_path, superlink_address="127.0.0.1:5", tls=material
+    )
     argv = group.argv(group.specs[0])
     assert argv is not None
     # the CA as the appliance writes it from FL_SUPERLINK_CA_CERT (decoded, re-encoded as PEM)
@@ -198,15 +230,16 @@ def test_local_node_environment_is_the_containers(tmp_path: Path) -> None:
         key, _, value = item.partition("=")
         assert env[key] == value
     # the same as the appliance's `docker run` gives its container, and the same options after the image
-    config = runtime_config.resolve([("context", nodes.appliance_context(group.specs[0], "127.0.0.1:5", material,
-                                                                          None))]).config  # fmt: skip
+    config = runtime_config.resolve(
+        [("context", nodes.appliance_context(group.specs[0], "127.0.0.1:5", material, None))]
+    ).config
     assert config is not None
     docker = launch.docker_run_argv(config, None, launch.BuildInfo("img:1", "1.41.0", "cpu"))
     items = [docker[i + 1] for i, flag in enumerate(docker) if flag == "-e"]
     assert env == {name: value for name, _, value in (item.partition("=") for item in items)}
     options = resolved[0][: resolved[0].index("--port")]
     ca = str(tmp_path / "node-0" / "ca.pem")
-    assert options == [ca if item == launch.CONTAINER_CA_PATH else item for item in docker[docker.index("img:1") + 1:]]
+    assert options == [ca if item == launch.CONTAINER_CA_PATH else item for item in docker[docker.index("img:1") + 1 :]]
 
 
 def test_launch_log_command_reads_the_containers_private_directory() -> None:
@@ -229,6 +262,8 @@ def test_results_finished(tmp_path: Path) -> None:
 def test_reconnection_line_of_a_supernode_log() -> None:
     from e2e.scenarios import RECONNECTED
 
-    log = "WARNING :   Connection attempt failed, retrying in 0.42 seconds\n" \
-          "INFO :      Connection successful after 13.85 seconds and 6 tries.\n"  # fmt: skip
+    log = (
+        "WARNING :   Connection attempt failed, retrying in 0.42 seconds\n"
+        "INFO :      Connection successful after 13.85 seconds and 6 tries.\n"
+    )
     assert RECONNECTED.findall(log) == ["13.85"]

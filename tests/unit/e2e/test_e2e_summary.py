@@ -20,16 +20,28 @@ def results(losses: list[float], partitions: tuple[int, ...] = (0, 1), status: s
     rounds = []
     for number, loss in enumerate(losses, start=1):
         clients = [client(p) for p in partitions]
-        rounds.append({
-            "round": number, "train_loss": loss * 0.9, "eval_loss": loss,
-            "train_nodes": len(clients), "eval_nodes": len(clients), "train_failures": 0, "eval_failures": 0,
-            "train_clients": clients, "eval_clients": copy.deepcopy(clients),
-        })  # fmt: skip
+        rounds.append(
+            {
+                "round": number,
+                "train_loss": loss * 0.9,
+                "eval_loss": loss,
+                "train_nodes": len(clients),
+                "eval_nodes": len(clients),
+                "train_failures": 0,
+                "eval_failures": 0,
+                "train_clients": clients,
+                "eval_clients": copy.deepcopy(clients),
+            }
+        )
     return {"schema": 1, "status": status, "error": None, "rounds": rounds}
 
 
-def check(doc: dict[str, Any] | None, rounds: int = 3, partitions: tuple[int, ...] = (0, 1),
-          helper: str | None = "flower_device") -> list[str]:  # fmt: skip
+def check(
+    doc: dict[str, Any] | None,
+    rounds: int = 3,
+    partitions: tuple[int, ...] = (0, 1),
+    helper: str | None = "flower_device",
+) -> list[str]:
     return sm.check_results(doc, expected_rounds=rounds, expected_partitions=partitions, expected_helper=helper)
 
 
@@ -88,9 +100,15 @@ def test_single_node_run() -> None:
 
 @pytest.mark.parametrize(
     ("values", "ok"),
-    [([3.0, 2.0, 1.0], True), ([1.0, 1.0], False), ([1.0, 2.0], False), ([1.0], False), ([1.0, None], False),
-     ([2.0, float("nan")], False)],
-)  # fmt: skip
+    [
+        ([3.0, 2.0, 1.0], True),
+        ([1.0, 1.0], False),
+        ([1.0, 2.0], False),
+        ([1.0], False),
+        ([1.0, None], False),
+        ([2.0, float("nan")], False),
+    ],
+)
 def test_check_decreasing(values: list[float | None], ok: bool) -> None:
     assert (sm.check_decreasing(values, "loss") == []) is ok
 

@@ -29,8 +29,10 @@ def test_ca_signs_the_server_certificate(tmp_path: Path) -> None:
 def test_server_certificate_names_guest_and_host_addresses(tmp_path: Path) -> None:
     material = tls.create(tmp_path)
     san = load(material.server_cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert set(san.get_values_for_type(x509.IPAddress)) == {ipaddress.ip_address("10.0.2.2"),
-                                                            ipaddress.ip_address("127.0.0.1")}  # fmt: skip
+    assert set(san.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address("10.0.2.2"),
+        ipaddress.ip_address("127.0.0.1"),
+    }
     assert "localhost" in san.get_values_for_type(x509.DNSName)
 
 

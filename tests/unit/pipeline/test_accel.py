@@ -52,8 +52,9 @@ def test_silent_hang_means_tcg(tmp_path: Path, kernel: Path) -> None:
     assert not ok and "printed nothing within 2 s" in why
 
 
-def test_choose_falls_back_and_remembers(tmp_path: Path, kernel: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_choose_falls_back_and_remembers(
+    tmp_path: Path, kernel: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("FLOWER_ACCEL", raising=False)
     monkeypatch.setattr(accel.os, "access", lambda path, mode: True)
     qemu = fake_qemu(tmp_path, 'case "$1" in --version) echo "QEMU emulator version 9";; *) exit 1;; esac\n')

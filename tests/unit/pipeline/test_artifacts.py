@@ -100,8 +100,11 @@ def test_a_missing_field_is_named(section: str | None, field: str, message: str)
         ("builder.firmware", "efi", "builder.firmware: 'efi' is not one of bios | uefi"),
         ("gpu.toolkit", "absent", 'gpu.toolkit: expected an object, got a string ("absent")'),
         ("gpu.toolkit", {"toolkit": "absent", "version": ""}, "gpu.toolkit.toolkit: unknown field"),
-        ("gpu.toolkit", {"status": "absent", "source": "absent"},
-         "gpu.toolkit.absent_reason: required when status is absent"),
+        (
+            "gpu.toolkit",
+            {"status": "absent", "source": "absent"},
+            "gpu.toolkit.absent_reason: required when status is absent",
+        ),
         ("gpu.toolkit.status", "present", "gpu.toolkit.status: 'present' is not one of installed | absent"),
         ("gpu.support_ends", "June 2026", "gpu.support_ends: 'June 2026' is not a month (YYYY-MM)"),
         ("gpu.kernel_modules", "closed", "gpu.kernel_modules: 'closed' is not one of open | proprietary"),
@@ -113,7 +116,7 @@ def test_a_missing_field_is_named(section: str | None, field: str, message: str)
         ("variant", "tpu", "variant: 'tpu' is not one of cpu | gpu"),
         ("extra", 1, "extra: unknown field"),
     ],
-)  # fmt: skip
+)
 def test_a_wrong_value_is_named(field: str, value: Any, message: str) -> None:
     out = ImageArtifacts.for_image("supernode-gpu")
     doc = sample_manifest(out.name, "gpu").as_dict()
@@ -174,8 +177,15 @@ def test_the_lock_is_the_one_the_build_takes() -> None:
 # --- nothing outside artifacts.py builds a path under build/ ---------------------------------
 
 SCANNED = ["appliance_build", "e2e", "tests", "noxfile.py"]
-LAYOUT_NAMES = {"manifest.json", "test-results", "tested-image.json", "boot-to-ready.json", "inventory.json",
-                "logs.previous", "test-results.previous"}  # fmt: skip
+LAYOUT_NAMES = {
+    "manifest.json",
+    "test-results",
+    "tested-image.json",
+    "boot-to-ready.json",
+    "inventory.json",
+    "logs.previous",
+    "test-results.previous",
+}
 PATH_CALLS = {"Path", "PurePath", "PosixPath", "joinpath", "join"}
 ALLOWED = {
     "appliance_build/artifacts.py": "the contract itself",

@@ -51,8 +51,11 @@ def _start(entry: Path, seconds: float, events: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, str(entry), str(seconds), str(events)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def _events(path: Path) -> list[dict[str, object]]:
@@ -118,9 +121,11 @@ def test_a_killed_builder_releases_the_lock_and_its_partial_is_cleaned_up(
         (scratch / "built-by").write_text("me")
 
     content, reused = cache.reuse_or_build(
-        entry, "test entry", load=lambda p: (p / "built-by").read_text() if (p / "built-by").is_file() else None,
+        entry,
+        "test entry",
+        load=lambda p: (p / "built-by").read_text() if (p / "built-by").is_file() else None,
         build=build,
-    )  # fmt: skip
+    )
     assert (content, reused) == ("me", False)
     assert "left by a build that did not finish" in capsys.readouterr().out
     assert not partial.exists()

@@ -155,7 +155,9 @@ def test_shipped_gpu_definition() -> None:
     # 550 package does not build against the current kernel)
     assert gpu.gpu.driver_source == "nvidia-repo" and gpu.gpu.kernel_modules == "open"
     assert gpu.base.nvidia_driver is not None and gpu.base.nvidia_driver.packages == (
-        "nvidia-driver-cuda", "nvidia-kernel-open-dkms")  # fmt: skip
+        "nvidia-driver-cuda",
+        "nvidia-kernel-open-dkms",
+    )
     assert not any("nvidia" in p for p in gpu.base.extra_packages)  # no Debian driver package beside NVIDIA's
     offline = config.offline(gpu)
     assert offline.gpu is not None and offline.gpu.kernel_modules == "proprietary"

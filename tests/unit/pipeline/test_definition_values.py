@@ -146,9 +146,17 @@ def test_lock_named_for_its_python_is_accepted(tmp_path: Path, monkeypatch: pyte
 
 @pytest.mark.parametrize(
     "name",
-    ["flwr-1.42.0-py.txt", "flwr-1.42.0-cp311.txt", "flwr-1.42.0-py311-x.txt", "flwr-1.42.0py311.txt",
-     "flwr-1.42.0-py3.11.txt", "flwr-1.42.0-py1.txt", "flwr-1.42.0-py3110.txt", "flwr-1.41.0-py311.txt"],
-)  # fmt: skip
+    [
+        "flwr-1.42.0-py.txt",
+        "flwr-1.42.0-cp311.txt",
+        "flwr-1.42.0-py311-x.txt",
+        "flwr-1.42.0py311.txt",
+        "flwr-1.42.0-py3.11.txt",
+        "flwr-1.42.0-py1.txt",
+        "flwr-1.42.0-py3110.txt",
+        "flwr-1.41.0-py311.txt",
+    ],
+)
 def test_lock_names_other_than_version_and_python_tag(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
@@ -416,8 +424,14 @@ def test_bad_extend_item_names_the_child(tmp_path: Path) -> None:
 
 
 def test_every_default_passes_its_own_check() -> None:
-    for cls in (config.BaseConfig, config.DiskConfig, config.VmConfig, config.FlowerConfig, config.GpuConfig,
-                config.FileSpec):  # fmt: skip
+    for cls in (
+        config.BaseConfig,
+        config.DiskConfig,
+        config.VmConfig,
+        config.FlowerConfig,
+        config.GpuConfig,
+        config.FileSpec,
+    ):
         for f in dataclasses.fields(cls):
             if f.default is dataclasses.MISSING:
                 continue
@@ -466,8 +480,10 @@ def test_upload_hook_survives_mmdebstraps_word_splitting(tmp_path: Path) -> None
     upload = debian._extra_packages_hooks(("jq",), scratch)[0].removeprefix("--customize-hook=")
     out = subprocess.run(
         ["perl", "-MText::ParseWords", "-e", 'print join("\\0", shellwords($ARGV[0]))', upload],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.split("\0") == ["upload", str(scratch / "flower-extra-packages.list"), f"/{debian.EXTRA_LIST}"]
 
 
@@ -499,8 +515,18 @@ def test_hook_passes_each_line_as_one_argument(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     subprocess.run(["sh", "-c", debian.EXTRA_PACKAGES_HOOK, "exec", str(root)], env=env, check=True, cwd=tmp_path)
     argv = argv_file.read_text().split("\0")[:-1]
-    assert argv == [str(root), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
-                    "--no-install-recommends", "--", *hostile]  # fmt: skip
+    assert argv == [
+        str(root),
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "--",
+        *hostile,
+    ]
     assert not list(tmp_path.glob("ran*")), "a package line was run as shell"
     assert not (root / debian.EXTRA_LIST).exists()
     assert float((root / debian.EXTRA_TIMER).read_text()) >= 0

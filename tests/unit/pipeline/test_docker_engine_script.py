@@ -37,14 +37,20 @@ def merge(tmp_path: Path, content: str) -> tuple[subprocess.CompletedProcess[str
         ({"log-driver": "journald"}, {"log-driver": "journald", "features": {"cdi": True}}),
         # what nvidia-ctk runtime configure adds, and another feature flag: both kept
         (
-            {"log-driver": "journald", "runtimes": {"nvidia": {"args": [], "path": "nvidia-container-runtime"}},
-             "features": {"containerd-snapshotter": False}},
-            {"log-driver": "journald", "runtimes": {"nvidia": {"args": [], "path": "nvidia-container-runtime"}},
-             "features": {"containerd-snapshotter": False, "cdi": True}},
+            {
+                "log-driver": "journald",
+                "runtimes": {"nvidia": {"args": [], "path": "nvidia-container-runtime"}},
+                "features": {"containerd-snapshotter": False},
+            },
+            {
+                "log-driver": "journald",
+                "runtimes": {"nvidia": {"args": [], "path": "nvidia-container-runtime"}},
+                "features": {"containerd-snapshotter": False, "cdi": True},
+            },
         ),
         ({"features": {"cdi": False}}, {"features": {"cdi": True}}),
     ],
-)  # fmt: skip
+)
 def test_cdi_merged_without_clobbering(tmp_path: Path, before: dict[str, object], after: dict[str, object]) -> None:
     proc, path = merge(tmp_path, json.dumps(before))
     assert proc.returncode == 0, proc.stderr

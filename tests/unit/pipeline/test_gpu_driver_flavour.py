@@ -45,11 +45,19 @@ def test_open_modules_by_default(tmp_path: Path) -> None:
     image = load(tmp_path)
     assert image.gpu is not None and image.gpu.kernel_modules == "open"
     assert image.base.extra_packages == (
-        "docker.io", "apparmor", "docker-cli",  # the suite's engine, installed in the chroot too
-        "linux-headers-amd64", "nvidia-smi", "libcuda1", "firmware-nvidia-gsp",  # listed by the definition
-        "libnvidia-ml1", "libnvidia-ptxjitcompiler1", "nvidia-persistenced", "nvidia-modprobe",  # the rest of Debian's
+        "docker.io",
+        "apparmor",
+        "docker-cli",  # the suite's engine, installed in the chroot too
+        "linux-headers-amd64",
+        "nvidia-smi",
+        "libcuda1",
+        "firmware-nvidia-gsp",  # listed by the definition
+        "libnvidia-ml1",
+        "libnvidia-ptxjitcompiler1",
+        "nvidia-persistenced",
+        "nvidia-modprobe",  # the rest of Debian's
         "nvidia-open-kernel-dkms",
-    )  # fmt: skip
+    )
 
 
 def test_proprietary_selectable(tmp_path: Path) -> None:

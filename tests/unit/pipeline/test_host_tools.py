@@ -112,9 +112,7 @@ def test_every_command_the_code_runs_is_declared() -> None:
         if unresolved and rel not in INDIRECT:
             unexplained += unresolved
     assert not undeclared, "commands missing from appliance_build/host-tools.tsv:\n" + "\n".join(undeclared)
-    assert not unexplained, "calls whose command this test cannot resolve (add to INDIRECT):\n" + "\n".join(
-        unexplained
-    )
+    assert not unexplained, "calls whose command this test cannot resolve (add to INDIRECT):\n" + "\n".join(unexplained)
 
 
 def test_the_scan_finds_commands() -> None:
@@ -132,8 +130,11 @@ def test_setup_host_installs_exactly_the_table() -> None:
     assert "appliance_build/host-tools.tsv" in text
     proc = subprocess.run(
         ["bash", "-c", 'source <(sed -n "/^packages=()/,/^done < /p" setup-host.sh); printf "%s\\n" "${packages[@]}"'],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert proc.stdout.split() == host_tools.packages()
     assert {"kmod", "cpio", "mmdebstrap", "qemu-utils", "packer"} <= set(host_tools.packages())
 

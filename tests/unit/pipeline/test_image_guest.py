@@ -183,8 +183,15 @@ class SshServer:
     def connect(self) -> Iterator[paramiko.SSHClient]:
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        client.connect("127.0.0.1", port=self.port, username="root", pkey=self.client_key, allow_agent=False,
-                       look_for_keys=False, timeout=10)  # fmt: skip
+        client.connect(
+            "127.0.0.1",
+            port=self.port,
+            username="root",
+            pkey=self.client_key,
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=10,
+        )
         try:
             yield client
         finally:

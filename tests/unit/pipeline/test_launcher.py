@@ -15,10 +15,15 @@ TCG = Accelerator("tcg", "max", "test")
 
 def argv_for(spec: VmSpec, tmp_path: Path, **kw: object) -> list[str]:
     return qemu_argv(
-        spec, overlay=tmp_path / "o.qcow2", ssh_port=2222, serial_log=tmp_path / "serial.log",
-        qmp_socket=tmp_path / "qmp.sock", uefi_vars=kw.get("vars", tmp_path / "VARS.fd"),  # type: ignore[arg-type]
-        uefi_code=kw.get("code", Path("/fw/CODE.fd")), forwards={8080: 40000},  # type: ignore[arg-type]
-    )  # fmt: skip
+        spec,
+        overlay=tmp_path / "o.qcow2",
+        ssh_port=2222,
+        serial_log=tmp_path / "serial.log",
+        qmp_socket=tmp_path / "qmp.sock",
+        uefi_vars=kw.get("vars", tmp_path / "VARS.fd"),  # type: ignore[arg-type]
+        uefi_code=kw.get("code", Path("/fw/CODE.fd")),
+        forwards={8080: 40000},  # type: ignore[arg-type]
+    )
 
 
 def pairs(argv: list[str], flag: str) -> list[str]:
@@ -78,7 +83,10 @@ def test_context_iso_holds_context_sh_and_token(tmp_path: Path) -> None:
     label = subprocess.run(["xorriso", "-indev", str(iso), "-pvd_info"], capture_output=True, text=True).stdout
     assert "Volume Id    : CONTEXT" in label
     extracted = tmp_path / "x"
-    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", str(extracted)],
-                   capture_output=True, check=True)  # fmt: skip
+    subprocess.run(
+        ["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", str(extracted)],
+        capture_output=True,
+        check=True,
+    )
     assert (extracted / "token.txt").read_text() == "tok123"
     assert parse_context((extracted / "context.sh").read_text()).values == values

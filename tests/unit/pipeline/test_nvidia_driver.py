@@ -64,8 +64,14 @@ def test_support_status_from_the_table(branch: str, today: dt.date, status: str,
 
 def test_record_has_the_manifest_field_names() -> None:
     names = [f.name for f in fields(nvidia_support.DriverRecord)]
-    assert names == ["driver_source", "driver_branch", "driver_version", "kernel_modules", "support_ends",
-                     "support_status"]  # fmt: skip
+    assert names == [
+        "driver_source",
+        "driver_branch",
+        "driver_version",
+        "kernel_modules",
+        "support_ends",
+        "support_status",
+    ]
 
 
 def test_table_cites_nvidias_lifecycle_page_and_knows_each_repository() -> None:
@@ -96,9 +102,11 @@ def test_nvidia_repo_route_from_the_definition_and_the_table(tmp_path: Path) -> 
     assert route == nvidia_driver.DriverRoute(
         url="https://developer.download.nvidia.com/compute/cuda/repos/debian13/x86_64/",
         key_url="https://developer.download.nvidia.com/compute/cuda/repos/debian13/x86_64/8793F200.pub",
-        fingerprint="02182E60104FCDC26EAE1B8597A5D4CB8793F200", branch="580", version="580.126.20-1",
+        fingerprint="02182E60104FCDC26EAE1B8597A5D4CB8793F200",
+        branch="580",
+        version="580.126.20-1",
         kernel_modules="open",
-    )  # fmt: skip
+    )
     assert route.packages == ("nvidia-driver-cuda", "nvidia-kernel-open-dkms")
     assert route.upstream_version == "580.126.20"
     # the suite's engine and headers, nothing of Debian's driver
@@ -120,17 +128,26 @@ def test_a_mirror_of_nvidias_repository(tmp_path: Path) -> None:
     ("gpu", "key", "words"),
     [
         ('driver_source = "nvidia-repo"\ndriver_branch = "580"\n', "gpu.driver_version", "is required"),
-        ('driver_source = "nvidia-repo"\ndriver_branch = "580"\ndriver_version = "595.45.04-1"\n',
-         "gpu.driver_version", "not a version of driver_branch 580"),
-        ('driver_source = "nvidia-repo"\ndriver_branch = "580"\ndriver_version = "580.126.20"\n',
-         "gpu.driver_version", "needs its Debian revision"),
+        (
+            'driver_source = "nvidia-repo"\ndriver_branch = "580"\ndriver_version = "595.45.04-1"\n',
+            "gpu.driver_version",
+            "not a version of driver_branch 580",
+        ),
+        (
+            'driver_source = "nvidia-repo"\ndriver_branch = "580"\ndriver_version = "580.126.20"\n',
+            "gpu.driver_version",
+            "needs its Debian revision",
+        ),
         (REPO_580 + 'driver_install = "guest"\n', "gpu.driver_source", "bootstrap chroot"),
-        (REPO_580 + 'driver_key_fingerprint = "02182e60104fcdc26eae1b8597a5d4cb8793f200"\n',
-         "gpu.driver_key_fingerprint", "40 upper-case hex digits"),
+        (
+            REPO_580 + 'driver_key_fingerprint = "02182e60104fcdc26eae1b8597a5d4cb8793f200"\n',
+            "gpu.driver_key_fingerprint",
+            "40 upper-case hex digits",
+        ),
         (REPO_580 + 'driver_repo = "http://mirror/x y"\n', "gpu.driver_repo", "http(s) URL"),
         (REPO_580 + 'debian_kernel_modules = "closed"\n', "gpu.debian_kernel_modules", "'open' or 'proprietary'"),
     ],
-)  # fmt: skip
+)
 def test_bad_driver_settings(tmp_path: Path, gpu: str, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as err:
         load(tmp_path, gpu)
@@ -140,8 +157,9 @@ def test_bad_driver_settings(tmp_path: Path, gpu: str, key: str, words: str) -> 
 def test_the_route_is_not_a_definition_key(tmp_path: Path) -> None:
     (tmp_path / "img.toml").write_text(
         GPU.format(provider="debian-13", lock="locks/flwr-1.42.0.txt", gpu=REPO_580).replace(
-            'extra_packages = ["linux-headers-amd64"]', 'nvidia_driver = "http://evil.example"')
-    )  # fmt: skip
+            'extra_packages = ["linux-headers-amd64"]', 'nvidia_driver = "http://evil.example"'
+        )
+    )
     with pytest.raises(ConfigError, match=r"key 'base.nvidia_driver': is not a definition key"):
         config.load("img", tmp_path)
 
@@ -150,11 +168,18 @@ def test_offline_takes_debians_driver(tmp_path: Path) -> None:
     image = config.offline(load(tmp_path, REPO_580 + 'debian_kernel_modules = "proprietary"\n'))
     assert image.gpu is not None and image.base.nvidia_driver is None
     assert (image.gpu.driver_source, image.gpu.driver_branch, image.gpu.kernel_modules) == (
-        "debian", "550", "proprietary")  # fmt: skip
+        "debian",
+        "550",
+        "proprietary",
+    )
     assert image.base.extra_packages == (
-        "docker.io", "apparmor", "docker-cli", "linux-headers-amd64", *config.DEBIAN_DRIVER_PACKAGES,
+        "docker.io",
+        "apparmor",
+        "docker-cli",
+        "linux-headers-amd64",
+        *config.DEBIAN_DRIVER_PACKAGES,
         "nvidia-kernel-dkms",
-    )  # fmt: skip
+    )
     assert image.gpu.driver_record().support_status == "past-support"
 
 
@@ -162,8 +187,12 @@ def test_offline_on_debian_12_needs_proprietary_modules(tmp_path: Path) -> None:
     image = load(tmp_path, REPO_580, provider="debian-12")
     with pytest.raises(ConfigError, match=r"--offline: Debian 12's open modules.*debian_kernel_modules"):
         config.offline(image)
-    assert config.offline(load(tmp_path, REPO_580 + 'debian_kernel_modules = "proprietary"\n',
-                               provider="debian-12")).gpu.driver_branch == "535"  # type: ignore[union-attr]  # fmt: skip
+    assert (
+        config.offline(
+            load(tmp_path, REPO_580 + 'debian_kernel_modules = "proprietary"\n', provider="debian-12")
+        ).gpu.driver_branch
+        == "535"
+    )  # type: ignore[union-attr]
 
 
 def test_shipped_gpu_image_uses_a_supported_branch_from_nvidias_repository() -> None:
@@ -177,12 +206,14 @@ def test_shipped_gpu_image_uses_a_supported_branch_from_nvidias_repository() -> 
 
 
 def test_apt_files_hold_the_values_as_data() -> None:
-    route = nvidia_driver.DriverRoute("http://127.0.0.1:8080/repo/", "http://127.0.0.1:8080/repo/k.asc", "A" * 40,
-                                      "580", "580.1.2-1", "proprietary")  # fmt: skip
+    route = nvidia_driver.DriverRoute(
+        "http://127.0.0.1:8080/repo/", "http://127.0.0.1:8080/repo/k.asc", "A" * 40, "580", "580.1.2-1", "proprietary"
+    )
     files = nvidia_driver.apt_files(route, b"KEY")
     assert files[nvidia_driver.KEYRING] == b"KEY"
     assert files[nvidia_driver.SOURCE_LIST] == (
-        b"deb [signed-by=/etc/apt/keyrings/flower-nvidia-driver.asc] http://127.0.0.1:8080/repo/ /\n")
+        b"deb [signed-by=/etc/apt/keyrings/flower-nvidia-driver.asc] http://127.0.0.1:8080/repo/ /\n"
+    )
     prefs = files[nvidia_driver.PREFERENCES].decode()
     assert "Pin: version 580.1.2-1\nPin-Priority: 1001" in prefs and "Pin: origin 127.0.0.1\nPin-Priority: 100" in prefs
     assert route.packages == ("nvidia-driver-cuda", "nvidia-kernel-dkms")

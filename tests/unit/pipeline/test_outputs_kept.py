@@ -22,6 +22,8 @@ from appliance_build.errors import BuildError
 from appliance_build.stages import finalize
 
 REPO = Path(__file__).resolve().parents[3]
+
+
 def _previous(out: ImageArtifacts) -> tuple[Path, ...]:
     """What an earlier build and test run left: image, checksum, manifest, JUnit XML, tested record."""
     return (*out.results, out.junit, out.tested_record)
@@ -95,8 +97,13 @@ class FakeStages:
     def base(self) -> Any:
         from appliance_build.stages.base import BaseImage
 
-        facts = {"distribution": "Debian GNU/Linux 13 (trixie)", "kernel": "6.12.38+deb13-amd64",
-                 "packages": {"systemd": "257.7-1"}, "timings_s": {"mmdebstrap": 60.0}, "build_seconds": 97.0}
+        facts = {
+            "distribution": "Debian GNU/Linux 13 (trixie)",
+            "kernel": "6.12.38+deb13-amd64",
+            "packages": {"systemd": "257.7-1"},
+            "timings_s": {"mmdebstrap": 60.0},
+            "build_seconds": 97.0,
+        }
         key = build.base_stage.cache_entry(config.load("supernode-cpu").base)[0]  # what plan.runs() derives
         return BaseImage(Path("/nonexistent/disk.qcow2"), key, True, facts)
 
@@ -113,25 +120,43 @@ class FakeStages:
     def container(self) -> Any:
         from appliance_build.stages.container import ContainerImage
 
-        facts = {"tag": "flwr-supernode:x", "flwr": "1.41.0", "python_packages": {"flwr": "1.41.0"},
-                 "base": "debian trixie (mmdebstrap minbase)", "python": "3.13", "rootfs_bytes": 10}
+        facts = {
+            "tag": "flwr-supernode:x",
+            "flwr": "1.41.0",
+            "python_packages": {"flwr": "1.41.0"},
+            "base": "debian trixie (mmdebstrap minbase)",
+            "python": "3.13",
+            "rootfs_bytes": 10,
+        }
         image = config.load("supernode-cpu")
         key = inputs_hash(build.container_stage.inputs(image.flower, image.base))
         return ContainerImage(Path("/nonexistent/rootfs.tar.gz"), "flwr-supernode:x", key, True, facts)
 
     def inventory(self) -> None:
         """What Packer downloads from the guest (provision/inventory.sh) at the end of its build."""
-        inventory = {"distribution": "Debian GNU/Linux 13 (trixie)", "kernel": "6.12.38+deb13-amd64",
-                     "kernels_installed": ["6.12.38+deb13-amd64"], "docker": "26.1.5", "docker_images": [],
-                     "flwr": "1.41.0", "held_packages": [], "packages": {"systemd": "257.7-1"}}
+        inventory = {
+            "distribution": "Debian GNU/Linux 13 (trixie)",
+            "kernel": "6.12.38+deb13-amd64",
+            "kernels_installed": ["6.12.38+deb13-amd64"],
+            "docker": "26.1.5",
+            "docker_images": [],
+            "flwr": "1.41.0",
+            "held_packages": [],
+            "packages": {"systemd": "257.7-1"},
+        }
         ImageArtifacts.for_image("supernode-cpu").inventory.write_text(json.dumps(inventory))
 
     def compress(self, overlay: Path, final: Path, log: Path, compression: str) -> dict[str, Any]:
         finalize.staged(final).write_text("new image\n")
         finalize.staged(final.with_name(final.name + ".sha256")).write_text(f"abc  {final.name}\n")
         self.step("compress", None)
-        return {"file": final.name, "sha256": "abc", "file_bytes": 10, "virtual_bytes": 2**30,
-                "format": "qcow2 (zlib-compressed)"}
+        return {
+            "file": final.name,
+            "sha256": "abc",
+            "file_bytes": 10,
+            "virtual_bytes": 2**30,
+            "format": "qcow2 (zlib-compressed)",
+        }
 
 
 @pytest.mark.parametrize("stage", ["base", "container", "layer", "packer", "compress"])
@@ -178,8 +203,11 @@ def test_a_signal_during_a_real_build_keeps_the_previous_image(
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "appliance_build", "build", "supernode-cpu", "--packer-target", "1.6.6"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not started.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -173,13 +173,23 @@ def test_packer_validate_installed_target(tmp_path: Path, name: str) -> None:
         for run in (runs.layer, runs.configure):
             assert run is not None
             run.upload_dir.mkdir(parents=True)  # the build makes it before validating
-            rendered = render.render(image, run, target=target, ssh_public_key=key.public, firmware=FIRMWARE,
-                                     instance_id="i-test")  # fmt: skip
+            rendered = render.render(
+                image, run, target=target, ssh_public_key=key.public, firmware=FIRMWARE, instance_id="i-test"
+            )
             result = subprocess.run(
-                ["packer", "validate", f"-var=ssh_private_key_file={key.private}", "-var=accelerator=kvm",
-                 "-var=cpu_model=host", str(rendered.hcl)],
-                capture_output=True, text=True, env=packer.packer_env(), check=False,
-            )  # fmt: skip
+                [
+                    "packer",
+                    "validate",
+                    f"-var=ssh_private_key_file={key.private}",
+                    "-var=accelerator=kvm",
+                    "-var=cpu_model=host",
+                    str(rendered.hcl),
+                ],
+                capture_output=True,
+                text=True,
+                env=packer.packer_env(),
+                check=False,
+            )
             assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -187,8 +197,10 @@ def test_cloud_init_schema(tmp_path: Path) -> None:
     rendered = do_render(tmp_path, "supernode-cpu", LEGACY)
     result = subprocess.run(
         ["cloud-init", "schema", "--config-file", str(rendered.user_data)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Valid" in result.stdout
 
@@ -245,7 +257,7 @@ HOSTILE = [
 def test_hcl_string_stays_one_attribute(value: str) -> None:
     literal = render.hcl_string(value)
     assert "\n" not in literal and "\r" not in literal
-    doc = hcl2.loads(f"a = {literal}\nb = \"canary\"\n")
+    doc = hcl2.loads(f'a = {literal}\nb = "canary"\n')
     assert set(doc) == {"a", "b"}
     assert isinstance(doc["a"], str) and doc["b"] == '"canary"'
 
@@ -270,9 +282,14 @@ def test_hcl_string_round_trips_through_packer(tmp_path: Path) -> None:
     )
     expr = "jsonencode([" + ", ".join(f"var.v{i}" for i in range(len(HOSTILE))) + "])\n"
     result = subprocess.run(
-        ["packer", "console", str(template)], input=expr, capture_output=True, text=True,
-        env=packer.packer_env(), check=False, timeout=120,
-    )  # fmt: skip
+        ["packer", "console", str(template)],
+        input=expr,
+        capture_output=True,
+        text=True,
+        env=packer.packer_env(),
+        check=False,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout) == HOSTILE
 

@@ -41,8 +41,9 @@ def _main(command: str) -> subprocess.CompletedProcess[str] | subprocess.Popen[s
 
         sys.exit(run_main(command, interrupted="cleaned up"))
     """)
-    return subprocess.Popen([sys.executable, "-c", program], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", program], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_run_main_reports_errors_with_exit_2() -> None:
@@ -55,8 +56,10 @@ def test_run_main_reports_errors_with_exit_2() -> None:
 def test_run_main_turns_sigterm_into_an_interrupt_that_cleans_up(tmp_path: Path) -> None:
     marker = tmp_path / "finally-ran"
     # "ready" inside the try: a signal right after it must find the finally block in place
-    proc = _main(f"try:\n                print('ready', flush=True)\n                time.sleep(60)\n"
-                 f"            finally:\n                open({str(marker)!r}, 'w').close()")  # fmt: skip
+    proc = _main(
+        f"try:\n                print('ready', flush=True)\n                time.sleep(60)\n"
+        f"            finally:\n                open({str(marker)!r}, 'w').close()"
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)

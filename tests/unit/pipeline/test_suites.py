@@ -73,8 +73,13 @@ def test_shipped_debian_12_cpu_image() -> None:
     assert old.base.extra_packages == ("docker.io", "apparmor", *old.packages)
     assert new.base.extra_packages == ("docker.io", "apparmor", "docker-cli", *new.packages)
     assert (old.disk, old.vm, old.packages, old.provision, old.files, old.gpu) == (
-        new.disk, new.vm, new.packages, new.provision, new.files, new.gpu,
-    )  # fmt: skip
+        new.disk,
+        new.vm,
+        new.packages,
+        new.provision,
+        new.files,
+        new.gpu,
+    )
 
 
 def test_gpu_bootstrap_route_on_debian_13(tmp_path: Path) -> None:
@@ -244,8 +249,9 @@ def test_render_per_suite(tmp_path: Path, provider: str, target: str) -> None:
     image = load(tmp_path, provider, flwr, lock=LOCKS[provider])
     request = plan.Request(image, render.PackerTarget.parse(target), toolkit=None, firmware=None)
     run = plan.runs(request, ImageArtifacts(tmp_path / "out", image.name)).configure
-    rendered = render.render(image, run, target=request.target, ssh_public_key="ssh-ed25519 AAAA test",
-                             firmware=None, instance_id="i-test")  # fmt: skip
+    rendered = render.render(
+        image, run, target=request.target, ssh_public_key="ssh-ed25519 AAAA test", firmware=None, instance_id="i-test"
+    )
     with rendered.hcl.open() as handle:
         doc = hcl2.load(handle)
     assert doc["build"] and doc["source"]

@@ -63,8 +63,9 @@ def test_explicit_permission_gives_absent(how: str) -> None:
 
 
 def test_reachable_repo_fetches_key(repo: str, tmp_path: Path, key: apt_mirror.ThrowawayKey) -> None:
-    gpu = GpuConfig(toolkit_repo=f"{repo}/deb", toolkit_key_url=f"{repo}/gpgkey",
-                    toolkit_key_fingerprint=key.fingerprint)  # fmt: skip
+    gpu = GpuConfig(
+        toolkit_repo=f"{repo}/deb", toolkit_key_url=f"{repo}/gpgkey", toolkit_key_fingerprint=key.fingerprint
+    )
     plan = toolkit.resolve(gpu, timeout=5)
     assert plan.env()["FLOWER_TOOLKIT_KEY_FINGERPRINT"] == key.fingerprint
     assert plan.source == "nvidia-repo" and plan.version == gpu.toolkit_version and plan.repo == f"{repo}/deb"
@@ -142,9 +143,13 @@ def test_toolkit_flags_rejected_for_the_cpu_image() -> None:
 
 @pytest.mark.parametrize(
     ("text", "named"),
-    [("mirror:http://x y", "toolkit_mirror"), ("mirror:ftp://mirror.example", "toolkit_mirror"),
-     ("mirror:https://m.example/?q=1", "toolkit_mirror"), ("nvidia-repo:x", "expected nvidia-repo")],
-)  # fmt: skip
+    [
+        ("mirror:http://x y", "toolkit_mirror"),
+        ("mirror:ftp://mirror.example", "toolkit_mirror"),
+        ("mirror:https://m.example/?q=1", "toolkit_mirror"),
+        ("nvidia-repo:x", "expected nvidia-repo"),
+    ],
+)
 def test_toolkit_source_override_is_checked_like_the_definition(text: str, named: str) -> None:
     gpu = config.load("supernode-gpu").gpu
     assert gpu is not None
@@ -158,5 +163,5 @@ def test_provisioning_configures_docker_for_cdi_and_keeps_daemon_json() -> None:
     script = (Path(__file__).resolve().parents[3] / "provision" / "65-nvidia-container-toolkit.sh").read_text()
     assert "configure=(nvidia-ctk runtime configure --runtime=docker)" in script
     assert "configure+=(--cdi.enabled)" in script
-    assert 'lost = sorted(set(before) - set(after))' in script
+    assert "lost = sorted(set(before) - set(after))" in script
     assert 'after.get("features", {}).get("cdi") is True' in script

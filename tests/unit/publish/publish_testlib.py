@@ -163,9 +163,7 @@ class FakeBuild:
         self.results.mkdir(parents=True, exist_ok=True)
         junit = self.out.junit
         junit.write_text(junit_xml(cases if cases is not None else counted_run(self.variant, **counts)))
-        self.out.boot_times.write_text(
-            json.dumps({"default-context": 41.2, "reboot": 35.0}, indent=2) + "\n"
-        )
+        self.out.boot_times.write_text(json.dumps({"default-context": 41.2, "reboot": 35.0}, indent=2) + "\n")
         return junit
 
     def record(self) -> dict[str, Any]:

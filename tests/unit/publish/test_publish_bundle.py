@@ -77,8 +77,11 @@ def test_marketplace_yaml(fake_build: Make, variant: str) -> None:
     assert mp.check_file(path) == []
     doc = yaml.safe_load(path.read_text())
     qcow2 = out / f"{build.name}.qcow2"
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(qcow2)],
-                                     capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(qcow2)], capture_output=True, text=True, check=True
+        ).stdout
+    )
 
     assert doc["version"] == "1.41.0-1-20260722"
     assert doc["format"] == "qcow2"
@@ -106,8 +109,10 @@ def test_marketplace_yaml(fake_build: Make, variant: str) -> None:
         assert template["user_inputs"]["oneapp_fl_gpu_memory_fraction"].startswith("O|number|")
         assert template["user_inputs"]["oneapp_fl_gpu_memory_fraction"].endswith("|0.8")
         assert "580.126.20" in doc["description"]
-        assert "Driver branch R580 from NVIDIA's repository, open kernel modules: NVIDIA supports driver " \
+        assert (
+            "Driver branch R580 from NVIDIA's repository, open kernel modules: NVIDIA supports driver "
             "branch R580 until 2028-06" in doc["description"]
+        )
     else:
         assert template["os"] == {"arch": "x86_64"}
         assert "cpu_model" not in template
@@ -126,15 +131,25 @@ def test_release_notes(fake_build: Make) -> None:
     out = publish(build.name, URL_PREFIX, build.tree)
     notes = (out / "RELEASE_NOTES.md").read_text()
     for text in (
-        "Debian GNU/Linux 12 (bookworm)", "6.1.0-37-amd64", "| Docker | 20.10.24+dfsg1 |", "| flwr | 1.41.0 |",
+        "Debian GNU/Linux 12 (bookworm)",
+        "6.1.0-37-amd64",
+        "| Docker | 20.10.24+dfsg1 |",
+        "| flwr | 1.41.0 |",
         "| NVIDIA driver | 580.126.20 (branch 580, open kernel modules (nvidia-kernel-open-dkms)) |",
         "**NVIDIA driver support (supported):** NVIDIA supports driver branch R580 until 2028-06",
         "The driver of branch R580 comes from NVIDIA's repository.",
-        "| NVIDIA Container Toolkit | 1.17.8-1", "| packer build | 612.3 s |",
-        "| **total** | 660.1 s |", "| 14 | 12 | 0 | 0 | 2 |", "| default-context | 41.2 s |", "64.0 MiB virtual",
-        "already carries a Container Toolkit", sha256(build.qcow2), "`ONEAPP_FL_GPU_MEMORY_FRACTION`",
-        "| gpu-passthrough | yes | 2 | 2 | 0 | 0 | 0 |", "| toolkit-local-fixture | no | 2 | 0 | 0 | 0 | 2 |",
-    ):  # fmt: skip
+        "| NVIDIA Container Toolkit | 1.17.8-1",
+        "| packer build | 612.3 s |",
+        "| **total** | 660.1 s |",
+        "| 14 | 12 | 0 | 0 | 2 |",
+        "| default-context | 41.2 s |",
+        "64.0 MiB virtual",
+        "already carries a Container Toolkit",
+        sha256(build.qcow2),
+        "`ONEAPP_FL_GPU_MEMORY_FRACTION`",
+        "| gpu-passthrough | yes | 2 | 2 | 0 | 0 | 0 |",
+        "| toolkit-local-fixture | no | 2 | 0 | 0 | 0 | 2 |",
+    ):
         assert text in notes, text
     cpu = fake_build("cpu").tested_and_recorded()
     cpu_notes = (publish(cpu.name, URL_PREFIX, cpu.tree) / "RELEASE_NOTES.md").read_text()
@@ -253,8 +268,15 @@ def test_refuses_a_gpu_image_whose_driver_branch_is_past_support(fake_build: Mak
 def test_publishes_a_past_support_branch_with_the_flag_and_says_so(fake_build: Make) -> None:
     build = fake_build("gpu").tested_and_recorded()
     manifest = build.manifest()
-    manifest["gpu"].update({"driver_source": "debian", "driver_branch": "550", "kernel_modules": "proprietary",
-                            "support_ends": None, "support_status": "past-support"})  # fmt: skip
+    manifest["gpu"].update(
+        {
+            "driver_source": "debian",
+            "driver_branch": "550",
+            "kernel_modules": "proprietary",
+            "support_ends": None,
+            "support_status": "past-support",
+        }
+    )
     build.write_manifest(manifest)
     out = publish(build.name, URL_PREFIX, build.tree, allow_unsupported_driver=True)
     notes = (out / "RELEASE_NOTES.md").read_text()
@@ -379,8 +401,13 @@ def test_record_tested_image_file(fake_build: Make) -> None:
     record = record_tested_image(build.out, junit)
     two = {"tests": 2, "passed": 2, "failed": 0, "errors": 0, "skipped": 0}
     assert record == {
-        "sha256": sha256(build.qcow2), "junit": "junit.xml", "variant": "gpu", "passed": True, "reasons": [],
-        "gpu_passthrough_verified": True, "totals": {"tests": 12, "passed": 12, "failed": 0, "errors": 0, "skipped": 0},
+        "sha256": sha256(build.qcow2),
+        "junit": "junit.xml",
+        "variant": "gpu",
+        "passed": True,
+        "reasons": [],
+        "gpu_passthrough_verified": True,
+        "totals": {"tests": 12, "passed": 12, "failed": 0, "errors": 0, "skipped": 0},
         "scenarios": {name: two for name in sorted(REQUIRED_SCENARIOS["gpu"])},
-    }  # fmt: skip
+    }
     assert json.loads((build.tested_record).read_text()) == record

@@ -28,8 +28,10 @@ def test_counts_over_every_testsuite(tmp_path: Path) -> None:
     assert counts.time_s == 3.5
     assert not counts.ok
     assert [(c.name, c.outcome, c.message) for c in counts.not_passed] == [
-        ("a.t1", "failure", "boom"), ("a.t2", "skipped", "no gpu"), ("b.t5", "error", "setup failed"),
-    ]  # fmt: skip
+        ("a.t1", "failure", "boom"),
+        ("a.t2", "skipped", "no gpu"),
+        ("b.t5", "error", "setup failed"),
+    ]
 
 
 def test_single_testsuite_root(tmp_path: Path) -> None:

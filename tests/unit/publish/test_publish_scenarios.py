@@ -54,10 +54,25 @@ def _run_image_tests_skipped(tmp_path: Path) -> tuple[dict[str, str], Path]:
     (tmp_path / "skip_everything.py").write_text(PLUGIN)
     junit = tmp_path / "junit.xml"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "skip_everything", "tests/image",
-         f"--junitxml={junit}", f"--rootdir={REPO}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**_env(), "PYTHONPATH": str(tmp_path)},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "skip_everything",
+            "tests/image",
+            f"--junitxml={junit}",
+            f"--rootdir={REPO}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_env(), "PYTHONPATH": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     line = next(x for x in result.stdout.splitlines() if x.startswith("SCENARIOS "))
     return json.loads(line.removeprefix("SCENARIOS ")), junit
@@ -75,8 +90,10 @@ def test_image_tests_emit_every_required_scenario(tmp_path: Path) -> None:
     for variant, required in REQUIRED_SCENARIOS.items():
         assert set(required) <= emitted, f"{variant}: {set(required) - emitted} emitted by no image test"
     boot = {node.split("::")[-1]: s for node, s in scenarios.items() if "test_boot.py" in node}
-    assert boot == {"test_boots_to_ssh_with_key_from_context[bios]": "boot-bios",
-                    "test_boots_to_ssh_with_key_from_context[uefi]": "boot-uefi"}  # fmt: skip
+    assert boot == {
+        "test_boots_to_ssh_with_key_from_context[bios]": "boot-bios",
+        "test_boots_to_ssh_with_key_from_context[uefi]": "boot-uefi",
+    }
 
 
 def test_an_all_skipped_image_test_run_is_not_passed_and_not_published(
@@ -108,8 +125,14 @@ def test_an_all_skipped_image_test_run_is_not_passed_and_not_published(
 
 
 def test_counts_per_scenario(tmp_path: Path) -> None:
-    cases: list[Case] = [("default", "passed"), ("default", "skipped"), ("default", "failure"),
-                         ("bad-context", "error"), ("bad-context", "passed"), ("boot-bios", "skipped")]  # fmt: skip
+    cases: list[Case] = [
+        ("default", "passed"),
+        ("default", "skipped"),
+        ("default", "failure"),
+        ("bad-context", "error"),
+        ("bad-context", "passed"),
+        ("boot-bios", "skipped"),
+    ]
     counts = read_junit(_junit(tmp_path, cases))
     assert {name: s.as_dict() for name, s in counts.scenarios.items()} == {
         "bad-context": {"tests": 2, "passed": 1, "failed": 0, "errors": 1, "skipped": 0},
@@ -122,8 +145,13 @@ def test_counts_per_scenario(tmp_path: Path) -> None:
 
 def test_without_the_property_a_case_counts_under_its_module_only(tmp_path: Path) -> None:
     counts = read_junit(_junit(tmp_path, full_run("cpu"), properties=False))
-    assert set(counts.scenarios) == {"test_boot_bios", "test_boot_uefi", "test_default", "test_bad_context",
-                                     "test_gpu_requested_absent"}  # fmt: skip
+    assert set(counts.scenarios) == {
+        "test_boot_bios",
+        "test_boot_uefi",
+        "test_default",
+        "test_bad_context",
+        "test_gpu_requested_absent",
+    }
     verdict = evaluate(counts, "cpu")
     assert not verdict.passed
     assert verdict.reasons == (f"required scenarios missing from the run: {', '.join(CPU_REQUIRED)}",)
@@ -150,9 +178,9 @@ def test_all_skipped_run_names_every_skipped_scenario(tmp_path: Path) -> None:
     assert not verdict.passed
     assert verdict.reasons == (
         "no test passed: all 10 were skipped",
-        "required scenarios skipped, so not tested: " + ", ".join(f"{s} (2 skipped: skipped on this image)"
-                                                                  for s in CPU_REQUIRED),
-    )  # fmt: skip
+        "required scenarios skipped, so not tested: "
+        + ", ".join(f"{s} (2 skipped: skipped on this image)" for s in CPU_REQUIRED),
+    )
 
 
 def test_one_all_skipped_scenario_is_not_passed(tmp_path: Path) -> None:

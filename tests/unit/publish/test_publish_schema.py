@@ -90,13 +90,36 @@ def mistyped(value: Any) -> Any:
 
 # The fields every marketplace appliance must have; the schema may require more, never less.
 MUST_REQUIRE = {
-    *[(f,) for f in ("name", "version", "publisher", "description", "short_description", "tags", "format",
-                     "creation_time", "os-id", "os-release", "os-arch", "hypervisor", "opennebula_version",
-                     "opennebula_template", "logo", "images")],
-    ("opennebula_template", "context"), ("opennebula_template", "cpu"), ("opennebula_template", "memory"),
-    ("images", 0, "url"), ("images", 0, "size"), ("images", 0, "checksum"),
-    ("images", 0, "checksum", "md5"), ("images", 0, "checksum", "sha256"),
-}  # fmt: skip
+    *[
+        (f,)
+        for f in (
+            "name",
+            "version",
+            "publisher",
+            "description",
+            "short_description",
+            "tags",
+            "format",
+            "creation_time",
+            "os-id",
+            "os-release",
+            "os-arch",
+            "hypervisor",
+            "opennebula_version",
+            "opennebula_template",
+            "logo",
+            "images",
+        )
+    ],
+    ("opennebula_template", "context"),
+    ("opennebula_template", "cpu"),
+    ("opennebula_template", "memory"),
+    ("images", 0, "url"),
+    ("images", 0, "size"),
+    ("images", 0, "checksum"),
+    ("images", 0, "checksum", "md5"),
+    ("images", 0, "checksum", "sha256"),
+}
 
 
 def test_every_required_path_is_tested() -> None:

@@ -32,8 +32,14 @@ PROGRAM = textwrap.dedent("""
 def test_sigterm_during_publish_leaves_no_partial_bundle(fake_build: Callable[[str], FakeBuild]) -> None:
     build = fake_build("cpu").tested_and_recorded()
     argv = ["publish", build.name, "--url-prefix", URL_PREFIX, "--build-root", str(build.root)]
-    proc = subprocess.Popen([sys.executable, "-c", PROGRAM, *argv], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PROGRAM, *argv],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "checksumming", proc.communicate()
         assert list(build.tree.publish.glob(f".{build.name}.partial-*")), "the partial bundle exists mid-publish"

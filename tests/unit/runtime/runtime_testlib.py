@@ -97,12 +97,14 @@ class FakeBin:
         """A docker whose ``info`` reports CDI spec directories (Docker >= 25 with the cdi
         feature) or none, and the nvidia runtime or not; any other call exits 0."""
         dirs = '["/etc/cdi","/var/run/cdi"]' if cdi else "[]"
-        runtimes = '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}' if nvidia_runtime else (
-            '{"io.containerd.runc.v2":{"path":"runc"},"runc":{"path":"runc"}}'
+        runtimes = (
+            '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}'
+            if nvidia_runtime
+            else ('{"io.containerd.runc.v2":{"path":"runc"},"runc":{"path":"runc"}}')
         )
         self.add(
             "docker",
-            f'case "$*" in\n  *CDISpecDirs*) /bin/echo \'{dirs}\' ;;\n'
+            f"case \"$*\" in\n  *CDISpecDirs*) /bin/echo '{dirs}' ;;\n"
             f"  *Runtimes*) /bin/echo '{runtimes}' ;;\nesac\nexit 0",
         )
 
@@ -146,8 +148,7 @@ class FakeBin:
         self.add_output("lsmod", LSMOD_WITH_NVIDIA)
         self.add(
             "nvidia-smi",
-            "/bin/echo \"NVIDIA-SMI has failed because it couldn't communicate with the "
-            'NVIDIA driver" >&2\nexit 9',
+            '/bin/echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver" >&2\nexit 9',
         )
 
 
@@ -267,9 +268,7 @@ class OneGateServer:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def endpoint(self) -> str:
@@ -304,9 +303,7 @@ def service_doc(superlink_template: Mapping[str, str], own_vmid: str = "42") -> 
                         {
                             "deploy_id": 40,
                             "running": True,
-                            "vm_info": {
-                                "VM": {"ID": "40", "USER_TEMPLATE": dict(superlink_template)}
-                            },
+                            "vm_info": {"VM": {"ID": "40", "USER_TEMPLATE": dict(superlink_template)}},
                         }
                     ],
                 },

@@ -76,9 +76,7 @@ def test_boot_is_idempotent(fake_root: FakeRoot, fake_bin: FakeBin) -> None:
     assert leftovers == []  # no temp files left behind by atomic writes
 
 
-def test_tls_material_written_0644_and_removed_when_tls_turned_off(
-    fake_root: FakeRoot, fake_bin: FakeBin
-) -> None:
+def test_tls_material_written_0644_and_removed_when_tls_turned_off(fake_root: FakeRoot, fake_bin: FakeBin) -> None:
     fake_root.write_context(
         {
             "FL_SUPERLINK_ADDRESS": "10.0.0.5",
@@ -99,9 +97,7 @@ def test_tls_material_written_0644_and_removed_when_tls_turned_off(
     assert "--insecure" in fake_root.spec()["argv"]
 
 
-def test_bad_input_stops_supernode_and_names_the_variable(
-    fake_root: FakeRoot, fake_bin: FakeBin
-) -> None:
+def test_bad_input_stops_supernode_and_names_the_variable(fake_root: FakeRoot, fake_bin: FakeBin) -> None:
     fake_bin.gpu_present()
     fake_root.write_context({"FL_SUPERLINK_ADDRESS": "10.0.0.5"})
     assert fake_root.boot().ok
@@ -169,9 +165,7 @@ def test_status_text_escapes_control_characters(fake_root: FakeRoot, fake_bin: F
         assert "FL_ISOLATION" in content
 
 
-def test_unreadable_lines_are_warnings_unless_they_could_be_ours(
-    fake_root: FakeRoot, fake_bin: FakeBin
-) -> None:
+def test_unreadable_lines_are_warnings_unless_they_could_be_ours(fake_root: FakeRoot, fake_bin: FakeBin) -> None:
     fake_root.write_context({}, raw_text="FL_SUPERLINK_ADDRESS='10.0.0.5'\nthis is garbage\nX=unquoted\n")
     result = fake_root.boot()
     assert result.ok
@@ -190,12 +184,10 @@ def test_unreadable_lines_are_warnings_unless_they_could_be_ours(
         "\ufeffFL_TLS_ENABLED='YES'\nFL_SUPERLINK_ADDRESS='10.0.0.5'\n",
         "FL_SUPERLINK_ADDRESS='10.0.0.5'\nX='unterminated\nFL_TLS_ENABLED='YES'\n",
         "FL_SUPERLINK_ADDRESS='10.0.0.5'\nexport FL_TLS_ENABLED='YES'\n",
-        'FL_SUPERLINK_ADDRESS=\'10.0.0.5\'\nFL_TLS_ENABLED="$YES"\n',
+        "FL_SUPERLINK_ADDRESS='10.0.0.5'\nFL_TLS_ENABLED=\"$YES\"\n",
     ],
 )
-def test_tls_setting_that_cannot_be_read_stops_the_supernode(
-    fake_root: FakeRoot, fake_bin: FakeBin, text: str
-) -> None:
+def test_tls_setting_that_cannot_be_read_stops_the_supernode(fake_root: FakeRoot, fake_bin: FakeBin, text: str) -> None:
     """Regression: each of these booted with --insecure (and boot --strict exited 0)."""
     fake_root.write_context({}, raw_text=text)
     result = fake_root.boot()

@@ -113,9 +113,7 @@ def test_both_routes_agree(private_key_pem: str) -> None:
         assert len(set(outcomes)) == 1, value[:40]
 
 
-def test_without_cryptography_or_openssl_the_value_is_refused(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_without_cryptography_or_openssl_the_value_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(certs, "_cryptography", lambda: None)
     monkeypatch.setenv("PATH", str(tmp_path))
     name, check = certs.default_backend()
@@ -163,9 +161,7 @@ def test_boot_never_writes_or_shows_a_private_key(
     assert err["variable"] == "FL_SUPERLINK_CA_CERT" and "PRIVATE KEY" in err["reason"]
     key_body = [line for line in private_key_pem.splitlines() if not line.startswith("-----")]
     outputs = [fake_root.log()]
-    written = [
-        p for p in fake_root.paths.root.rglob("*") if p.is_file() and fake_root.context_dir not in p.parents
-    ]
+    written = [p for p in fake_root.paths.root.rglob("*") if p.is_file() and fake_root.context_dir not in p.parents]
     assert fake_root.paths.status_json in written
     outputs += [p.read_text() for p in written]
     for text in outputs:

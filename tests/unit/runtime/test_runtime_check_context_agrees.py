@@ -64,10 +64,14 @@ def test_check_context_and_boot_agree(
     assert check_code == boot_code == (0 if check["ok"] else 2)
     assert check["errors"] == status["errors"]
     assert check["config"] == status["config"]
-    assert check["steps"][:2] == [  # reading and validation: identical lines
-        f"[step {s['number']}/{s['total']}] {s['name']}: {s['outcome']}" + (f" {s['detail']}" if s["detail"] else "")
-        for s in status["steps"][:2]
-    ]
+    assert (
+        check["steps"][:2]
+        == [  # reading and validation: identical lines
+            f"[step {s['number']}/{s['total']}] {s['name']}: {s['outcome']}"
+            + (f" {s['detail']}" if s["detail"] else "")
+            for s in status["steps"][:2]
+        ]
+    )
     if check["ok"]:
         assert status["supernode_will_start"] is True
         assert check["will_start"] is (not check["depends_on"])

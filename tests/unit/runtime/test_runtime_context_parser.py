@@ -29,9 +29,7 @@ def test_real_opennebula_context() -> None:
     assert result.problems == []
     values = result.values
     assert values["ONEGATE_ENDPOINT"] == "http://192.168.122.1:5030"
-    assert values["SSH_PUBLIC_KEY"] == (
-        "ssh-ed25519 AAAAC3Nza alice@example\nssh-rsa AAAAB3Nza bob@example"
-    )
+    assert values["SSH_PUBLIC_KEY"] == ("ssh-ed25519 AAAAC3Nza alice@example\nssh-rsa AAAAB3Nza bob@example")
     assert values["ONEAPP_FL_NODE_CONFIG"] == 'name="it\'s mine" partition-id=0'
     assert values["FL_EMPTY"] == ""
     assert values["TARGET"] == "hdc"  # repeated key: last wins
@@ -200,9 +198,7 @@ def test_parser_never_raises_on_arbitrary_text(text: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.sampled_from(["A='1'", "garbage", "B='x\ny'", "# c", "", "C=''\\''"]), max_size=12)
-)
+@given(st.lists(st.sampled_from(["A='1'", "garbage", "B='x\ny'", "# c", "", "C=''\\''"]), max_size=12))
 def test_parser_handles_arbitrary_line_mixtures(lines: list[str]) -> None:
     result = parse_context("\n".join(lines))
     assert set(result.values) <= {"A", "B", "C"}

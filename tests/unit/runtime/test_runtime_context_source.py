@@ -38,9 +38,7 @@ def test_premounted_context_is_read(fake_root: FakeRoot, fake_bin: FakeBin) -> N
     assert fake_bin.calls() == []  # nothing mounted
 
 
-def test_context_cd_is_mounted_read_only_and_unmounted(
-    fake_root: FakeRoot, fake_bin: FakeBin
-) -> None:
+def test_context_cd_is_mounted_read_only_and_unmounted(fake_root: FakeRoot, fake_bin: FakeBin) -> None:
     device = make_fake_cd(fake_root, {"VMID": "9", "ONEAPP_FL_GPU_ENABLED": "YES"})
     add_fake_mount(fake_bin)
     ctx = load_context(fake_root.paths)
@@ -86,9 +84,7 @@ def test_override_only_platform(fake_root: FakeRoot, fake_bin: FakeBin) -> None:
 def test_parse_warnings_carry_the_file(fake_root: FakeRoot, fake_bin: FakeBin) -> None:
     fake_root.write_context({}, raw_text="A='1'\nnonsense\n")
     ctx = load_context(fake_root.paths)
-    assert ctx.warnings == [
-        f"{fake_root.context_dir}/context.sh: line 2: not a KEY='value' statement (no '=')"
-    ]
+    assert ctx.warnings == [f"{fake_root.context_dir}/context.sh: line 2: not a KEY='value' statement (no '=')"]
     assert ctx.errors == []
 
 

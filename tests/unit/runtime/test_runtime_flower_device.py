@@ -105,9 +105,7 @@ def test_torch_invalid_fraction_not_applied(monkeypatch: pytest.MonkeyPatch, bad
     assert calls == []
 
 
-def test_torch_without_cuda(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_torch_without_cuda(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     torch, calls = fake_torch(cuda=False)
     monkeypatch.setitem(sys.modules, "torch", torch)
     caplog.set_level(logging.INFO, logger="flower_device")

@@ -154,15 +154,23 @@ def test_launch_flags_exist_in_the_real_flower_supernode_help() -> None:
 
 
 BASE = EffectiveConfig(
-    superlink_address="10.0.0.5:8000", node_config=None, isolation="subprocess",
-    max_retries=None, max_wait_time=None, log_level="INFO", tls_enabled=False,
-    ca_cert_pem=None, gpu_enabled=False, cuda_visible_devices="all", gpu_memory_fraction=0.8,
-)  # fmt: skip
+    superlink_address="10.0.0.5:8000",
+    node_config=None,
+    isolation="subprocess",
+    max_retries=None,
+    max_wait_time=None,
+    log_level="INFO",
+    tls_enabled=False,
+    ca_cert_pem=None,
+    gpu_enabled=False,
+    cuda_visible_devices="all",
+    gpu_memory_fraction=0.8,
+)
 
 
 @pytest.mark.parametrize("tls", [False, True])
 def test_flwr_own_parser_reads_the_launch_argv_verbatim(tls: bool) -> None:
-    node_config = 'a="--insecure $(id)" b=\'-x; reboot\' c=1'
+    node_config = "a=\"--insecure $(id)\" b='-x; reboot' c=1"
     cfg = dataclasses.replace(
         BASE, tls_enabled=tls, node_config=node_config, max_retries=3, max_wait_time=2.5, isolation="process"
     )

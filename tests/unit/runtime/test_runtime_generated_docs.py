@@ -23,9 +23,7 @@ def test_gpu_user_inputs_are_the_published_strings() -> None:
     assert inputs["ONEAPP_FL_CUDA_VISIBLE_DEVICES"] == (
         "O|text|GPU device IDs visible to container (e.g., 0 or 0,1)| |all"
     )
-    assert inputs["ONEAPP_FL_GPU_MEMORY_FRACTION"] == (
-        "O|number|GPU memory fraction for PyTorch (0.0-1.0)| |0.8"
-    )
+    assert inputs["ONEAPP_FL_GPU_MEMORY_FRACTION"] == ("O|number|GPU memory fraction for PyTorch (0.0-1.0)| |0.8")
 
 
 def test_every_user_input_has_five_fields_and_valid_default() -> None:

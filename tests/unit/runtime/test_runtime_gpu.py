@@ -150,9 +150,7 @@ def test_not_requested_runs_nothing(fake_bin: FakeBin) -> None:
     assert fake_bin.calls() == []
 
 
-def test_validate_script_runs_only_for_diagnostics_on_failure(
-    fake_bin: FakeBin, tmp_path: Path
-) -> None:
+def test_validate_script_runs_only_for_diagnostics_on_failure(fake_bin: FakeBin, tmp_path: Path) -> None:
     script = tmp_path / "validate-gpu.sh"
     script.write_text('#!/bin/sh\n/bin/echo "  ERROR: nvidia module not loaded"\nexit 1\n')
     script.chmod(0o755)
@@ -272,9 +270,7 @@ def test_persistence_daemon_failure_is_reported_not_fatal(fake_root: FakeRoot, f
 
 
 @pytest.mark.parametrize("setup", ["gpu_module_missing", "gpu_smi_failing"])
-def test_boot_gpu_missing_falls_back_to_cpu_with_warning(
-    fake_root: FakeRoot, fake_bin: FakeBin, setup: str
-) -> None:
+def test_boot_gpu_missing_falls_back_to_cpu_with_warning(fake_root: FakeRoot, fake_bin: FakeBin, setup: str) -> None:
     getattr(fake_bin, setup)()
     fake_bin.add("docker", "exit 0")
     fake_bin.add("systemctl", "exit 0")

@@ -39,19 +39,27 @@ BASE = EffectiveConfig(
 )
 HEAD = ["docker", "run", "--rm", "--name", "flower-supernode"]
 ENV = [
-    "-e", "FLWR_LOG_LEVEL=INFO",
-    "-e", "FL_GPU_MEMORY_FRACTION=0.8",
-    "-e", "TF_FORCE_GPU_ALLOW_GROWTH=true",
-    "-e", "FL_WARM_CLIENTAPP=YES",
-    "-e", "FLWR_TELEMETRY_ENABLED=0",
-    "-e", "FLWR_DISABLE_UPDATE_CHECK=1",
-]  # fmt: skip
+    "-e",
+    "FLWR_LOG_LEVEL=INFO",
+    "-e",
+    "FL_GPU_MEMORY_FRACTION=0.8",
+    "-e",
+    "TF_FORCE_GPU_ALLOW_GROWTH=true",
+    "-e",
+    "FL_WARM_CLIENTAPP=YES",
+    "-e",
+    "FLWR_TELEMETRY_ENABLED=0",
+    "-e",
+    "FLWR_DISABLE_UPDATE_CHECK=1",
+]
 TAIL_INSECURE = [
     "flwr-supernode:1.41.0",
-    "--superlink", "10.0.0.5:8000",
+    "--superlink",
+    "10.0.0.5:8000",
     "--insecure",
-    "--isolation", "subprocess",
-]  # fmt: skip
+    "--isolation",
+    "subprocess",
+]
 NVIDIA = ["-e", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
 CDI_ALL = GpuAccess("cdi", ("nvidia.com/gpu=all",))
 CDI_0_1 = GpuAccess("cdi", ("nvidia.com/gpu=0", "nvidia.com/gpu=1"))
@@ -109,10 +117,13 @@ def test_tls_argv_mounts_ca_and_never_insecure() -> None:
     mount = "type=bind,source=/etc/flower/tls/ca.pem,target=/app/certificates/ca.pem,readonly"
     assert argv == HEAD + ENV + ["--mount", mount] + [
         "flwr-supernode:1.41.0",
-        "--superlink", "10.0.0.5:8000",
-        "--root-certificates", "/app/certificates/ca.pem",
-        "--isolation", "subprocess",
-    ]  # fmt: skip
+        "--superlink",
+        "10.0.0.5:8000",
+        "--root-certificates",
+        "/app/certificates/ca.pem",
+        "--isolation",
+        "subprocess",
+    ]
     assert "--insecure" not in argv
 
 
@@ -129,11 +140,15 @@ def test_all_optional_flags_and_value_formatting() -> None:
     argv = docker_run_argv(cfg, None, BUILD)
     assert argv[-9:] == [
         "--insecure",
-        "--isolation", "process",
-        "--node-config", 'name="a b" partition-id=0',
-        "--max-retries", "0",
-        "--max-wait-time", "12.5",
-    ]  # fmt: skip
+        "--isolation",
+        "process",
+        "--node-config",
+        'name="a b" partition-id=0',
+        "--max-retries",
+        "0",
+        "--max-wait-time",
+        "12.5",
+    ]
     assert "FLWR_LOG_LEVEL=DEBUG" in argv
     assert "FL_GPU_MEMORY_FRACTION=1" in argv
     whole = dataclasses.replace(BASE, max_wait_time=300.0)
@@ -147,12 +162,15 @@ def test_argv_requires_an_address() -> None:
 
 def test_only_verified_flower_supernode_flags_are_used() -> None:
     verified = {
-        "--superlink", "--insecure", "--root-certificates", "--isolation",
-        "--node-config", "--max-retries", "--max-wait-time",
-    }  # fmt: skip
-    cfg = dataclasses.replace(
-        BASE, tls_enabled=True, node_config="a=1", max_retries=3, max_wait_time=5.0
-    )
+        "--superlink",
+        "--insecure",
+        "--root-certificates",
+        "--isolation",
+        "--node-config",
+        "--max-retries",
+        "--max-wait-time",
+    }
+    cfg = dataclasses.replace(BASE, tls_enabled=True, node_config="a=1", max_retries=3, max_wait_time=5.0)
     argv = docker_run_argv(cfg, CDI_ALL, BUILD)
     flower_args = argv[argv.index("flwr-supernode:1.41.0") + 1 :]
     assert {a for a in flower_args if a.startswith("--")} <= verified
@@ -218,21 +236,19 @@ def test_run_supernode_execs_fake_docker_with_exact_argv(
     record = tmp_path / "docker-argv.json"
     fake_bin.add(
         "docker",
-        f'exec {sys.executable} -c "import json,sys; '
-        f"json.dump(sys.argv[1:], open('{record}', 'w'))\" \"$@\"",
+        f"exec {sys.executable} -c \"import json,sys; json.dump(sys.argv[1:], open('{record}', 'w'))\" \"$@\"",
     )
     node_config = 'name="$(touch /tmp/x); `id`" partition-id=0'
     fake_root.write_context({"FL_SUPERLINK_ADDRESS": "10.0.0.5", "FL_NODE_CONFIG": node_config})
     assert fake_root.boot().ok
     proc = subprocess.run(
-        [sys.executable, "-m", "supernode_runtime", "run-supernode", "--root",
-         str(fake_root.paths.root)],
+        [sys.executable, "-m", "supernode_runtime", "run-supernode", "--root", str(fake_root.paths.root)],
         env=pythonpath_env({"PATH": str(fake_bin.dir)}),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr
     recorded = json.loads(record.read_text())
     assert recorded == fake_root.spec()["argv"][1:]
@@ -241,14 +257,13 @@ def test_run_supernode_execs_fake_docker_with_exact_argv(
 
 def test_run_supernode_without_spec_exits_2(fake_root: FakeRoot) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "supernode_runtime", "run-supernode", "--root",
-         str(fake_root.paths.root)],
+        [sys.executable, "-m", "supernode_runtime", "run-supernode", "--root", str(fake_root.paths.root)],
         env=pythonpath_env(),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-    )  # fmt: skip
+    )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr
 

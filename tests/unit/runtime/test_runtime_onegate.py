@@ -44,9 +44,7 @@ def test_get_service_headers(onegate: OneGateServer) -> None:
     assert req.headers["x-onegate-vmid"] == "42"
 
 
-def test_http_error_and_unreachable_raise_onegate_error(
-    onegate: OneGateServer, closed_port_endpoint: str
-) -> None:
+def test_http_error_and_unreachable_raise_onegate_error(onegate: OneGateServer, closed_port_endpoint: str) -> None:
     onegate.put_status = 403
     with pytest.raises(OneGateError, match="HTTP 403"):
         put_vm_attributes(OneGateAccess(onegate.endpoint, "1", "t"), {"READY": "YES"})
@@ -81,9 +79,9 @@ def test_access_from_context(endpoint: str | None, vmid: str, token: str | None,
 
 def test_find_superlink_prefers_superlink_role_and_skips_self() -> None:
     doc = service_doc({"FL_SUPERLINK_ADDRESS": "10.0.0.9"})
-    doc["SERVICE"]["roles"][0]["nodes"][0]["vm_info"]["VM"]["USER_TEMPLATE"][
-        "FL_SUPERLINK_ADDRESS"
-    ] = "10.6.6.6:1"  # our own VM: must be ignored
+    doc["SERVICE"]["roles"][0]["nodes"][0]["vm_info"]["VM"]["USER_TEMPLATE"]["FL_SUPERLINK_ADDRESS"] = (
+        "10.6.6.6:1"  # our own VM: must be ignored
+    )
     found = find_superlink_address(doc, "42")
     assert found.address == "10.0.0.9:8000"
     assert "superlink" in found.where
@@ -97,9 +95,7 @@ def test_find_superlink_fl_endpoint_fallback_and_rejects_bad_values() -> None:
     assert len(found.rejected) == 1 and "$(reboot)" in found.rejected[0]
 
 
-@pytest.mark.parametrize(
-    "doc", [{}, {"SERVICE": {"roles": "x"}}, {"SERVICE": {"roles": [{"nodes": [1, {}]}]}}]
-)
+@pytest.mark.parametrize("doc", [{}, {"SERVICE": {"roles": "x"}}, {"SERVICE": {"roles": [{"nodes": [1, {}]}]}}])
 def test_find_superlink_tolerates_odd_documents(doc: dict[str, Any]) -> None:
     assert find_superlink_address(doc, "42").address is None
 
@@ -125,9 +121,7 @@ def test_boot_discovers_superlink_and_publishes_ready(
     assert fake_root.status()["superlink"]["address"] == "10.0.0.9:8000"
 
 
-def test_boot_discovery_retries_until_published(
-    fake_root: FakeRoot, fake_bin: FakeBin, onegate: OneGateServer
-) -> None:
+def test_boot_discovery_retries_until_published(fake_root: FakeRoot, fake_bin: FakeBin, onegate: OneGateServer) -> None:
     published = service_doc({"FL_SUPERLINK_ADDRESS": "10.0.0.9"})
     onegate.on_service = lambda count: published if count >= 3 else service_doc({})
     fake_root.write_context(onegate_context(onegate.endpoint))
@@ -164,9 +158,7 @@ def test_boot_static_address_does_not_query_service(
 def test_unreachable_onegate_does_not_fail_the_boot(
     fake_root: FakeRoot, fake_bin: FakeBin, closed_port_endpoint: str
 ) -> None:
-    fake_root.write_context(
-        onegate_context(closed_port_endpoint, ONEAPP_FL_SUPERLINK_ADDRESS="10.1.1.1")
-    )
+    fake_root.write_context(onegate_context(closed_port_endpoint, ONEAPP_FL_SUPERLINK_ADDRESS="10.1.1.1"))
     result = fake_root.boot()
     assert result.ok
     assert fake_root.paths.launch_spec.exists()

@@ -54,9 +54,7 @@ HOSTILE = [
 ]
 
 hostile_values = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=60))
-names = st.sampled_from(
-    [v.name for v in VARIABLES] + [v.oneapp_name for v in VARIABLES] + ["ONEGATE_ENDPOINT"]
-)
+names = st.sampled_from([v.name for v in VARIABLES] + [v.oneapp_name for v in VARIABLES] + ["ONEGATE_ENDPOINT"])
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +77,7 @@ def canary_env() -> Iterator[tuple[Path, Path]]:
             '#!/bin/sh\nif [ "$*" = "info --format {{json .Runtimes}}" ]; then\n'
             f"  /bin/echo '{runtimes}'\n  exit 0\nfi\n"
             'if [ "$*" = "info --format {{json .CDISpecDirs}}" ]; then\n'
-            "  /bin/echo '[\"/etc/cdi\",\"/var/run/cdi\"]'\n  exit 0\nfi\n"
+            '  /bin/echo \'["/etc/cdi","/var/run/cdi"]\'\n  exit 0\nfi\n'
             f'/bin/echo "docker $*" >> "{marker}"\n'
         )
         (bin_dir / "nvidia-ctk").write_text(
@@ -144,9 +142,12 @@ ALLOWED = {
 def _allowed(argv: list[str]) -> bool:
     name = Path(argv[0]).name
     if name == "nvidia-ctk" and argv[1:3] == ["cdi", "generate"]:  # the spec goes below the fake root
-        return len(argv) == 5 and argv[3].startswith("--output=/") and argv[3].endswith(
-            "/var/run/cdi/nvidia.yaml"
-        ) and argv[4] == "--device-name-strategy=index"
+        return (
+            len(argv) == 5
+            and argv[3].startswith("--output=/")
+            and argv[3].endswith("/var/run/cdi/nvidia.yaml")
+            and argv[4] == "--device-name-strategy=index"
+        )
     return (name, *argv[1:]) in ALLOWED
 
 
@@ -172,8 +173,14 @@ def check_launch_argv(argv: list[str], config: dict[str, Any]) -> Any:
     assert args.node_config == (config["FL_NODE_CONFIG"]["value"] or None)
     assert args.isolation == config["FL_ISOLATION"]["value"]
     names = sorted(item.split("=", 1)[0] for item in env)
-    expected = ["FLWR_LOG_LEVEL", "FL_GPU_MEMORY_FRACTION", "TF_FORCE_GPU_ALLOW_GROWTH", "FL_WARM_CLIENTAPP",
-                "FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK"]  # fmt: skip
+    expected = [
+        "FLWR_LOG_LEVEL",
+        "FL_GPU_MEMORY_FRACTION",
+        "TF_FORCE_GPU_ALLOW_GROWTH",
+        "FL_WARM_CLIENTAPP",
+        "FLWR_TELEMETRY_ENABLED",
+        "FLWR_DISABLE_UPDATE_CHECK",
+    ]
     assert all(item in env for item in QUIET)
     assert f"FL_WARM_CLIENTAPP={'YES' if config['FL_WARM_CLIENTAPP']['value'] else 'NO'}" in env
     if "--device" in argv:
@@ -230,13 +237,9 @@ def test_boot_never_executes_context_values(
             assert not root.paths.launch_spec.exists()
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(max_size=300))
-def test_parser_never_executes_anything(
-    canary_env: tuple[Path, Path], no_shell: list[list[str]], text: str
-) -> None:
+def test_parser_never_executes_anything(canary_env: tuple[Path, Path], no_shell: list[list[str]], text: str) -> None:
     _, marker = canary_env
     parse_context(text + "\nX='$(canary)'\nY='`canary`'\n")
     assert no_shell == []
@@ -254,10 +257,31 @@ def test_canaries_would_detect_execution(canary_env: tuple[Path, Path]) -> None:
 
 
 # Valid values that carry shell syntax: they must reach the GPU launch verbatim.
-SHELLISH = st.sampled_from(["$(canary)", "`canary`", "; canary", "| canary", "&& canary", "--insecure", "-e X=1",
-                            "${IFS}", "#", "=", "\\", "'", '"', " ", "--gpus all", "$HOME", "!", "*"])  # fmt: skip
-shell_text = st.lists(st.one_of(SHELLISH, st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=6)),
-                      max_size=6).map("".join)  # fmt: skip
+SHELLISH = st.sampled_from(
+    [
+        "$(canary)",
+        "`canary`",
+        "; canary",
+        "| canary",
+        "&& canary",
+        "--insecure",
+        "-e X=1",
+        "${IFS}",
+        "#",
+        "=",
+        "\\",
+        "'",
+        '"',
+        " ",
+        "--gpus all",
+        "$HOME",
+        "!",
+        "*",
+    ]
+)
+shell_text = st.lists(
+    st.one_of(SHELLISH, st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=6)), max_size=6
+).map("".join)
 
 
 def toml_string(text: str) -> str | None:
@@ -282,7 +306,7 @@ devices = st.one_of(st.just("all"), gpu_indices.map(lambda d: ",".join(map(str, 
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(node_configs, devices, st.sampled_from(["subprocess", "process"]), st.booleans())
-@example('a=\'$(canary)\' b="`canary`; --insecure" c=\'-e X=1\'', "0,1", "subprocess", True)
+@example("a='$(canary)' b=\"`canary`; --insecure\" c='-e X=1'", "0,1", "subprocess", True)
 def test_valid_shellish_values_reach_the_gpu_launch_verbatim(
     canary_env: tuple[Path, Path],
     no_shell: list[list[str]],

@@ -184,9 +184,7 @@ def test_plain_spelling_used_when_oneapp_empty() -> None:
 
 
 def test_error_names_the_spelling_that_was_used() -> None:
-    res = resolve(
-        [("ctx", {"ONEAPP_FL_GPU_MEMORY_FRACTION": "2", "FL_GPU_MEMORY_FRACTION": "0.5"})]
-    )
+    res = resolve([("ctx", {"ONEAPP_FL_GPU_MEMORY_FRACTION": "2", "FL_GPU_MEMORY_FRACTION": "0.5"})])
     assert [e.variable for e in res.errors] == ["ONEAPP_FL_GPU_MEMORY_FRACTION"]
 
 

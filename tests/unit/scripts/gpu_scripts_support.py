@@ -124,9 +124,7 @@ class Sandbox:
     def remove_tool(self, tool: str) -> None:
         (self.bin / tool).unlink()
 
-    def fake(
-        self, tool: str, key: str = "default", out: str = "", rc: int = 0, err: str = ""
-    ) -> None:
+    def fake(self, tool: str, key: str = "default", out: str = "", rc: int = 0, err: str = "") -> None:
         d = self.state / tool
         (d / f"{key}.out").write_text(out)
         (d / f"{key}.rc").write_text(str(rc))
@@ -181,9 +179,7 @@ class Sandbox:
         if root:
             argv += ["--root", str(self.root)]
         argv += list(args)
-        proc = subprocess.run(
-            argv, env=self.env(path), capture_output=True, text=True, timeout=timeout, check=False
-        )
+        proc = subprocess.run(argv, env=self.env(path), capture_output=True, text=True, timeout=timeout, check=False)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def path_without(self, *missing: str) -> str:
@@ -231,8 +227,9 @@ def make_vm(tmp_path: Path) -> Sandbox:
     sb.fake("docker", "info_cdi", out='["/etc/cdi","/var/run/cdi"]\n')
     sb.fake("docker", "run_cdi", out=GPU_LINE)
     sb.write("var/run/cdi/nvidia.yaml", "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\n")
-    sb.fake("nvidia-ctk", "cdi_list", out="nvidia.com/gpu=0\nnvidia.com/gpu=all\n",
-            err="INFO[0000] Found 2 CDI devices\n")  # fmt: skip
+    sb.fake(
+        "nvidia-ctk", "cdi_list", out="nvidia.com/gpu=0\nnvidia.com/gpu=all\n", err="INFO[0000] Found 2 CDI devices\n"
+    )
     sb.write_json(
         "etc/docker/daemon.json",
         {
@@ -261,8 +258,7 @@ LSPCI_OK = "".join(
     for line in (
         f"{INTEL_NIC} Ethernet controller [0200]: Intel Corporation Ethernet Connection (7) I219-LM"
         " [8086:15bb] (rev 10)",
-        f"{GPU} VGA compatible controller [0300]: NVIDIA Corporation GA102 [GeForce RTX 3090]"
-        " [10de:2204] (rev a1)",
+        f"{GPU} VGA compatible controller [0300]: NVIDIA Corporation GA102 [GeForce RTX 3090] [10de:2204] (rev a1)",
         f"{GPU_AUDIO} Audio device [0403]: NVIDIA Corporation GA102 High Definition Audio"
         " Controller [10de:1aef] (rev a1)",
     )
@@ -307,18 +303,14 @@ def set_driver(sb: Sandbox, addr: str, driver: str | None) -> None:
         sb.symlink(f"{dev}/driver", f"../../../../bus/pci/drivers/{driver}")
 
 
-def add_pci_device(
-    sb: Sandbox, addr: str, vendor: str, device: str, cls: str, driver: str | None, group: int
-) -> None:
+def add_pci_device(sb: Sandbox, addr: str, vendor: str, device: str, cls: str, driver: str | None, group: int) -> None:
     dev = f"sys/bus/pci/devices/{addr}"
     sb.write(f"{dev}/vendor", f"0x{vendor}\n")
     sb.write(f"{dev}/device", f"0x{device}\n")
     sb.write(f"{dev}/class", f"0x{cls}\n")
     set_driver(sb, addr, driver)
     sb.symlink(f"{dev}/iommu_group", f"../../../../kernel/iommu_groups/{group}")
-    sb.symlink(
-        f"sys/kernel/iommu_groups/{group}/devices/{addr}", f"../../../../devices/pci0000:00/{addr}"
-    )
+    sb.symlink(f"sys/kernel/iommu_groups/{group}/devices/{addr}", f"../../../../devices/pci0000:00/{addr}")
 
 
 def make_host(tmp_path: Path) -> Sandbox:

@@ -268,8 +268,7 @@ def test_check4_fails_when_container_cannot_see_gpu(vm: Sandbox) -> None:
         "docker",
         "run",
         rc=125,
-        err='docker: Error response from daemon: could not select device driver "" '
-        "with capabilities: [[gpu]].\n",
+        err='docker: Error response from daemon: could not select device driver "" with capabilities: [[gpu]].\n',
     )
     r = vm.run(VALIDATE_GPU)
     line = assert_only_failure(r, 4)
@@ -413,9 +412,13 @@ def test_check7_command_line(vm: Sandbox) -> None:
 
 
 def test_check7_fails_when_the_cdi_device_is_unresolvable(vm: Sandbox) -> None:
-    vm.fake("docker", "run_cdi", rc=125,
-            err="docker: Error response from daemon: could not select device driver \"cdi\": "
-                "unresolvable CDI devices nvidia.com/gpu=all.\n")  # fmt: skip
+    vm.fake(
+        "docker",
+        "run_cdi",
+        rc=125,
+        err='docker: Error response from daemon: could not select device driver "cdi": '
+        "unresolvable CDI devices nvidia.com/gpu=all.\n",
+    )
     line = assert_only_failure(vm.run(VALIDATE_GPU), 7)
     assert "unresolvable CDI devices" in line and "exit 125" in line
 
@@ -427,8 +430,12 @@ def test_check7_fails_when_the_container_lists_no_gpu(vm: Sandbox) -> None:
 
 def test_checks6_7_skipped_without_docker_cdi(vm: Sandbox) -> None:
     """Docker 20.10 (a debian-12 image) has no CDISpecDirs field: the --gpus checks decide."""
-    vm.fake("docker", "info_cdi", rc=1,
-            err='template: :1:8: executing "" at <.CDISpecDirs>: can\'t evaluate field CDISpecDirs\n')  # fmt: skip
+    vm.fake(
+        "docker",
+        "info_cdi",
+        rc=1,
+        err='template: :1:8: executing "" at <.CDISpecDirs>: can\'t evaluate field CDISpecDirs\n',
+    )
     r = vm.run(VALIDATE_GPU)
     assert r.returncode == 0, r.stdout
     skipped = r.level_lines("SKIP")

@@ -280,10 +280,7 @@ def test_check4_multiple_gpus(host: Sandbox) -> None:
     host.fake(
         "lspci",
         out=LSPCI_OK
-        + (
-            f"{second} 3D controller [0302]: NVIDIA Corporation GA100 [A100 PCIe 80GB] "
-            "[10de:20b5] (rev a1)\n"
-        ),
+        + (f"{second} 3D controller [0302]: NVIDIA Corporation GA100 [A100 PCIe 80GB] [10de:20b5] (rev a1)\n"),
     )
     r = host.run(VALIDATE_HOST_GPU)
     msg = assert_single(r, "ERROR", "gpu_binding", 1)
@@ -479,9 +476,7 @@ def test_help(host: Sandbox) -> None:
     assert host.calls("lspci") == []
 
 
-@pytest.mark.parametrize(
-    "args", [("--bogus",), ("--root",), ("--root", "/nonexistent/dir"), ("--devices",)]
-)
+@pytest.mark.parametrize("args", [("--bogus",), ("--root",), ("--root", "/nonexistent/dir"), ("--devices",)])
 def test_usage_errors_exit_2(host: Sandbox, args: tuple[str, ...]) -> None:
     r = host.run(VALIDATE_HOST_GPU, *args, root=False)
     assert r.returncode == 2
