@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import cache, host_tools
+from . import cache, host_tools, private_root
 from .artifacts import BuildTree
 from .errors import BuildError
 from .paths import REPO, cache_root
@@ -41,21 +41,6 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 CA_IN_ROOT = "/run/host-ca/ca-certificates.crt"
 # Runs in the private mount namespace: $1 = the root, $2 = the host CA bundle (or ""), $3 = the
 # apt archive cache; the command to run in the chroot follows. Fixed text: paths are arguments.
-ENTER = r"""set -eu
-root=$1; ca=$2; debs=$3; shift 3
-mount -t proc proc "$root/proc"
-mount --rbind /sys "$root/sys"
-mount --rbind /dev "$root/dev"
-mount -t tmpfs tmpfs "$root/run"
-mkdir -p "$root/var/cache/apt/archives"
-mount --bind "$debs" "$root/var/cache/apt/archives"
-if [ -n "$ca" ]; then
-    mkdir -p "$root/run/host-ca"
-    touch "$root/run/host-ca/ca-certificates.crt"
-    mount --bind -o ro "$ca" "$root/run/host-ca/ca-certificates.crt"
-fi
-exec chroot "$root" "$@"
-"""
 # In the chroot, as a new user would type it (README "The two commands"), tests limited to the
 # unit tests: the integration tests boot QEMU guests, which the real CI run covers.
 IN_ROOT = r"""set -eu
@@ -162,24 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             debs = cache_root() / "fresh-host" / "apt-archives"
             (debs / "partial").mkdir(parents=True, exist_ok=True)
             t = time.monotonic()
+            # the host's CA, for this run only (PIP_CERT etc. in _environment()), and a shared apt cache
+            binds: tuple[private_root.Bind, ...] = (private_root.Bind(debs, "/var/cache/apt/archives"),)
+            if HOST_CA.is_file():
+                binds += (private_root.Bind(HOST_CA, "/run/host-ca/ca-certificates.crt", read_only=True),)
             run(
-                [
-                    "unshare",
-                    "--mount",
-                    "--propagation",
-                    "private",
-                    "--fork",
-                    "sh",
-                    "-c",
-                    ENTER,
-                    "enter",
-                    str(root),
-                    str(HOST_CA) if HOST_CA.is_file() else "",
-                    str(debs),
-                    "/bin/bash",
-                    "-c",
-                    IN_ROOT,
-                ],
+                private_root.argv(root, ["chroot", str(root), "/bin/bash", "-c", IN_ROOT], binds),
                 log,
                 label="setup-host.sh + nox -s lint tests (fresh root)",
                 env=_environment(),

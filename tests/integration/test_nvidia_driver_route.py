@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from appliance_build import cache, config, nvidia_driver
+from appliance_build import cache, config, nvidia_driver, private_root
 from appliance_build.nvidia_driver import DriverRoute, RouteError
 from appliance_build.paths import cache_root
 from appliance_build.progress import run
@@ -32,16 +32,6 @@ from tests.fixtures import apt_mirror, driver_debs
 
 RECIPE_VERSION = 1
 ROOT_PACKAGES = ("dkms", "linux-headers-amd64", "kmod", "openssl", "ca-certificates")
-# Mount what DKMS and apt need (as mmdebstrap does for its hooks), in a private mount
-# namespace so nothing stays mounted; $1 = the root; the command to run follows.
-ENTER = r"""set -eu
-root=$1; shift
-mount -t proc proc "$root/proc"
-mount --rbind /sys "$root/sys"
-mount --rbind /dev "$root/dev"
-mount -t tmpfs tmpfs "$root/run"
-exec "$@"
-"""
 
 
 def _root_tarball(log: Path) -> Path:
@@ -133,24 +123,9 @@ def in_root(root: Path, route: DriverRoute, key: bytes, work: Path) -> subproces
     spec = work / f"spec-{time.time_ns()}.json"
     nvidia_driver.write_spec(spec, route, key, work / "install.log")
     hook = nvidia_driver.hook(spec)
+    # DKMS and apt need the root's /proc, /sys, /dev and /run, as mmdebstrap gives its hooks
     return subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "--fork",
-            "sh",
-            "-c",
-            ENTER,
-            "enter",
-            str(root),
-            "sh",
-            "-c",
-            hook,
-            "exec",
-            str(root),
-        ],
+        private_root.argv(root, ["sh", "-c", hook, "exec", str(root)]),
         capture_output=True,
         text=True,
         timeout=1800,
