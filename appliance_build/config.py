@@ -7,23 +7,27 @@ key and every bad value is a ConfigError naming the file, the key, the value
 and what is accepted.
 
 Each setting declares the check of its own value next to its default
-(`setting(default, check=..., each=...)`, as mkosi's settings declare their
-parsers); checks that relate two settings (disk vs root size, the Flower
-version vs its lock file) follow in `_validate`. The patterns are strict on
-purpose: definition values reach mmdebstrap's command line, apt sources, the
-Packer HCL and Docker's command line, so a value is either exactly what it
-claims to be or refused.
+(`setting(default, check=..., each=..., parse=...)`, as mkosi's ConfigSetting
+table declares each setting's parser), the top-level keys included (the
+`Definition` table). A check that relates settings (disk vs root size, the
+Flower version vs its lock file, the GPU driver vs the base) is a rule: a small
+function declared after the table it constrains with `@rule(Table, "key")`,
+run once the table is read. The patterns are strict on purpose: definition
+values reach mmdebstrap's command line, apt sources, the Packer HCL and
+Docker's command line, so a value is either exactly what it claims to be or
+refused.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import tomllib
 import urllib.parse
-from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields, replace
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import nvidia_driver, nvidia_support
 from .errors import ConfigError
@@ -39,12 +43,48 @@ Check = Callable[[Any], None]
 """Raises ValueError("what is accepted") for a bad value."""
 
 
-def setting(default: Any = MISSING, *, check: Check | None = None, each: Check | None = None) -> Any:
-    """A definition key: its default, the check of its value and (`each`) of every list item."""
-    meta = {"check": check, "each": each}
+Parse = Callable[["_Checker", str, Any, Mapping[str, Any]], Any]
+"""(checker, key, TOML value, the top-level settings read so far) -> the setting's value; the
+checker raises the ConfigError naming the key."""
+
+
+def setting(
+    default: Any = MISSING, *, check: Check | None = None, each: Check | None = None, parse: Parse | None = None
+) -> Any:
+    """A definition key: its default (none: required), the check of its value and (`each`) of
+    every list item, or the `parse` that reads the value instead of its type and checks."""
+    meta = {"check": check, "each": each, "parse": parse}
     if default is MISSING:
         return field(metadata=meta)
     return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check relating settings. `check`'s first parameter is its table; the others name
+    top-level settings (Definition's fields) read before it. For the top-level table itself
+    every parameter names a setting and the rule runs right after its key's setting is read.
+    `check` returns what is wrong (the ConfigError's message) or None."""
+
+    key: str  # the key its error names: a field of the table, "" (the table) or "<setting>.<field>"
+    check: Callable[..., str | None]
+    reads: tuple[str, ...]  # check's parameter names
+
+
+RULES: dict[type[Any], list[Rule]] = {}
+"""The rules of each table, in the order they run (their order of declaration)."""
+
+RuleCheck = TypeVar("RuleCheck", bound=Callable[..., str | None])
+
+
+def rule(table: type[Any], key: str) -> Callable[[RuleCheck], RuleCheck]:
+    """Declare `check` a rule of `table` whose error names `key` (see Rule)."""
+
+    def register(check: RuleCheck) -> RuleCheck:
+        RULES.setdefault(table, []).append(Rule(key, check, tuple(inspect.signature(check).parameters)))
+        return check
+
+    return register
 
 
 def _pattern(regex: str, accepted: str) -> Check:
@@ -274,7 +314,21 @@ class BaseConfig:
     extra_packages: tuple[str, ...] = setting((), each=_package_pin)
     # Not a definition key: the loader sets it from [gpu] driver_source = "nvidia-repo" (the
     # driver installed from NVIDIA's repository in the bootstrap chroot, appliance_build/nvidia_driver.py).
-    nvidia_driver: nvidia_driver.DriverRoute | None = setting(None, check=_not_a_definition_key)  # noqa: RUF009
+    nvidia_driver: nvidia_driver.DriverRoute | None = setting(None, check=_not_a_definition_key)
+
+
+@rule(BaseConfig, "url")
+def _ubuntu_needs_image_url(base: BaseConfig) -> str | None:
+    if base.provider == "ubuntu-24.04" and not base.url:
+        return "is required for ubuntu-24.04: the http(s) URL of the cloud image"
+    return None
+
+
+@rule(BaseConfig, "sha256sums_url")
+def _ubuntu_needs_sha256sums_url(base: BaseConfig) -> str | None:
+    if base.provider == "ubuntu-24.04" and not base.sha256sums_url:
+        return "is required for ubuntu-24.04: the http(s) URL of SHA256SUMS"
+    return None
 
 
 @dataclass(frozen=True)
@@ -292,6 +346,14 @@ class DiskConfig:
     @property
     def size_mib(self) -> int:
         return _size_mib(self.size)
+
+
+@rule(DiskConfig, "size")
+def _disk_holds_root(disk: DiskConfig, base: BaseConfig) -> str | None:
+    """The disk holds the root file system and the 256 MiB EFI system partition."""
+    if disk.size_mib >= _size_mib(base.root_size) + 256:
+        return None
+    return f"{disk.size} is too small for base.root_size {base.root_size} plus the ESP"
 
 
 @dataclass(frozen=True)
@@ -314,6 +376,118 @@ class FlowerConfig:
     @property
     def image_tag(self) -> str:
         return self.local_tag or f"flwr-supernode:{self.version}"
+
+
+# A requirements line pinning flwr, as pip-compile writes it: "flwr==1.41.0 \" (extras allowed).
+FLWR_PIN_RE = re.compile(r"^flwr(?:\[[A-Za-z0-9,._-]*\])?==([^\s\\;]+)", re.MULTILINE | re.IGNORECASE)
+# pip-compile's header names the interpreter it resolved for; markers (python_version) and
+# Requires-Python make a lock resolved for one Python unfit for another (numpy 2.5 is cp312+).
+LOCK_PYTHON_RE = re.compile(r"^# This file is autogenerated by pip-compile with Python ([0-9]+\.[0-9]+)$", re.MULTILINE)
+
+
+def _lock_name(version: str, lock: str) -> re.Match[str] | None:
+    """The lock of Flower `version` is named locks/flwr-<version>.txt, or
+    locks/flwr-<version>-py<XY>.txt when it is resolved for one Python of several (group 1: XY)."""
+    return re.fullmatch(rf"locks/flwr-{re.escape(version)}(?:-py([0-9]{{2,3}}))?\.txt", lock, re.ASCII)
+
+
+def _lock_path(flower: FlowerConfig) -> Path:
+    return IMAGES_DIR / flower.lock
+
+
+def _flwr_pins(flower: FlowerConfig) -> list[str]:
+    return FLWR_PIN_RE.findall(_lock_path(flower).resolve().read_text(errors="replace"))
+
+
+def _lock_pythons(flower: FlowerConfig) -> list[str]:
+    """The Python the lock's pip-compile header names ([] or one)."""
+    return LOCK_PYTHON_RE.findall(_lock_path(flower).read_text(errors="replace"))
+
+
+def _lock_python_tag(flower: FlowerConfig) -> str | None:
+    """XY of a lock named locks/flwr-<version>-py<XY>.txt."""
+    match = _lock_name(flower.version, flower.lock)
+    return match.group(1) if match else None
+
+
+# flower.lock is a file inside images/locks/ (after resolving symlinks) whose flwr pin is
+# flower.version, named for it (locks/flwr-<version>[-py<XY>].txt) and resolved for the
+# container's python3. Each rule below holds the ones before it.
+@rule(FlowerConfig, "lock")
+def _lock_exists(flower: FlowerConfig) -> str | None:
+    return None if _lock_path(flower).is_file() else f"no lock file {_lock_path(flower)}"
+
+
+@rule(FlowerConfig, "lock")
+def _lock_inside_locks(flower: FlowerConfig) -> str | None:
+    locks = (IMAGES_DIR / "locks").resolve()
+    resolved = _lock_path(flower).resolve()
+    return None if resolved.is_relative_to(locks) else f"{flower.lock!r} resolves to {resolved}, outside {locks}"
+
+
+@rule(FlowerConfig, "lock")
+def _lock_pins_flwr_once(flower: FlowerConfig) -> str | None:
+    pins = _flwr_pins(flower)
+    if len(pins) == 1:
+        return None
+    return f"{_lock_path(flower)} must pin flwr exactly once (flwr==X.Y.Z), found {len(pins)} pins"
+
+
+@rule(FlowerConfig, "version")
+def _version_is_the_locked_one(flower: FlowerConfig) -> str | None:
+    (pin,) = _flwr_pins(flower)
+    if pin == flower.version:
+        return None
+    return f"{flower.version!r} is not the version {_lock_path(flower).name} pins (flwr=={pin})"
+
+
+@rule(FlowerConfig, "lock")
+def _lock_named_for_version(flower: FlowerConfig) -> str | None:
+    if _lock_name(flower.version, flower.lock) is not None:
+        return None
+    expected = f"locks/flwr-{flower.version}.txt"
+    return (
+        f"the lock of Flower {flower.version} is named {expected!r} "
+        f"(or 'locks/flwr-{flower.version}-pyXY.txt' for Python X.Y), got {flower.lock!r}"
+    )
+
+
+@rule(FlowerConfig, "lock")
+def _lock_header_names_python(flower: FlowerConfig) -> str | None:
+    """A lock whose name carries -py<XY> has the pip-compile header naming its Python."""
+    tag = _lock_python_tag(flower)
+    if tag is None or _lock_pythons(flower):
+        return None
+    return (
+        f"{flower.lock} is named for Python py{tag}, but has no pip-compile header "
+        "('# This file is autogenerated by pip-compile with Python X.Y') naming its Python"
+    )
+
+
+@rule(FlowerConfig, "lock")
+def _lock_name_is_header_python(flower: FlowerConfig) -> str | None:
+    """... and XY is that Python (py311: 3.11)."""
+    tag = _lock_python_tag(flower)
+    named = _lock_pythons(flower)
+    if tag is None or tag == named[0].replace(".", ""):
+        return None
+    return (
+        f"{flower.lock} is named for Python py{tag}, but its pip-compile header says Python {named[0]} "
+        f"(name it locks/flwr-{flower.version}-py{named[0].replace('.', '')}.txt)"
+    )
+
+
+@rule(FlowerConfig, "lock")
+def _lock_python_is_containers(flower: FlowerConfig, base: BaseConfig) -> str | None:
+    """A lock that names its Python (pip-compile's header) is for the container's python3."""
+    suite = container_suite(base.provider)
+    named = _lock_pythons(flower)
+    if not named or named[0] == suite.python:
+        return None
+    return (
+        f"{flower.lock} was resolved for Python {named[0]}, but the SuperNode container "
+        f"of base.provider {base.provider!r} runs Debian {suite.codename}'s Python {suite.python}"
+    )
 
 
 # Debian's own NVIDIA driver (the offline route, gpu.driver_source = "debian"): the branch each
@@ -398,6 +572,138 @@ class GpuConfig:
         return "" if record["support_status"] == "supported" else nvidia_support.describe(record)
 
 
+# The [gpu] rules run in this order, the first that fails names its key.
+@rule(GpuConfig, "")
+def _gpu_needs_gpu_variant(gpu: GpuConfig, variant: str) -> str | None:
+    return None if variant == "gpu" else 'a [gpu] table needs variant = "gpu"'
+
+
+@rule(GpuConfig, "driver_install")
+def _bootstrap_needs_debian(gpu: GpuConfig, base: BaseConfig) -> str | None:
+    if gpu.driver_install == "guest" or base.provider in SUITES:
+        return None
+    return (
+        f"'bootstrap' needs a bootstrapped Debian base ({', '.join(SUITES)}); Ubuntu uses precompiled modules: 'guest'"
+    )
+
+
+@rule(GpuConfig, "toolkit_path")
+def _local_toolkit_needs_path(gpu: GpuConfig) -> str | None:
+    if gpu.toolkit_source != "local" or gpu.toolkit_path:
+        return None
+    return "is required when toolkit_source is 'local'"
+
+
+@rule(GpuConfig, "toolkit_mirror")
+def _mirror_toolkit_needs_url(gpu: GpuConfig) -> str | None:
+    if gpu.toolkit_source != "mirror" or gpu.toolkit_mirror:
+        return None
+    return "must be an http(s) URL when toolkit_source is 'mirror'"
+
+
+@rule(GpuConfig, "base.extra_packages")
+def _kernel_module_package_not_listed(gpu: GpuConfig, base: BaseConfig) -> str | None:
+    """The loader adds the kernel-module package of gpu.kernel_modules; the definition lists none."""
+    modules = (*KERNEL_MODULE_PACKAGES.values(), *nvidia_driver.MODULE_PACKAGES.values())
+    listed = [p for p in base.extra_packages if p.split("=", 1)[0] in modules]
+    if not listed:
+        return None
+    return (
+        f"lists {listed[0]}: the kernel-module package follows gpu.kernel_modules "
+        f"({', '.join(f'{k}: {v}' for k, v in KERNEL_MODULE_PACKAGES.items())})"
+    )
+
+
+# gpu.driver_source = "nvidia-repo": the route pinned from the definition and nvidia_branches.toml.
+@rule(GpuConfig, "driver_source")
+def _nvidia_repo_needs_bootstrap(gpu: GpuConfig, base: BaseConfig) -> str | None:
+    if gpu.driver_source != "nvidia-repo" or (base.provider in SUITES and gpu.driver_install == "bootstrap"):
+        return None
+    return (
+        f"'nvidia-repo' installs the driver in the bootstrap chroot of a Debian base ({', '.join(SUITES)}) "
+        'with driver_install = "bootstrap"'
+    )
+
+
+@rule(GpuConfig, "driver_version")
+def _nvidia_repo_needs_version(gpu: GpuConfig) -> str | None:
+    if gpu.driver_source != "nvidia-repo" or gpu.driver_version:
+        return None
+    return (
+        "is required when driver_source is 'nvidia-repo': the exact package version to pin, "
+        f"like {gpu.driver_branch}.126.20-1 (apt-cache madison nvidia-driver-cuda)"
+    )
+
+
+@rule(GpuConfig, "driver_version")
+def _version_of_branch(gpu: GpuConfig) -> str | None:
+    upstream = gpu.driver_version.split(":", 1)[-1]
+    if gpu.driver_source != "nvidia-repo" or upstream.startswith(f"{gpu.driver_branch}."):
+        return None
+    return f"{gpu.driver_version!r} is not a version of driver_branch {gpu.driver_branch}"
+
+
+@rule(GpuConfig, "driver_version")
+def _version_has_revision(gpu: GpuConfig) -> str | None:
+    upstream = gpu.driver_version.split(":", 1)[-1]
+    if gpu.driver_source != "nvidia-repo" or "-" in upstream:
+        return None
+    return f"{gpu.driver_version!r} needs its Debian revision, like {upstream}-1 (NVIDIA's package version)"
+
+
+@rule(GpuConfig, "driver_repo")
+def _nvidia_repository_known(gpu: GpuConfig, base: BaseConfig) -> str | None:
+    known = nvidia_support.repositories().get(base.provider) is not None
+    if gpu.driver_source != "nvidia-repo" or known or (gpu.driver_repo and gpu.driver_key_fingerprint):
+        return None
+    return (
+        f"no NVIDIA repository is known for {base.provider}: set driver_repo, driver_key_url and driver_key_fingerprint"
+    )
+
+
+@rule(GpuConfig, "driver_key_url")
+def _mirror_needs_key_url(gpu: GpuConfig, base: BaseConfig) -> str | None:
+    if gpu.driver_source != "nvidia-repo" or _nvidia_route(gpu, base).key_url:
+        return None
+    return "is required when driver_repo names a mirror: the URL of its key"
+
+
+def _nvidia_route(gpu: GpuConfig, base: BaseConfig) -> nvidia_driver.DriverRoute:
+    """The pinned route: the definition's repository, key and fingerprint, or the table's for base.provider."""
+    table = nvidia_support.repositories().get(base.provider)
+    return nvidia_driver.DriverRoute(
+        url=gpu.driver_repo or (table.url if table else ""),
+        key_url=gpu.driver_key_url or (table.key_url if table and not gpu.driver_repo else ""),
+        fingerprint=gpu.driver_key_fingerprint or (table.fingerprint if table else ""),
+        branch=gpu.driver_branch,
+        version=gpu.driver_version,
+        kernel_modules=gpu.kernel_modules,
+    )
+
+
+def _installable_flavour(flavour: str, provider: str) -> str | None:
+    # bookworm's nvidia-open-kernel-dkms is 535.261.03 while bookworm-security's driver is 535.309.01,
+    # and the open modules depend on the driver of their own version: apt cannot install both.
+    if flavour == "proprietary" or provider != "debian-12":
+        return None
+    return (
+        "'open' is not installable on debian-12 (its open modules, 535.261.03, do not match "
+        'bookworm-security\'s 535.309.01 driver): set kernel_modules = "proprietary"'
+    )
+
+
+@rule(GpuConfig, "kernel_modules")
+def _debian_flavour_installable(gpu: GpuConfig, base: BaseConfig) -> str | None:
+    """Debian's driver (driver_source = "debian") in the flavour kernel_modules."""
+    return None if gpu.driver_source == "nvidia-repo" else _installable_flavour(gpu.kernel_modules, base.provider)
+
+
+@rule(GpuConfig, "debian_kernel_modules")
+def _offline_flavour_installable(gpu: GpuConfig, base: BaseConfig) -> str | None:
+    """The flavour `--offline` takes Debian's driver in."""
+    return _installable_flavour(gpu.debian_kernel_modules, base.provider) if gpu.debian_kernel_modules else None
+
+
 @dataclass(frozen=True)
 class FileSpec:
     source: str = setting(check=_relative_path)  # relative to the repository root
@@ -405,9 +711,103 @@ class FileSpec:
     mode: str = setting("0644", check=_pattern(r"0[0-7]{3}", "must be octal like 0644"))
 
 
-# Top-level keys that are not tables.
-_variant = _one_of("cpu", "gpu")
+@rule(FileSpec, "source")
+def _source_exists(spec: FileSpec) -> str | None:
+    source = REPO / spec.source
+    return None if source.exists() else f"no file {source}"
+
+
+@rule(FileSpec, "source")
+def _source_inside_repository(spec: FileSpec) -> str | None:
+    resolved = (REPO / spec.source).resolve()
+    if resolved.is_relative_to(REPO.resolve()):
+        return None
+    return f"{spec.source!r} resolves to {resolved}, outside the repository {REPO}"
+
+
+# --- the top-level keys ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Table:
+    """The parse of a setting that is a TOML table read into `cls` (its keys, then its rules)
+    or, with `many` (the error for a value that is not a list), a list of such tables."""
+
+    cls: type[Any]
+    many: str = ""
+
+    def __call__(self, c: _Checker, key: str, value: Any, read: Mapping[str, Any]) -> Any:
+        if not self.many:
+            return c.table(self.cls, value, key, read)
+        c.check(isinstance(value, list), key, self.many)
+        return tuple(c.table(self.cls, item, f"{key}[{i}]", read) for i, item in enumerate(value))
+
+
+def _any_type(check: Check) -> Parse:
+    """The parse of a value `check` reads whatever its type (its message answers every value)."""
+
+    def parse(c: _Checker, key: str, value: Any, read: Mapping[str, Any]) -> Any:
+        c.value(key, value, check)
+        return value
+
+    return parse
+
+
+def _packages(c: _Checker, key: str, value: Any, read: Mapping[str, Any]) -> tuple[str, ...]:
+    c.check(isinstance(value, list), key, "must be a list of Debian package names")
+    for i, pkg in enumerate(value):
+        c.check(isinstance(pkg, str), f"{key}[{i}]", f"must be a string, got {pkg!r}")
+    c.value(key, value, None, each=_package_pin)
+    return tuple(value)
+
+
 _step = _pattern(r"[0-9]{2}-[a-z0-9-]+\.sh", "must be a script name like 10-docker-engine.sh")
+
+
+def _provision(c: _Checker, key: str, value: Any, read: Mapping[str, Any]) -> tuple[str, ...]:
+    """The scripts of provision/, in the order they run (by name: NN- first)."""
+    c.check(isinstance(value, list), key, "must be a non-empty list of provision/NN-name.sh scripts")
+    for i, step in enumerate(value):
+        c.check(isinstance(step, str), f"{key}[{i}]", f"must be a string, got {step!r}")
+        c.value(f"{key}[{i}]", step, _step)
+        c.check((PROVISION_DIR / step).is_file(), f"{key}[{i}]", f"no script {PROVISION_DIR / step}")
+    return tuple(sorted(value))
+
+
+@dataclass(frozen=True)
+class Definition:
+    """The top-level keys of a definition, read in this order; a key without a default is required."""
+
+    description: str = setting(check=_description)
+    # _any_type: "must be 'cpu' or 'gpu', got 1" answers a value that is not a string too
+    variant: str = setting(parse=_any_type(_one_of("cpu", "gpu")))
+    base: BaseConfig = setting(parse=_Table(BaseConfig))
+    flower: FlowerConfig = setting(parse=_Table(FlowerConfig))
+    disk: DiskConfig = setting(DiskConfig(), parse=_Table(DiskConfig))
+    vm: VmConfig = setting(VmConfig(), parse=_Table(VmConfig))
+    packages: tuple[str, ...] = setting((), parse=_packages)  # Debian packages the image installs
+    provision: tuple[str, ...] = setting((), parse=_provision)
+    files: tuple[FileSpec, ...] = setting(
+        (), parse=_Table(FileSpec, many="must be a list of tables (source, dest, mode)")
+    )
+    gpu: GpuConfig | None = setting(None, parse=_Table(GpuConfig))
+
+
+@rule(Definition, "provision")
+def _provision_given(provision: tuple[str, ...]) -> str | None:
+    return None if provision else "must be a non-empty list of provision/NN-name.sh scripts"
+
+
+@rule(Definition, "provision")
+def _provision_once(provision: tuple[str, ...]) -> str | None:
+    return None if len(set(provision)) == len(provision) else "lists a script twice"
+
+
+@rule(Definition, "gpu")
+def _gpu_variant_needs_table(gpu: GpuConfig | None, variant: str) -> str | None:
+    if variant != "gpu" or gpu is not None:
+        return None
+    return "variant 'gpu' needs a [gpu] table (driver branch, toolkit source)"
 
 
 @dataclass(frozen=True)
@@ -555,120 +955,82 @@ class _Checker:
             except ValueError as exc:
                 raise self.fail(item_key, f"{exc}, got {item!r}") from None
 
-    def table(self, cls: type[Any], data: Any, prefix: str) -> Any:
+    def setting_value(self, f: Field[Any], key: str, value: Any, read: Mapping[str, Any]) -> Any:
+        """The value of setting `f` written `value` at `key`: its parse's, or its type's and checks'."""
+        parse: Parse | None = f.metadata.get("parse")
+        if parse is not None:
+            return parse(self, key, value, read)
+        expected = f.type if isinstance(f.type, str) else f.type.__name__
+        if expected == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+            raise self.fail(key, f"must be an integer, got {value!r}")
+        if expected == "str" and not isinstance(value, str):
+            raise self.fail(key, f"must be a string, got {value!r}")
+        if expected == "bool" and not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {value!r}")
+        if expected.startswith("tuple[str"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise self.fail(key, f"must be a list of strings, got {value!r}")
+            value = tuple(value)
+        self.value(key, value, f.metadata.get("check"), f.metadata.get("each"))
+        return value
+
+    def table(self, cls: type[Any], data: Any, prefix: str, read: Mapping[str, Any]) -> Any:
+        """The table `data` at `prefix` read into `cls`, key by key, then checked by its rules
+        (which may also read the top-level settings read before it, `read`)."""
         if not isinstance(data, dict):
             raise self.fail(prefix, "must be a table")
         known = {f.name: f for f in fields(cls)}
         for key in data:
             if key not in known:
                 raise self.fail(f"{prefix}.{key}", f"unknown key (known: {', '.join(known)})")
+        values = {}
         for name, f in known.items():
-            if name not in data:
-                if f.default is MISSING and f.default_factory is MISSING:
-                    raise self.fail(f"{prefix}.{name}", "is required")
-                continue
-            expected = f.type if isinstance(f.type, str) else f.type.__name__
-            value = data[name]
-            if expected == "int" and (not isinstance(value, int) or isinstance(value, bool)):
-                raise self.fail(f"{prefix}.{name}", f"must be an integer, got {value!r}")
-            if expected == "str" and not isinstance(value, str):
-                raise self.fail(f"{prefix}.{name}", f"must be a string, got {value!r}")
-            if expected == "bool" and not isinstance(value, bool):
-                raise self.fail(f"{prefix}.{name}", f"must be true or false, got {value!r}")
-            if expected.startswith("tuple[str"):
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise self.fail(f"{prefix}.{name}", f"must be a list of strings, got {value!r}")
-                value = tuple(value)
-                data = {**data, name: value}
-            self.value(f"{prefix}.{name}", value, f.metadata.get("check"), f.metadata.get("each"))
-        return cls(**data)
+            if name in data:
+                values[name] = self.setting_value(f, f"{prefix}.{name}", data[name], read)
+            elif f.default is MISSING and f.default_factory is MISSING:
+                raise self.fail(f"{prefix}.{name}", "is required")
+        table = cls(**values)
+        self.table_rules(table, prefix, read)
+        return table
+
+    def table_rules(self, table: Any, prefix: str, read: Mapping[str, Any]) -> None:
+        """Run the rules of `table`'s class, in order, on it and the settings each reads."""
+        for r in RULES.get(type(table), []):
+            self.rule(r, prefix, table, *(read[name] for name in r.reads[1:]))
+
+    def definition(self, raw: dict[str, Any]) -> Definition:
+        """The top-level keys read in Definition's order, each followed by its rules."""
+        known = {f.name: f for f in fields(Definition)}
+        for key in raw:
+            if key not in known:
+                raise self.fail(key, f"unknown key (known: {', '.join(sorted(known))})")
+        for name, f in known.items():
+            if name not in raw and f.default is MISSING:
+                raise self.fail(name, "is required")
+        read: dict[str, Any] = {}
+        for name, f in known.items():
+            if name in raw:
+                read[name] = self.setting_value(f, name, raw[name], read)
+            else:  # the default; a default table (disk, vm) is held to its rules as a written one
+                read[name] = f.default
+                self.table_rules(f.default, name, read)
+            for r in RULES.get(Definition, []):
+                if r.key.split(".")[0] == name:
+                    self.rule(r, "", *(read[p] for p in r.reads))
+        return Definition(**read)
+
+    def rule(self, r: Rule, prefix: str, *args: Any) -> None:
+        """Run rule `r` of the table at `prefix` on `args` (its table and the settings it reads)."""
+        message = r.check(*args)
+        if message is not None:
+            raise self.fail(r.key if "." in r.key else ".".join(k for k in (prefix, r.key) if k), message)
 
     def check(self, ok: bool, key: str, message: str) -> None:
         if not ok:
             raise self.fail(key, message)
 
 
-TOP_KEYS = {"description", "variant", "base", "flower", "disk", "vm", "packages", "provision", "files", "gpu"}
-# A requirements line pinning flwr, as pip-compile writes it: "flwr==1.41.0 \" (extras allowed).
-FLWR_PIN_RE = re.compile(r"^flwr(?:\[[A-Za-z0-9,._-]*\])?==([^\s\\;]+)", re.MULTILINE | re.IGNORECASE)
-
-
-def _lock_name(version: str, lock: str) -> re.Match[str] | None:
-    """The lock of Flower `version` is named locks/flwr-<version>.txt, or
-    locks/flwr-<version>-py<XY>.txt when it is resolved for one Python of several (group 1: XY)."""
-    return re.fullmatch(rf"locks/flwr-{re.escape(version)}(?:-py([0-9]{{2,3}}))?\.txt", lock, re.ASCII)
-
-
-def _lock_pin(checker: _Checker, flower: FlowerConfig) -> None:
-    """flower.lock is a file inside images/locks/ (after resolving symlinks) whose flwr pin
-    is flower.version, and is named for it: locks/flwr-<version>[-py<XY>].txt."""
-    locks = (IMAGES_DIR / "locks").resolve()
-    path = IMAGES_DIR / flower.lock
-    checker.check(path.is_file(), "flower.lock", f"no lock file {path}")
-    resolved = path.resolve()
-    checker.check(
-        resolved.is_relative_to(locks), "flower.lock", f"{flower.lock!r} resolves to {resolved}, outside {locks}"
-    )
-    pins = FLWR_PIN_RE.findall(resolved.read_text(errors="replace"))
-    checker.check(
-        len(pins) == 1, "flower.lock", f"{path} must pin flwr exactly once (flwr==X.Y.Z), found {len(pins)} pins"
-    )
-    checker.check(
-        pins[0] == flower.version,
-        "flower.version",
-        f"{flower.version!r} is not the version {path.name} pins (flwr=={pins[0]})",
-    )
-    expected = f"locks/flwr-{flower.version}.txt"
-    checker.check(
-        _lock_name(flower.version, flower.lock) is not None,
-        "flower.lock",
-        f"the lock of Flower {flower.version} is named {expected!r} "
-        f"(or 'locks/flwr-{flower.version}-pyXY.txt' for Python X.Y), got {flower.lock!r}",
-    )
-
-
-# pip-compile's header names the interpreter it resolved for; markers (python_version) and
-# Requires-Python make a lock resolved for one Python unfit for another (numpy 2.5 is cp312+).
-LOCK_PYTHON_RE = re.compile(r"^# This file is autogenerated by pip-compile with Python ([0-9]+\.[0-9]+)$", re.MULTILINE)
-
-
-def _lock_python(checker: _Checker, flower: FlowerConfig, provider: str) -> None:
-    """A lock that names its Python (pip-compile's header) is for the container's python3; a
-    lock whose name carries -py<XY> names it, and XY is that Python (py311: 3.11)."""
-    suite = container_suite(provider)
-    named = LOCK_PYTHON_RE.findall((IMAGES_DIR / flower.lock).read_text(errors="replace"))
-    match = _lock_name(flower.version, flower.lock)
-    tag = match.group(1) if match else None
-    if tag is not None:
-        checker.check(
-            bool(named),
-            "flower.lock",
-            f"{flower.lock} is named for Python py{tag}, but has no pip-compile header "
-            "('# This file is autogenerated by pip-compile with Python X.Y') naming its Python",
-        )
-        checker.check(
-            tag == named[0].replace(".", ""),
-            "flower.lock",
-            f"{flower.lock} is named for Python py{tag}, but its pip-compile header says Python {named[0]} "
-            f"(name it locks/flwr-{flower.version}-py{named[0].replace('.', '')}.txt)",
-        )
-    checker.check(
-        not named or named[0] == suite.python,
-        "flower.lock",
-        f"{flower.lock} was resolved for Python {named[0] if named else ''}, but the SuperNode container "
-        f"of base.provider {provider!r} runs Debian {suite.codename}'s Python {suite.python}",
-    )
-
-
-def _check_debian_flavour(c: _Checker, flavour: str, provider: str, key: str) -> None:
-    # bookworm's nvidia-open-kernel-dkms is 535.261.03 while bookworm-security's driver is 535.309.01,
-    # and the open modules depend on the driver of their own version: apt cannot install both.
-    c.check(
-        flavour == "proprietary" or provider != "debian-12",
-        key,
-        "'open' is not installable on debian-12 (its open modules, 535.261.03, do not match "
-        'bookworm-security\'s 535.309.01 driver): set kernel_modules = "proprietary"',
-    )
+# --- what the loader adds ----------------------------------------------------------
 
 
 def _with_debian_driver(extra: tuple[str, ...], gpu: GpuConfig) -> tuple[str, ...]:
@@ -679,50 +1041,27 @@ def _with_debian_driver(extra: tuple[str, ...], gpu: GpuConfig) -> tuple[str, ..
     return (*extra, *more, KERNEL_MODULE_PACKAGES[gpu.kernel_modules])
 
 
-def _driver_route(c: _Checker, gpu: GpuConfig, base: BaseConfig) -> nvidia_driver.DriverRoute:
-    """gpu.driver_source = "nvidia-repo": the pinned route, from the definition and nvidia_branches.toml."""
-    c.check(
-        base.provider in SUITES and gpu.driver_install == "bootstrap",
-        "gpu.driver_source",
-        f"'nvidia-repo' installs the driver in the bootstrap chroot of a Debian base ({', '.join(SUITES)}) "
-        'with driver_install = "bootstrap"',
-    )
-    c.check(
-        bool(gpu.driver_version),
-        "gpu.driver_version",
-        "is required when driver_source is 'nvidia-repo': the exact package version to pin, "
-        f"like {gpu.driver_branch}.126.20-1 (apt-cache madison nvidia-driver-cuda)",
-    )
-    upstream = gpu.driver_version.split(":", 1)[-1]
-    c.check(
-        upstream.startswith(f"{gpu.driver_branch}."),
-        "gpu.driver_version",
-        f"{gpu.driver_version!r} is not a version of driver_branch {gpu.driver_branch}",
-    )
-    c.check(
-        "-" in upstream,
-        "gpu.driver_version",
-        f"{gpu.driver_version!r} needs its Debian revision, like {upstream}-1 (NVIDIA's package version)",
-    )
-    table = nvidia_support.repositories().get(base.provider)
-    c.check(
-        table is not None or bool(gpu.driver_repo and gpu.driver_key_fingerprint),
-        "gpu.driver_repo",
-        f"no NVIDIA repository is known for {base.provider}: set driver_repo, driver_key_url and "
-        "driver_key_fingerprint",
-    )
-    url = gpu.driver_repo or (table.url if table else "")
-    key_url = gpu.driver_key_url or (table.key_url if table and not gpu.driver_repo else "")
-    c.check(bool(key_url), "gpu.driver_key_url", "is required when driver_repo names a mirror: the URL of its key")
-    fingerprint = gpu.driver_key_fingerprint or (table.fingerprint if table else "")
-    return nvidia_driver.DriverRoute(
-        url=url,
-        key_url=key_url,
-        fingerprint=fingerprint,
-        branch=gpu.driver_branch,
-        version=gpu.driver_version,
-        kernel_modules=gpu.kernel_modules,
-    )
+def _with_driver(base: BaseConfig, gpu: GpuConfig | None) -> BaseConfig:
+    """The base that installs the GPU driver in its bootstrap chroot: NVIDIA's pinned route, or
+    Debian's driver packages (a guest install, on Ubuntu, leaves the base as it is)."""
+    if gpu is None:
+        return base
+    if gpu.driver_source == "nvidia-repo":
+        return replace(base, nvidia_driver=_nvidia_route(gpu, base))
+    if base.provider in SUITES and gpu.driver_install == "bootstrap":
+        return replace(base, extra_packages=_with_debian_driver(base.extra_packages, gpu))
+    return base
+
+
+def _with_packages(base: BaseConfig, packages: tuple[str, ...]) -> BaseConfig:
+    """Every Debian package goes into the bootstrap chroot, installed at host speed into the
+    cached base: the suite's Docker engine and the definition's `packages` (the build VM only
+    configures). A downloaded cloud image (ubuntu-24.04) has no chroot: there
+    10-docker-engine.sh installs them in the VM."""
+    if base.provider not in SUITES:
+        return base
+    wanted = (*SUITES[base.provider].engine_packages, *packages, *base.extra_packages)
+    return replace(base, extra_packages=tuple(dict.fromkeys(wanted)))
 
 
 def offline(image: ImageConfig) -> ImageConfig:
@@ -759,135 +1098,21 @@ def offline(image: ImageConfig) -> ImageConfig:
 
 
 def _validate(name: str, raw: dict[str, Any], sources: tuple[Path, ...], origins: Origins | None = None) -> ImageConfig:
-    c = _Checker(sources, origins)
-    for key in raw:
-        if key not in TOP_KEYS:
-            raise c.fail(key, f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
-    for key in ("description", "variant", "base", "flower"):
-        if key not in raw:
-            raise c.fail(key, "is required")
-    c.check(isinstance(raw["description"], str), "description", f"must be a string, got {raw['description']!r}")
-    c.value("description", raw["description"], _description)
-    c.check(isinstance(raw["variant"], str), "variant", f"must be 'cpu' or 'gpu', got {raw['variant']!r}")
-    c.value("variant", raw["variant"], _variant)
-
-    base: BaseConfig = c.table(BaseConfig, raw["base"], "base")
-    if base.provider == "ubuntu-24.04":
-        c.check(bool(base.url), "base.url", "is required for ubuntu-24.04: the http(s) URL of the cloud image")
-        c.check(
-            bool(base.sha256sums_url),
-            "base.sha256sums_url",
-            "is required for ubuntu-24.04: the http(s) URL of SHA256SUMS",
-        )
-
-    flower: FlowerConfig = c.table(FlowerConfig, raw["flower"], "flower")
-    _lock_pin(c, flower)
-    _lock_python(c, flower, base.provider)
-
-    disk: DiskConfig = c.table(DiskConfig, raw.get("disk", {}), "disk")
-    c.check(
-        disk.size_mib >= _size_mib(base.root_size) + 256,
-        "disk.size",
-        f"{disk.size} is too small for base.root_size {base.root_size} plus the ESP",
-    )
-
-    vm: VmConfig = c.table(VmConfig, raw.get("vm", {}), "vm")
-
-    packages = raw.get("packages", [])
-    c.check(isinstance(packages, list), "packages", "must be a list of Debian package names")
-    for i, pkg in enumerate(packages):
-        c.check(isinstance(pkg, str), f"packages[{i}]", f"must be a string, got {pkg!r}")
-    c.value("packages", packages, None, each=_package_pin)
-
-    steps = raw.get("provision", [])
-    c.check(
-        isinstance(steps, list) and bool(steps),
-        "provision",
-        "must be a non-empty list of provision/NN-name.sh scripts",
-    )
-    for i, step in enumerate(steps):
-        c.check(isinstance(step, str), f"provision[{i}]", f"must be a string, got {step!r}")
-        c.value(f"provision[{i}]", step, _step)
-        c.check((PROVISION_DIR / step).is_file(), f"provision[{i}]", f"no script {PROVISION_DIR / step}")
-    c.check(len(set(steps)) == len(steps), "provision", "lists a script twice")
-    ordered = sorted(steps)
-
-    files = []
-    raw_files = raw.get("files", [])
-    c.check(isinstance(raw_files, list), "files", "must be a list of tables (source, dest, mode)")
-    for i, spec in enumerate(raw_files):
-        f: FileSpec = c.table(FileSpec, spec, f"files[{i}]")
-        source = REPO / f.source
-        c.check(source.exists(), f"files[{i}].source", f"no file {source}")
-        c.check(
-            source.resolve().is_relative_to(REPO.resolve()),
-            f"files[{i}].source",
-            f"{f.source!r} resolves to {source.resolve()}, outside the repository {REPO}",
-        )
-        files.append(f)
-
-    gpu: GpuConfig | None = None
-    if "gpu" in raw:
-        gpu = c.table(GpuConfig, raw["gpu"], "gpu")
-        assert gpu is not None
-        c.check(raw["variant"] == "gpu", "gpu", 'a [gpu] table needs variant = "gpu"')
-        c.check(
-            gpu.driver_install == "guest" or base.provider in SUITES,
-            "gpu.driver_install",
-            f"'bootstrap' needs a bootstrapped Debian base ({', '.join(SUITES)}); "
-            "Ubuntu uses precompiled modules: 'guest'",
-        )
-        c.check(
-            gpu.toolkit_source != "local" or bool(gpu.toolkit_path),
-            "gpu.toolkit_path",
-            "is required when toolkit_source is 'local'",
-        )
-        c.check(
-            gpu.toolkit_source != "mirror" or bool(gpu.toolkit_mirror),
-            "gpu.toolkit_mirror",
-            "must be an http(s) URL when toolkit_source is 'mirror'",
-        )
-        listed = [
-            p
-            for p in base.extra_packages
-            if p.split("=", 1)[0] in (*KERNEL_MODULE_PACKAGES.values(), *nvidia_driver.MODULE_PACKAGES.values())
-        ]
-        c.check(
-            not listed,
-            "base.extra_packages",
-            f"lists {listed[0] if listed else ''}: the kernel-module package follows gpu.kernel_modules "
-            f"({', '.join(f'{k}: {v}' for k, v in KERNEL_MODULE_PACKAGES.items())})",
-        )
-        if gpu.driver_source == "nvidia-repo":
-            base = replace(base, nvidia_driver=_driver_route(c, gpu, base))
-        else:
-            _check_debian_flavour(c, gpu.kernel_modules, base.provider, "gpu.kernel_modules")
-            if base.provider in SUITES and gpu.driver_install == "bootstrap":
-                base = replace(base, extra_packages=_with_debian_driver(base.extra_packages, gpu))
-        if gpu.debian_kernel_modules:
-            _check_debian_flavour(c, gpu.debian_kernel_modules, base.provider, "gpu.debian_kernel_modules")
-    elif raw["variant"] == "gpu":
-        raise c.fail("gpu", "variant 'gpu' needs a [gpu] table (driver branch, toolkit source)")
-
-    if base.provider in SUITES:
-        # Every Debian package goes into the bootstrap chroot, installed at host speed into the
-        # cached base: the suite's Docker engine and the definition's `packages` (the build VM
-        # only configures). A downloaded cloud image (ubuntu-24.04) has no chroot: there
-        # 10-docker-engine.sh installs them in the VM.
-        wanted = (*SUITES[base.provider].engine_packages, *packages, *base.extra_packages)
-        base = replace(base, extra_packages=tuple(dict.fromkeys(wanted)))
-
+    """Read the definition's keys (each table's own checks, then its rules) and add what follows
+    from them: the GPU driver and the packages of the bootstrap chroot."""
+    d = _Checker(sources, origins).definition(raw)
+    base = _with_packages(_with_driver(d.base, d.gpu), d.packages)
     return ImageConfig(
         name=name,
-        description=raw["description"],
-        variant=raw["variant"],
+        description=d.description,
+        variant=d.variant,
         base=base,
-        flower=flower,
-        disk=disk,
-        vm=vm,
-        packages=tuple(packages),
-        provision=tuple(ordered),
-        files=tuple(files),
-        gpu=gpu,
+        flower=d.flower,
+        disk=d.disk,
+        vm=d.vm,
+        packages=d.packages,
+        provision=d.provision,
+        files=d.files,
+        gpu=d.gpu,
         source_files=sources,
     )
