@@ -159,5 +159,5 @@ def test_the_real_launcher_runs_flwr_clientapp_and_never_loads_a_gpu_library(dep
     result = deployment.run_shim("x" * 16, "--parent-pid", gone.stdout.strip(), timeout=120)
     assert "Start `flwr-clientapp` process" in result.stderr, result.stderr
     assert [e["mode"] for e in deployment.events("shim")] == ["warm"]
-    (exit_event,) = deployment.events("exit")
+    (exit_event,) = [e for e in deployment.events_after_exit(1) if e["event"] == "exit"]
     assert result.returncode == exit_event["status"]  # the child's status, passed through

@@ -74,7 +74,8 @@ def test_a_crashing_child_is_reported_as_its_signal_and_the_launcher_serves_on(d
     after = deployment.run_shim("exit-5")
     assert after.returncode == 5
     assert launcher.poll() is None
-    assert [e["status"] for e in deployment.events("exit")] == [-signal.SIGSEGV, 5]
+    exits = [e for e in deployment.events_after_exit(2) if e["event"] == "exit"]
+    assert [e["status"] for e in exits] == [-signal.SIGSEGV, 5]
 
 
 def test_no_launcher_falls_back_to_the_real_program_at_once(deployment: Deployment) -> None:
@@ -176,7 +177,7 @@ def test_sigterm_to_the_shim_reaches_the_child(deployment: Deployment) -> None:
         assert proc.wait(timeout=30) == 143  # the child's handler ran: sys.exit(143)
     finally:
         stop(proc)
-    assert [e["status"] for e in deployment.events("exit")] == [143]
+    assert [e["status"] for e in deployment.events_after_exit(1) if e["event"] == "exit"] == [143]
 
 
 def test_sigterm_kills_a_child_with_default_handling(deployment: Deployment) -> None:
@@ -197,7 +198,7 @@ def test_sigterm_kills_a_child_with_default_handling(deployment: Deployment) -> 
         assert proc.wait(timeout=30) == -signal.SIGTERM  # the shim dies of the child's signal, as stock would
     finally:
         stop(proc)
-    assert [e["status"] for e in deployment.events("exit")] == [-signal.SIGTERM]
+    assert [e["status"] for e in deployment.events_after_exit(1) if e["event"] == "exit"] == [-signal.SIGTERM]
 
 
 def test_tasks_run_concurrently_and_children_are_reaped(deployment: Deployment) -> None:
@@ -219,7 +220,7 @@ def test_tasks_run_concurrently_and_children_are_reaped(deployment: Deployment) 
         for proc in procs:
             stop(proc)
     assert time.monotonic() - started < 3.5 + 10  # not one after the other (4 s), bar a very busy host
-    assert len(deployment.events("exit")) == 4
+    assert len([e for e in deployment.events_after_exit(4) if e["event"] == "exit"]) == 4
     children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
     assert children == []  # no zombie left
     assert os.listdir(f"/proc/{launcher.pid}/task") == [str(launcher.pid)]  # single-threaded
