@@ -19,6 +19,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from supernode_runtime.bootseq import BootOptions, BootResult, run_boot  # noqa: E402
+from supernode_runtime.config import EffectiveConfig  # noqa: E402
 from supernode_runtime.context_parser import format_context  # noqa: E402
 from supernode_runtime.paths import Paths  # noqa: E402
 
@@ -310,3 +311,19 @@ def service_doc(superlink_template: Mapping[str, str], own_vmid: str = "42") -> 
             ],
         }
     }
+
+
+# A valid configuration with every optional setting off: the launch tests vary it with dataclasses.replace.
+BASE = EffectiveConfig(
+    superlink_address="10.0.0.5:8000",
+    node_config=None,
+    isolation="subprocess",
+    max_retries=None,
+    max_wait_time=None,
+    log_level="INFO",
+    tls_enabled=False,
+    ca_cert_pem=None,
+    gpu_enabled=False,
+    cuda_visible_devices="all",
+    gpu_memory_fraction=0.8,
+)

@@ -17,9 +17,9 @@ from flwr.common.config import parse_config_args
 from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from runtime_testlib import FakeBin, FakeRoot
+from runtime_testlib import BASE, FakeBin, FakeRoot
 
-from supernode_runtime.config import EffectiveConfig, resolve
+from supernode_runtime.config import resolve
 from supernode_runtime.gpu import GpuAccess
 from supernode_runtime.launch import SUPERNODE_FLAGS, BuildInfo, LaunchError, check_argv_lengths, docker_run_argv
 from supernode_runtime.validators import MAX_ARG_BYTES, MAX_ARG_STRLEN, InvalidValue, node_config_values
@@ -151,21 +151,6 @@ def test_launch_flags_exist_in_the_real_flower_supernode_help() -> None:
     offered = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text))
     assert set(SUPERNODE_FLAGS) <= offered, set(SUPERNODE_FLAGS) - offered
     assert "--isolation {subprocess,process}" in text
-
-
-BASE = EffectiveConfig(
-    superlink_address="10.0.0.5:8000",
-    node_config=None,
-    isolation="subprocess",
-    max_retries=None,
-    max_wait_time=None,
-    log_level="INFO",
-    tls_enabled=False,
-    ca_cert_pem=None,
-    gpu_enabled=False,
-    cuda_visible_devices="all",
-    gpu_memory_fraction=0.8,
-)
 
 
 @pytest.mark.parametrize("tls", [False, True])

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from runtime_testlib import BUILD_INFO, FakeBin, FakeRoot, pythonpath_env
+from runtime_testlib import BASE, BUILD_INFO, FakeBin, FakeRoot, pythonpath_env
 
-from supernode_runtime.config import EffectiveConfig
 from supernode_runtime.gpu import GpuAccess
 from supernode_runtime.launch import (
     BuildInfo,
@@ -24,19 +23,6 @@ from supernode_runtime.launch import (
 )
 
 BUILD = BuildInfo("flwr-supernode:1.41.0", "1.41.0", "gpu")
-BASE = EffectiveConfig(
-    superlink_address="10.0.0.5:8000",
-    node_config=None,
-    isolation="subprocess",
-    max_retries=None,
-    max_wait_time=None,
-    log_level="INFO",
-    tls_enabled=False,
-    ca_cert_pem=None,
-    gpu_enabled=False,
-    cuda_visible_devices="all",
-    gpu_memory_fraction=0.8,
-)
 HEAD = ["docker", "run", "--rm", "--name", "flower-supernode"]
 ENV = [
     "-e",
