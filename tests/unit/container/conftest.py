@@ -87,6 +87,13 @@ class Deployment:
                 argv, env=self.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         wait_for_path(self.socket, timeout, self.launcher)
+        # The launcher binds its socket first and logs "ready" just after: wait for the log line too,
+        # or a loaded machine reads the log in between.
+        deadline = time.monotonic() + timeout
+        while not self.events("ready"):
+            if self.launcher.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"launcher bound {self.socket} but logged no ready event")
+            time.sleep(0.02)
         return self.launcher
 
     def shim_argv(self, token: str, *extra: str) -> list[str]:
