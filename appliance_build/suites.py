@@ -48,6 +48,17 @@ SUITES = {
 DEFAULT = "debian-13"
 
 
+# A downloaded cloud image has no bootstrap chroot: 10-docker-engine.sh installs its engine in the
+# build VM. Ubuntu 24.04's docker.io still ships the `docker` command itself.
+CLOUD_IMAGE_ENGINE_PACKAGES = {"ubuntu-24.04": ("docker.io", "apparmor")}
+
+
+def engine_packages(provider: str) -> tuple[str, ...]:
+    """The Docker engine packages of a base (base.provider)."""
+    suite = SUITES.get(provider)
+    return suite.engine_packages if suite else CLOUD_IMAGE_ENGINE_PACKAGES[provider]
+
+
 def container_suite(provider: str) -> DebianSuite:
     """The suite of the SuperNode container: the base's own for a Debian base; for another
     base (Ubuntu) the current Debian stable (the container shares only the kernel with it)."""

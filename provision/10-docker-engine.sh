@@ -4,14 +4,11 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-# A bootstrapped Debian base already has every package (installed in its chroot at host
-# speed); only a downloaded cloud image (ubuntu-24.04) still needs them here.
-engine_packages=(docker.io apparmor)
-if apt-cache show --no-all-versions docker-cli >/dev/null 2>&1; then
-    engine_packages+=(docker-cli)
-fi
-# shellcheck disable=SC2206  # the package list is meant to split (validated names)
-wanted=("${engine_packages[@]}" ${FLOWER_EXTRA_PACKAGES:-})
+# FLOWER_BASE_PACKAGES (from the build: the suite's Docker engine and the definition's `packages`,
+# validated names): a bootstrapped Debian base already has each of them (installed in its chroot at
+# host speed); only a downloaded cloud image (ubuntu-24.04) still needs them here.
+# shellcheck disable=SC2206  # the package list is meant to split
+wanted=(${FLOWER_BASE_PACKAGES:?the build passes the packages the base must have})
 missing=()
 for package in "${wanted[@]}"; do
     name="${package%%=*}"

@@ -1,9 +1,10 @@
 """provision/10-docker-engine.sh: CDI is merged into daemon.json (other keys kept, a bad file
-refused) for Docker >= 25 only, and docker-cli is installed where it is its own package."""
+refused) for Docker >= 25 only, and the packages the build names are installed only where missing."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance_build import config
 from appliance_build.paths import PROVISION_DIR
+from appliance_build.stages import render
 
 SCRIPT = PROVISION_DIR / "10-docker-engine.sh"
 
@@ -75,6 +78,48 @@ def test_cdi_only_from_docker_25(version: str, cdi: bool) -> None:
     assert (proc.returncode == 0) == cdi
 
 
-def test_docker_cli_installed_when_the_archive_has_it() -> None:
-    text = SCRIPT.read_text()
-    assert "apt-cache show --no-all-versions docker-cli" in text and "engine_packages+=(docker-cli)" in text
+FAKE_DPKG_QUERY = """#!/bin/sh
+# installed: the names in $INSTALLED; the last argument is the package
+for last; do :; done
+case " $INSTALLED " in *" $last "*) printf installed ;; *) printf not-installed ;; esac
+"""
+FAKE_APT_GET = '#!/bin/sh\necho "$*" >> "$APT_LOG"\n'
+STOP_HERE = "#!/bin/sh\nexit 97\n"  # `install -d /etc/docker`: the package part is over
+
+
+def run_package_part(tmp_path: Path, wanted: str, installed: str) -> tuple[int, list[str]]:
+    """The script with fake dpkg-query/apt-get on PATH, stopped at its first step after the packages."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, text in {"dpkg-query": FAKE_DPKG_QUERY, "apt-get": FAKE_APT_GET, "install": STOP_HERE}.items():
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    log = tmp_path / "apt.log"
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "APT_LOG": str(log), "INSTALLED": installed}
+    env["FLOWER_BASE_PACKAGES"] = wanted
+    proc = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True)
+    return proc.returncode, log.read_text().splitlines() if log.exists() else []
+
+
+def test_only_missing_packages_are_installed(tmp_path: Path) -> None:
+    code, apt = run_package_part(tmp_path, "docker.io apparmor docker-cli jq=1.7.1-6", installed="docker.io")
+    assert code == 97
+    assert apt[1:] == ["install -y -q --no-install-recommends apparmor docker-cli jq=1.7.1-6"]
+
+
+def test_a_bootstrapped_base_installs_nothing(tmp_path: Path) -> None:
+    code, apt = run_package_part(tmp_path, "docker.io apparmor docker-cli", installed="docker.io apparmor docker-cli")
+    assert (code, apt) == (97, [])
+
+
+def test_no_package_list_stops_the_step(tmp_path: Path) -> None:
+    code, apt = run_package_part(tmp_path, "", installed="")
+    assert code not in (0, 97) and apt == []
+
+
+@pytest.mark.parametrize("name", ["supernode-cpu", "supernode-gpu", "supernode-cpu-debian12"])
+def test_the_build_names_the_engine_the_chroot_installs(name: str) -> None:
+    image = config.load(name)
+    wanted = render.provision_env(image, image.flower.image_tag)["FLOWER_BASE_PACKAGES"].split()
+    assert wanted[0] == "docker.io"
+    assert set(wanted) <= set(image.base.extra_packages)  # all of them at host speed, none left to the VM
