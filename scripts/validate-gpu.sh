@@ -367,45 +367,56 @@ resolve_image() {
     return 1
 }
 
-check_container_gpu() {
-    local image out rc=0 count
+# container_nvidia_smi N NAME FIX DOCKER_RUN_ARGS...: `nvidia-smi -L` in the local test image,
+# started with the given device arguments (never pulled, no network, bounded by RUN_TIMEOUT).
+# Sets GPU_COUNT and returns 0 when it lists a GPU; otherwise fails check N (FIX: what to do
+# about a container that ran but saw no GPU) and returns 1. Checks 4 and 7 differ only in how
+# the container asks for the GPU.
+GPU_COUNT=0
+container_nvidia_smi() {
+    local n=$1 name=$2 fix=$3 out rc=0
+    shift 3
     local -a runner=()
+    if ! resolve_image; then
+        fail "$n" "$name" "no test image configured ($IMAGE_SOURCE)" \
+            "set VALIDATE_GPU_IMAGE=<local image> or pass --image <local image>"
+        return 1
+    fi
+    if ! out=$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>&1); then
+        fail "$n" "$name" \
+            "image $IMAGE (from $IMAGE_SOURCE) is not in the local Docker store: $(first_line "$out" || echo 'docker image inspect failed')" \
+            "load the image at build time (docker load / docker pull while building); validation never pulls"
+        return 1
+    fi
+    if have timeout; then
+        runner=(timeout --kill-after=10 "$RUN_TIMEOUT")
+    fi
+    out=$("${runner[@]}" docker run --rm --pull=never --network none "$@" \
+        --entrypoint nvidia-smi "$IMAGE" -L 2>&1) || rc=$?
+    if [ "$rc" -eq 124 ]; then
+        fail "$n" "$name" "docker run did not finish within ${RUN_TIMEOUT}s" \
+            "check the Docker daemon: systemctl status docker; journalctl -u docker"
+        return 1
+    fi
+    GPU_COUNT=$(grep -c '^GPU [0-9]' <<<"$out")
+    if [ "$rc" -ne 0 ] || [ "$GPU_COUNT" -eq 0 ]; then
+        fail "$n" "$name" \
+            "container started with $* could not access the GPU (exit $rc): $(first_line "$out" || echo 'no output')" \
+            "$fix"
+        return 1
+    fi
+}
+
+check_container_gpu() {
     if ! have docker; then
         fail 4 "container GPU access" "docker not found on PATH" \
             "install Docker Engine and the NVIDIA Container Toolkit"
         return
     fi
-    if ! resolve_image; then
-        fail 4 "container GPU access" "no test image configured ($IMAGE_SOURCE)" \
-            "set VALIDATE_GPU_IMAGE=<local image> or pass --image <local image>"
-        return
-    fi
-    image=$IMAGE
-    if ! out=$(docker image inspect --format '{{.Id}}' "$image" 2>&1); then
-        fail 4 "container GPU access" \
-            "image $image (from $IMAGE_SOURCE) is not in the local Docker store: $(first_line "$out" || echo 'docker image inspect failed')" \
-            "load the image at build time (docker load / docker pull while building); validation never pulls"
-        return
-    fi
-    if have timeout; then
-        runner=(timeout --kill-after=10 "$RUN_TIMEOUT")
-    fi
-    out=$("${runner[@]}" docker run --rm --pull=never --network none --gpus all \
-        -e NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-        --entrypoint nvidia-smi "$image" -L 2>&1) || rc=$?
-    if [ "$rc" -eq 124 ]; then
-        fail 4 "container GPU access" "docker run did not finish within ${RUN_TIMEOUT}s" \
-            "check the Docker daemon: systemctl status docker; journalctl -u docker"
-        return
-    fi
-    count=$(grep -c '^GPU [0-9]' <<<"$out")
-    if [ "$rc" -ne 0 ] || [ "$count" -eq 0 ]; then
-        fail 4 "container GPU access" \
-            "container could not access the GPU (exit $rc): $(first_line "$out" || echo 'no output')" \
-            "nvidia-ctk runtime configure --runtime=docker && systemctl restart docker"
-        return
-    fi
-    pass 4 "container GPU access" "container sees $count GPU(s) (image $image)"
+    container_nvidia_smi 4 "container GPU access" \
+        "nvidia-ctk runtime configure --runtime=docker && systemctl restart docker" \
+        --gpus all -e NVIDIA_DRIVER_CAPABILITIES=compute,utility || return 0
+    pass 4 "container GPU access" "container sees $GPU_COUNT GPU(s) (image $IMAGE)"
 }
 
 # ---------------------------------------------------------------------------
@@ -510,8 +521,6 @@ check_cdi_spec() {
 }
 
 check_container_cdi() {
-    local out rc=0 count
-    local -a runner=()
     case $CDI_STATE in
         off)
             skip 7 "container GPU via CDI" "Docker has no CDI; the appliance uses --gpus (check 4)"
@@ -523,34 +532,10 @@ check_container_cdi() {
             return
             ;;
     esac
-    if ! resolve_image; then
-        fail 7 "container GPU via CDI" "no test image configured ($IMAGE_SOURCE)" \
-            "set VALIDATE_GPU_IMAGE=<local image> or pass --image <local image>"
-        return
-    fi
-    if ! out=$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>&1); then
-        fail 7 "container GPU via CDI" "image $IMAGE (from $IMAGE_SOURCE) is not in the local Docker store" \
-            "load the image at build time (docker load / docker pull while building); validation never pulls"
-        return
-    fi
-    if have timeout; then
-        runner=(timeout --kill-after=10 "$RUN_TIMEOUT")
-    fi
-    out=$("${runner[@]}" docker run --rm --pull=never --network none --device nvidia.com/gpu=all \
-        --entrypoint nvidia-smi "$IMAGE" -L 2>&1) || rc=$?
-    if [ "$rc" -eq 124 ]; then
-        fail 7 "container GPU via CDI" "docker run did not finish within ${RUN_TIMEOUT}s" \
-            "check the Docker daemon: systemctl status docker; journalctl -u docker"
-        return
-    fi
-    count=$(grep -c '^GPU [0-9]' <<<"$out")
-    if [ "$rc" -ne 0 ] || [ "$count" -eq 0 ]; then
-        fail 7 "container GPU via CDI" \
-            "container started with --device nvidia.com/gpu=all could not access the GPU (exit $rc): $(first_line "$out" || echo 'no output')" \
-            "nvidia-ctk cdi generate --output=/var/run/cdi/nvidia.yaml; nvidia-ctk runtime configure --runtime=docker --cdi.enabled && systemctl restart docker"
-        return
-    fi
-    pass 7 "container GPU via CDI" "container sees $count GPU(s) through nvidia.com/gpu=all (image $IMAGE)"
+    container_nvidia_smi 7 "container GPU via CDI" \
+        "nvidia-ctk cdi generate --output=/var/run/cdi/nvidia.yaml; nvidia-ctk runtime configure --runtime=docker --cdi.enabled && systemctl restart docker" \
+        --device nvidia.com/gpu=all || return 0
+    pass 7 "container GPU via CDI" "container sees $GPU_COUNT GPU(s) through nvidia.com/gpu=all (image $IMAGE)"
 }
 
 check_kernel_module

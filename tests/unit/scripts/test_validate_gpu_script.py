@@ -277,8 +277,8 @@ def test_check4_fails_when_container_cannot_see_gpu(vm: Sandbox) -> None:
 
 def test_check4_fails_when_container_lists_no_gpu(vm: Sandbox) -> None:
     vm.fake("docker", "run", out="No devices found.\n")
-    r = vm.run(VALIDATE_GPU)
-    assert "No devices found" in assert_only_failure(r, 4)
+    line = assert_only_failure(vm.run(VALIDATE_GPU), 4)
+    assert "No devices found" in line and "started with --gpus all" in line
 
 
 def test_check4_times_out(vm: Sandbox) -> None:
@@ -425,7 +425,8 @@ def test_check7_fails_when_the_cdi_device_is_unresolvable(vm: Sandbox) -> None:
 
 def test_check7_fails_when_the_container_lists_no_gpu(vm: Sandbox) -> None:
     vm.fake("docker", "run_cdi", out="No devices found.\n")
-    assert "No devices found" in assert_only_failure(vm.run(VALIDATE_GPU), 7)
+    line = assert_only_failure(vm.run(VALIDATE_GPU), 7)
+    assert "No devices found" in line and "started with --device nvidia.com/gpu=all" in line
 
 
 def test_checks6_7_skipped_without_docker_cdi(vm: Sandbox) -> None:
