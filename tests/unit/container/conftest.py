@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,14 @@ def stop(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
             proc.wait(timeout=grace)
 
 
-def wait_for_path(path: Path, timeout: float, proc: subprocess.Popen[Any] | None = None) -> None:
+def wait_until(ready: Callable[[], object], what: str, timeout: float, proc: subprocess.Popen[Any]) -> None:
+    """Poll `ready()` until it is true; fail naming `what` if `proc` exits or `timeout` passes first."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"launcher exited ({proc.returncode}) before it was ready")
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"launcher exited ({proc.returncode}) before {what}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s")
+            raise AssertionError(f"{what} did not happen within {timeout} s")
         time.sleep(0.02)
 
 
@@ -86,14 +87,10 @@ class Deployment:
             self.launcher = subprocess.Popen(
                 argv, env=self.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
-        wait_for_path(self.socket, timeout, self.launcher)
-        # The launcher binds its socket first and logs "ready" just after: wait for the log line too,
-        # or a loaded machine reads the log in between.
-        deadline = time.monotonic() + timeout
-        while not self.events("ready"):
-            if self.launcher.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"launcher bound {self.socket} but logged no ready event")
-            time.sleep(0.02)
+        # The launcher binds its socket first and logs "ready" just after: wait for both, or a
+        # loaded machine reads the log in between.
+        wait_until(self.socket.exists, f"{self.socket} appeared", timeout, self.launcher)
+        wait_until(lambda: self.events("ready"), "the ready event was logged", timeout, self.launcher)
         return self.launcher
 
     def shim_argv(self, token: str, *extra: str) -> list[str]:
