@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from . import nvidia_driver, nvidia_support
 from .errors import ConfigError
 from .paths import IMAGES_DIR, PROVISION_DIR, REPO
-from .suites import SUITES, container_suite, engine_packages
+from .suites import SUITES, base_packages, container_suite
 
 # \A...\Z, not ^...$: `$` also matches before a trailing newline. re.ASCII keeps \d and \w
 # to ASCII (Python's would match other scripts' digits and letters).
@@ -1060,7 +1060,7 @@ def _with_packages(base: BaseConfig, packages: tuple[str, ...]) -> BaseConfig:
     10-docker-engine.sh installs them in the VM."""
     if base.provider not in SUITES:
         return base
-    wanted = (*engine_packages(base.provider), *packages, *base.extra_packages)
+    wanted = (*base_packages(base.provider, packages), *base.extra_packages)
     return replace(base, extra_packages=tuple(dict.fromkeys(wanted)))
 
 

@@ -59,6 +59,12 @@ def engine_packages(provider: str) -> tuple[str, ...]:
     return suite.engine_packages if suite else CLOUD_IMAGE_ENGINE_PACKAGES[provider]
 
 
+def base_packages(provider: str, packages: tuple[str, ...]) -> tuple[str, ...]:
+    """Every package the base must have before the build VM configures it: the engine, then a
+    definition's `packages`, each once, in that order."""
+    return tuple(dict.fromkeys((*engine_packages(provider), *packages)))
+
+
 def container_suite(provider: str) -> DebianSuite:
     """The suite of the SuperNode container: the base's own for a Debian base; for another
     base (Ubuntu) the current Debian stable (the container shares only the kernel with it)."""

@@ -25,7 +25,7 @@ import jinja2
 from ..config import ImageConfig
 from ..errors import BuildError, ConfigError
 from ..paths import PROVISION_DIR, TEMPLATES_DIR
-from ..suites import engine_packages
+from ..suites import base_packages
 from ..vm.firmware import Uefi
 
 BUILD_USER = "flbuild"
@@ -230,7 +230,7 @@ def provision_env(image: ImageConfig, container_tag: str, extra: dict[str, str] 
         "FLOWER_SUPERNODE_IMAGE": container_tag,
         "FLOWER_REGISTRY_IMAGE": image.flower.registry_image,
         # what 10-docker-engine.sh checks is installed (installs, on a cloud image): the engine + `packages`
-        "FLOWER_BASE_PACKAGES": " ".join(dict.fromkeys((*engine_packages(image.base.provider), *image.packages))),
+        "FLOWER_BASE_PACKAGES": " ".join(base_packages(image.base.provider, image.packages)),
         "FLOWER_UPLOAD": UPLOAD_DEST,
     }
 

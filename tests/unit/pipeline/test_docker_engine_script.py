@@ -104,6 +104,7 @@ def run_package_part(tmp_path: Path, wanted: str, installed: str) -> tuple[int, 
 def test_only_missing_packages_are_installed(tmp_path: Path) -> None:
     code, apt = run_package_part(tmp_path, "docker.io apparmor docker-cli jq=1.7.1-6", installed="docker.io")
     assert code == 97
+    assert apt[0].startswith("update ")
     assert apt[1:] == ["install -y -q --no-install-recommends apparmor docker-cli jq=1.7.1-6"]
 
 
