@@ -29,7 +29,7 @@ from .progress import interrupt_on_sigterm, say
 from .stages import base as base_stage
 from .vm import isos
 from .vm.accel import for_disk as accel_for_disk
-from .vm.launcher import VirtualMachine, VmSpec, new_key, public_line
+from .vm.launcher import VirtualMachine, VmSpec, boot_to_ssh, new_key, public_line
 
 LOG = "/root/dkms.log"
 RC = "/root/dkms.rc"
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     components = " ".join(gpu.base.components)
     with VirtualMachine(spec, out / "dkms-vm") as vm:
-        vm.wait_for_ssh(key, timeout=900)
+        boot_to_ssh(vm, key, timeout=900)
         vm.run(key, "cloud-init status --wait >/dev/null 2>&1; true", timeout=900)
         vm.run(key, f"sed -i 's/ main$/ {components}/' /etc/apt/sources.list")
         say(f"{' '.join(gpu.base.extra_packages)}: apt install inside the {spec.accel.name} guest (timed) ...")

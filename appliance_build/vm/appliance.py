@@ -18,15 +18,10 @@ from pathlib import Path
 import paramiko
 
 from ..errors import BuildError
-from ..progress import say
 from . import accel as accel_probe
 from .isos import context_iso
-from .launcher import GUEST_NET, BootStalled, VirtualMachine, VmSpec, new_key, public_line
+from .launcher import GUEST_NET, STALL_TIMEOUT, VirtualMachine, VmSpec, boot_to_ssh, new_key, public_line
 
-# A TCG guest has been seen to hang silently in early kernel boot (the kernel's console stopped
-# at 1.0 s and printed nothing for 10 minutes); a normal boot, even under TCG beside other
-# guests, never leaves the console silent this long before SSH is up.
-STALL_TIMEOUT = 240.0
 READY_CHECK = "docker inspect -f '{{.State.Running}}' flower-supernode 2>/dev/null"
 
 
@@ -113,15 +108,8 @@ class StartedAppliance:
     workdir: Path
 
     def wait_for_ssh(self, timeout: float = 900, stall_timeout: float = STALL_TIMEOUT) -> BootedAppliance:
-        """Until root can log in. A boot whose console goes silent for `stall_timeout` s before
-        SSH is up is started once more from a fresh overlay (vm.attempts says so); the stalled
-        console is kept as serial-attempt-1.log."""
-        try:
-            seconds = self.vm.wait_for_ssh(self.key, user="root", timeout=timeout, stall_timeout=stall_timeout)
-        except BootStalled as exc:
-            say(f"boot stalled: {exc}; starting the VM once more")
-            self.vm.restart()
-            seconds = self.vm.wait_for_ssh(self.key, user="root", timeout=timeout, stall_timeout=stall_timeout)
+        """Until root can log in (a stalled boot started once more: launcher.boot_to_ssh)."""
+        seconds = boot_to_ssh(self.vm, self.key, "root", timeout, stall_timeout)
         return BootedAppliance(self.vm, self.key, self.key_file, seconds, self.workdir)
 
 

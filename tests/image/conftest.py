@@ -100,7 +100,7 @@ def boot_scenario(
         kwargs.setdefault("accel", accel)
         with appliance.boot(image_file, tmp_path_factory.mktemp(name), context, **kwargs) as vm:
             record: dict[str, Any] = {"ssh_login_s": round(vm.ssh_seconds, 1)}
-            if vm.vm.attempts > 1:  # the first boot stalled (see appliance.STALL_TIMEOUT)
+            if vm.vm.attempts > 1:  # the first boot stalled (see launcher.STALL_TIMEOUT)
                 record["boot_attempts"] = vm.vm.attempts
             if wait == "ready":
                 ready = vm.wait_until_ready()

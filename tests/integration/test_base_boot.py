@@ -16,7 +16,7 @@ from appliance_build.config import BaseConfig
 from appliance_build.stages import base
 from appliance_build.vm import accel as accel_probe
 from appliance_build.vm import isos
-from appliance_build.vm.launcher import VirtualMachine, VmSpec, new_key, public_line
+from appliance_build.vm.launcher import VirtualMachine, VmSpec, boot_to_ssh, new_key, public_line
 
 pytestmark = pytest.mark.vm
 
@@ -52,7 +52,7 @@ def test_base_boots_to_ssh_with_injected_key(
     )
     before = base_image.disk.stat().st_mtime
     with VirtualMachine(spec, tmp_path / "vm") as vm:
-        seconds = vm.wait_for_ssh(key, user="tester", timeout=900)
+        seconds = boot_to_ssh(vm, key, user="tester", timeout=900)
         probe = "cat /proc/cmdline; test -d /sys/firmware/efi && echo EFI || echo BIOS; sudo -n id -u"
         code, out, _ = vm.run(key, probe, user="tester")
         net_code, net, net_err = vm.run(key, NETWORKD_PROBE, user="tester")
